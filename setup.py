@@ -1,0 +1,23 @@
+"""Native extensions only; all package metadata lives in pyproject.toml."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# Compiled module -> Cython source. Add a row here to build another kernel.
+NATIVE_MODULES = {
+    "streamd.kernels._zeroscan_c": "_native/zeroscan.pyx",
+}
+
+setup(
+    ext_modules=cythonize(
+        [
+            Extension(module, [source], extra_compile_args=["-O3"])
+            for module, source in NATIVE_MODULES.items()
+        ],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+        },
+    ),
+)

@@ -1,0 +1,5 @@
+"""The HTTP edge: the Images API v2 on aiohttp."""
+
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,45 @@
+"""The application factory: routes, middlewares and the resources' lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..catalog import Catalog
+from ..config import Config
+from . import images, members, schemas, tags, versions
+from .keys import CATALOG, CONFIG
+from .middleware import errors_middleware, identity_middleware, version_middleware
+
+log = logging.getLogger(__name__)
+
+# Every v2 route is served under /v2 and under the listed /v2.N prefixes (checked by version_middleware).
+V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, version_middleware, identity_middleware],
+        client_max_size=1 << 20,  # JSON bodies; image data is streamed, not read whole
+        handler_args={"max_field_size": 65536},
+    )
+    app[CONFIG] = config
+    versions.add_routes(app)
+    for module in (images, members, tags, schemas):
+        module.add_routes(app, V2_PREFIX)
+    app.cleanup_ctx.append(_catalog_ctx)
+    return app
+
+
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
+                                 pool_size=config.database.pool_size)
+    app[CATALOG] = catalog
+    log.info("catalogue open: %s", catalog.engine.url.render_as_string(hide_password=True))
+    try:
+        yield
+    finally:
+        await catalog.close()

@@ -1,0 +1,327 @@
+"""``/v2/images``: create, list, show, update (JSON patch), delete, deactivate, reactivate."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from aiohttp import web
+
+from ..catalog import policy
+from ..catalog.query import is_uuid_like, parse_list_params
+from ..catalog.records import ImageRecord
+from ..errors import BadRequest, ConflictError as Conflict, Forbidden, NotFound, QuotaExceeded, UnsupportedMediaType
+from .keys import CATALOG, CONFIG, context_of
+from .schemas import image_base_properties, validate_image
+from .views import image_view
+
+READ_ONLY = ("created_at", "updated_at", "status", "checksum", "size", "virtual_size", "id",
+             "os_hash_algo", "os_hash_value")
+# Shown by the API but never settable, on create (Glance rejects these with 403 too).
+GENERATED = ("direct_url", "self", "file", "schema", "stores")
+RESERVED = ("location", "deleted", "deleted_at")
+# Image attributes stored as columns; every other key is an extra property.
+SETTABLE_BASE = ("name", "visibility", "protected", "os_hidden", "disk_format", "container_format",
+                 "min_disk", "min_ram", "owner")
+# Formats can change only while the image has no data (Glance's domain rule).
+QUEUED_ONLY = ("disk_format", "container_format")
+
+PATCH_MEDIA_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
+MAX_PROPERTY_VALUE = 65535
+
+
+def _check_allowed(name: str, *, creating: bool) -> None:
+    if creating and name == "id":
+        return  # a client may choose the id of a new image
+    if name in READ_ONLY or name in GENERATED:
+        raise Forbidden(f"Attribute '{name}' is read-only.")
+    if name in RESERVED or name.startswith("os_glance"):
+        raise Forbidden(f"Attribute '{name}' is reserved.")
+    if creating and name == "locations":
+        raise Forbidden("Attribute 'locations' is read-only.")
+
+
+def _check_property(name: str, value: Any) -> None:
+    if len(name) > 255:
+        raise BadRequest(f"Property names are at most 255 characters: {name[:32]}...")
+    if isinstance(value, str) and len(value) > MAX_PROPERTY_VALUE:
+        raise BadRequest(f"Value of property {name} is longer than {MAX_PROPERTY_VALUE} characters")
+
+
+def _check_base_value(name: str, value: Any) -> None:
+    if name in ("min_disk", "min_ram") and isinstance(value, int) and value < 0:
+        raise BadRequest(f"{name} must be >= 0")
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON in request body: {exc}") from None
+
+
+def _image_url(request: web.Request, image_id: str) -> str:
+    config = request.app[CONFIG]
+    base = (config.default.public_endpoint or f"{request.scheme}://{request.host}").rstrip("/")
+    return f"{base}/v2/images/{image_id}"
+
+
+async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
+    ctx = context_of(request)
+    policy.require_reader(ctx)
+    if not is_uuid_like(image_id):
+        raise NotFound(f"No image found with ID {image_id}")
+    return await request.app[CATALOG].get_image(image_id, ctx)
+
+
+# -- create -----------------------------------------------------------------------------
+
+async def create_image(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    ctx = context_of(request)
+    policy.require_writer(ctx, "add_image")
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("Image body must be a JSON object")
+    for key in body:
+        _check_allowed(key, creating=True)
+    validate_image(config, body)
+    base, properties, tags = _split_document(body)
+    for name, value in properties.items():
+        _check_property(name, value)
+    for name, value in base.items():
+        _check_base_value(name, value)
+    if "id" in body:
+        if not is_uuid_like(body["id"]):
+            raise BadRequest(f"Invalid image id {body['id']}")
+        base["id"] = body["id"]
+    owner = base.get("owner")
+    if owner is not None and owner != ctx.project_id and not ctx.is_admin:
+        raise Forbidden(f"You are not permitted to create images owned by '{owner}'.")
+    base.setdefault("owner", ctx.project_id)
+    policy.require_visibility_change(ctx, base.get("visibility", "shared"))
+    _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
+    _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
+    image = await request.app[CATALOG].create_image(base, properties, tags)
+    headers = {
+        "Location": _image_url(request, image.id),
+        "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
+        "OpenStack-image-store-ids": ",".join(s.name for s in config.stores),
+    }
+    return web.json_response(image_view(image), status=201, headers=headers)
+
+
+def _check_quota(name: str, limit: int, count: int) -> None:
+    if limit >= 0 and count > limit:
+        raise QuotaExceeded(f"Maximum number of {name.replace('image_', '').replace('_quota', '')}s exceeded: "
+                            f"{count} > {limit}")
+
+
+def _split_document(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    base: dict[str, Any] = {}
+    properties: dict[str, str] = {}
+    tags: list[str] = []
+    for key, value in body.items():
+        if key == "tags":
+            tags = list(dict.fromkeys(value))
+        elif key == "id":
+            continue
+        elif key in SETTABLE_BASE:
+            base[key] = value
+        else:
+            properties[key] = value
+    return base, properties, tags
+
+
+# -- read -------------------------------------------------------------------------------
+
+async def show_image(request: web.Request) -> web.Response:
+    image = await _get_visible(request, request.match_info["image_id"])
+    return web.json_response(image_view(image))
+
+
+async def list_images(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    ctx = context_of(request)
+    policy.require_reader(ctx)
+    params = list(request.query.items())
+    query = parse_list_params(params, limit_default=config.default.limit_param_default,
+                              limit_max=config.default.api_limit_max)
+    images, full = await request.app[CATALOG].list_images(ctx, query)
+    without_marker = [(k, v) for k, v in params if k != "marker"]
+    body: dict[str, Any] = {
+        "images": [image_view(i) for i in images],
+        "first": "/v2/images" + (f"?{urllib.parse.urlencode(without_marker)}" if without_marker else ""),
+        "schema": "/v2/schemas/images",
+    }
+    if full and images:
+        body["next"] = "/v2/images?" + urllib.parse.urlencode(without_marker + [("marker", images[-1].id)])
+    return web.json_response(body)
+
+
+# -- update (JSON patch) -------------------------------------------------------------------
+
+def _decode_pointer(pointer: Any) -> list[str]:
+    if not isinstance(pointer, str) or not pointer.startswith("/"):
+        raise BadRequest(f"Pointer `{pointer}` does not start with \"/\".")
+    if pointer.endswith("/"):
+        raise BadRequest(f"Pointer `{pointer}` end with \"/\".")
+    parts = pointer[1:].split("/")
+    for part in parts:
+        if "~" in part.replace("~0", "").replace("~1", ""):
+            raise BadRequest(f"Pointer `{pointer}` contains \"~\" not part of a recognized escape sequence.")
+    return [p.replace("~1", "/").replace("~0", "~") for p in parts]
+
+
+def _parse_changes(body: Any, media_type: str) -> list[dict[str, Any]]:
+    if not isinstance(body, list):
+        raise BadRequest("Request body must be a JSON array of operation objects.")
+    draft4 = media_type.endswith("v2.0-json-patch")
+    changes = []
+    for raw in body:
+        if not isinstance(raw, dict):
+            raise BadRequest("Operations must be JSON objects.")
+        if draft4:
+            ops = [op for op in ("add", "remove", "replace") if op in raw]
+            if len(ops) != 1:
+                raise BadRequest("Operation objects must contain exactly one member named \"add\", \"remove\", or \"replace\".")
+            op, pointer = ops[0], raw[ops[0]]
+        else:
+            op, pointer = raw.get("op"), raw.get("path")
+            if op not in ("add", "remove", "replace"):
+                raise BadRequest(f"Invalid operation: `{op}`." if op is not None
+                                 else "Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace.")
+            if "path" not in raw:
+                raise BadRequest("Unable to find 'path' in JSON Schema change")
+        path = _decode_pointer(pointer)
+        if len(path) != 1:
+            raise BadRequest("Nested paths are not allowed")
+        name = path[0]
+        change: dict[str, Any] = {"op": op, "name": name, "draft4": draft4}
+        if op != "remove":
+            if "value" not in raw:
+                raise BadRequest(f"Operation \"{op}\" requires a member named \"value\".")
+            change["value"] = raw["value"]
+        changes.append(change)
+    return changes
+
+
+async def update_image(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    ctx = context_of(request)
+    media_type = request.content_type
+    if media_type not in PATCH_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"Unsupported Content-Type {media_type}",
+                                   headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)})
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image)
+    changes = _parse_changes(await _json_body(request), media_type)
+
+    base_names = set(image_base_properties(config))
+    new_base: dict[str, Any] = {}
+    props = dict(image.properties)
+    tags: list[str] | None = None
+    for change in changes:
+        name, op = change["name"], change["op"]
+        if name == "locations":
+            # Location management arrives with the data path; refuse clearly rather than half-do it.
+            raise Forbidden("Changing locations through PATCH is not supported by streamd.")
+        _check_allowed(name, creating=False)
+        if op != "remove":
+            validate_image(config, {name: change["value"]})
+        if name in base_names:
+            if op == "remove":
+                raise Forbidden(f"Property {name} may not be removed.")
+            if op == "add" and change["draft4"]:
+                raise Conflict(f"Property {name} already present.")
+            value = change["value"]
+            if name == "tags":
+                tags = list(dict.fromkeys(value))
+                continue
+            _check_base_value(name, value)
+            if name == "owner" and value != image.owner and not ctx.is_admin:
+                raise Forbidden("Owner can't be updated by non admin.")
+            if name == "visibility" and value != image.visibility:
+                policy.require_visibility_change(ctx, value)
+            if name in QUEUED_ONLY and value != getattr(image, name) and image.status != "queued":
+                raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
+            new_base[name] = value
+        else:
+            if op == "remove":
+                if name not in props:
+                    raise Conflict(f"Property {name} does not exist.")
+                del props[name]
+            elif op == "replace":
+                if name not in props:
+                    raise Conflict(f"Property {name} does not exist.")
+                _check_property(name, change["value"])
+                props[name] = change["value"]
+            else:
+                if name in props and change["draft4"]:
+                    raise Conflict(f"Property {name} already present.")
+                _check_property(name, change["value"])
+                props[name] = change["value"]
+
+    removed = set(image.properties) - set(props)
+    updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
+    if tags is not None:
+        _check_tags(tags)
+    image = await request.app[CATALOG].update_image(
+        image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
+        property_quota=config.default.image_property_quota, tag_quota=config.default.image_tag_quota)
+    return web.json_response(image_view(image))
+
+
+def _check_tags(tags: list[str]) -> None:
+    for tag in tags:
+        if len(tag) > 255:
+            raise BadRequest("Image tag exceeds the maximum length of 255 characters")
+
+
+# -- delete, deactivate, reactivate --------------------------------------------------------
+
+async def delete_image(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image, "delete_image")
+    if image.protected:
+        raise Forbidden(f"Image {image.id} is protected and cannot be deleted.")
+    await request.app[CATALOG].delete_image(image.id)
+    return web.Response(status=204)
+
+
+async def deactivate_image(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image, "deactivate")
+    if image.status == "deactivated":
+        return web.Response(status=204)
+    if image.status != "active":
+        raise Forbidden(f"Not allowed to deactivate image in status '{image.status}'")
+    await request.app[CATALOG].transition(image.id, "active", "deactivated")
+    return web.Response(status=204)
+
+
+async def reactivate_image(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image, "reactivate")
+    if image.status == "active":
+        return web.Response(status=204)
+    if image.status != "deactivated":
+        raise Forbidden(f"Not allowed to reactivate image in status '{image.status}'")
+    await request.app[CATALOG].transition(image.id, "deactivated", "active")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_get(prefix + "/images", list_images)
+    r.add_post(prefix + "/images", create_image)
+    r.add_get(prefix + "/images/{image_id}", show_image)
+    r.add_patch(prefix + "/images/{image_id}", update_image)
+    r.add_delete(prefix + "/images/{image_id}", delete_image)
+    r.add_post(prefix + "/images/{image_id}/actions/deactivate", deactivate_image)
+    r.add_post(prefix + "/images/{image_id}/actions/reactivate", reactivate_image)

@@ -1,0 +1,19 @@
+"""Typed keys for what the application holds (aiohttp's ``AppKey``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..catalog import Catalog
+from ..config import Config
+from ..context import RequestContext
+
+CONFIG = web.AppKey("config", Config)
+CATALOG = web.AppKey("catalog", Catalog)
+
+# The identity of the request, set by the identity middleware.
+CONTEXT = web.RequestKey("context", RequestContext)
+
+
+def context_of(request: web.Request) -> RequestContext:
+    return request[CONTEXT]

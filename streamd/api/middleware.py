@@ -1,0 +1,80 @@
+"""The HTTP edge: errors to JSON, the caller's identity, version prefixes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ..context import RequestContext
+from ..errors import StreamdError
+from .keys import CONFIG, CONTEXT
+from .versions import allowed_url_versions, multiple_choices
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
+
+
+def error_body(status: int, title: str, message: str) -> dict[str, object]:
+    # glanceclient reads "message" from every object in the body; openstacksdk reads error.message.
+    return {"error": {"code": status, "title": title, "message": message}}
+
+
+def error_response(status: int, title: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(status, title, message), status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StreamdError as exc:
+        if exc.status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc.message)
+        return error_response(exc.status, exc.title, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            match = _VERSION_SEGMENT.match(request.path)
+            if match and match.group(1) not in allowed_url_versions(request.app[CONFIG]):
+                # Glance answers an unknown API version with the versions document.
+                return multiple_choices(request)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "accept-patch", "retry-after")}
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return error_response(exc.status, exc.reason, message or exc.reason, headers)
+
+
+@web.middleware
+async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[CONTEXT] = identify(request)
+    return await handler(request)
+
+
+def identify(request: web.Request) -> RequestContext:
+    """noauth: trust X-Project-Id/X-User-Id/X-Roles, or use the configured default identity.
+
+    This is the one place a token validator (Keystone) will slot in: it will set
+    the same three values from the validated token instead of from the headers.
+    """
+    headers = request.headers
+    project = headers.get("X-Project-Id") or headers.get("X-Tenant-Id")
+    user = headers.get("X-User-Id")
+    roles_header = headers.get("X-Roles")
+    if project is None and user is None and roles_header is None:
+        default = request.app[CONFIG].noauth
+        return RequestContext(default.default_project_id, default.default_user_id, frozenset(default.default_roles))
+    roles = frozenset(r.strip().lower() for r in (roles_header or "").split(",") if r.strip())
+    return RequestContext(project, user, roles)
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    version = request.match_info.get("version")
+    if version is not None and version not in allowed_url_versions(request.app[CONFIG]):
+        return multiple_choices(request)
+    return await handler(request)

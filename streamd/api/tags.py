@@ -1,0 +1,34 @@
+"""``/v2/images/{id}/tags/{tag}``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..catalog import policy
+from ..errors import BadRequest
+from .images import _get_visible
+from .keys import CATALOG, CONFIG, context_of
+
+
+async def add_tag(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image)
+    tag = request.match_info["tag"]
+    if len(tag) > 255:
+        raise BadRequest("Image tag exceeds the maximum length of 255 characters")
+    await request.app[CATALOG].add_tag(image.id, tag, quota=request.app[CONFIG].default.image_tag_quota)
+    return web.Response(status=204)
+
+
+async def delete_tag(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image)
+    await request.app[CATALOG].delete_tag(image.id, request.match_info["tag"])
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    app.router.add_put(prefix + "/images/{image_id}/tags/{tag}", add_tag)
+    app.router.add_delete(prefix + "/images/{image_id}/tags/{tag}", delete_tag)

@@ -1,0 +1,63 @@
+"""Version discovery: ``GET /`` (300) and ``GET /versions`` (200), as Glance lists them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Config
+from .keys import CONFIG
+
+
+def listed_versions(config: Config, *, cache_enabled: bool = False) -> list[tuple[str, str]]:
+    """(version, status) in Glance's order for the same configuration.
+
+    streamd always runs with ``enabled_backends``; the cache API (2.14-2.18)
+    is listed once the image cache is configured.
+    """
+    versions: list[tuple[str, str]] = []
+    if cache_enabled:
+        versions += [("2.18", "CURRENT"), ("2.17", "SUPPORTED"), ("2.16", "SUPPORTED"),
+                     ("2.15", "SUPPORTED"), ("2.14", "SUPPORTED")]
+    else:
+        versions += [("2.15", "SUPPORTED")]
+    versions += [(f"2.{n}", "SUPPORTED") for n in (13, 12, 11, 10, 9, 8)]
+    if not cache_enabled:
+        versions += [("2.17", "CURRENT")]
+    versions += [(f"2.{n}", "SUPPORTED") for n in (7, 6, 5, 4, 3, 2, 1, 0)]
+    return versions
+
+
+def allowed_url_versions(config: Config) -> frozenset[str]:
+    """Path prefixes accepted in place of ``v2``: ``v2`` and every listed ``v2.N``."""
+    return frozenset({"v2"} | {f"v{v}" for v, _ in listed_versions(config)})
+
+
+def versions_document(request: web.Request) -> dict[str, object]:
+    config = request.app[CONFIG]
+    base = (config.default.public_endpoint or f"{request.scheme}://{request.host}").rstrip("/")
+    return {"versions": [
+        {"id": f"v{version}", "status": status, "links": [{"rel": "self", "href": f"{base}/v2/"}]}
+        for version, status in listed_versions(config)
+    ]}
+
+
+def multiple_choices(request: web.Request) -> web.Response:
+    return web.json_response(versions_document(request), status=300)
+
+
+async def root(request: web.Request) -> web.Response:
+    return multiple_choices(request)
+
+
+async def versions(request: web.Request) -> web.Response:
+    return web.json_response(versions_document(request), status=200)
+
+
+async def healthcheck(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", root)
+    app.router.add_get("/versions", versions)
+    app.router.add_get("/healthcheck", healthcheck)

@@ -1,0 +1,7 @@
+"""The image catalogue: metadata in SQLite (embedded) or PostgreSQL (shared)."""
+
+from .catalog import Catalog
+from .query import ImageQuery, parse_list_params
+from .records import ImageRecord, Location, MemberRecord
+
+__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "parse_list_params"]

@@ -1,0 +1,82 @@
+"""The catalogue's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Alembic migrations under ``migrations/`` create them; this module is the
+single description the queries are written against.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+images = sa.Table(
+    "images", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(255)),
+    sa.Column("status", sa.String(30), nullable=False),
+    sa.Column("visibility", sa.String(20), nullable=False),
+    sa.Column("protected", sa.Boolean, nullable=False, default=False),
+    sa.Column("os_hidden", sa.Boolean, nullable=False, default=False),
+    sa.Column("disk_format", sa.String(20)),
+    sa.Column("container_format", sa.String(20)),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("virtual_size", sa.BigInteger),
+    sa.Column("checksum", sa.String(32)),
+    sa.Column("os_hash_algo", sa.String(64)),
+    sa.Column("os_hash_value", sa.String(128)),
+    sa.Column("min_disk", sa.Integer, nullable=False, default=0),
+    sa.Column("min_ram", sa.Integer, nullable=False, default=0),
+    sa.Column("owner", sa.String(255)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    sa.Column("deleted_at", sa.DateTime),
+    sa.Index("ix_images_owner", "owner"),
+    sa.Index("ix_images_visibility", "visibility"),
+    sa.Index("ix_images_created_at_id", "created_at", "id"),
+    sa.Index("ix_images_status", "status"),
+)
+
+image_properties = sa.Table(
+    "image_properties", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Index("ix_image_properties_name_value", "name", "value"),
+)
+
+image_tags = sa.Table(
+    "image_tags", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("value", sa.String(255), primary_key=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_image_tags_value", "value"),
+)
+
+image_members = sa.Table(
+    "image_members", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("member", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Index("ix_image_members_member", "member"),
+)
+
+image_locations = sa.Table(
+    "image_locations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("store", sa.String(255), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("metadata_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("status", sa.String(30), nullable=False, default="active"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_image_locations_image_id", "image_id"),
+)

@@ -1,0 +1,423 @@
+"""Configuration: an ini file in the shape of glance-api.conf.
+
+Operators bring their habits and often their files from Glance, so option
+names are Glance's wherever the meaning is the same. The file is read once,
+every option is validated at once (a bad file names *every* wrong option), and
+the result is a tree of frozen dataclasses passed explicitly to whoever needs
+it; nothing reads configuration from a module global.
+
+Each section is a dataclass whose fields carry their parser and help text in
+``field(metadata=...)``; the loader, the validator and the example file
+(``etc/streamd.conf.example``, see ``render_example``) all come from that one
+description.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+# -- value parsers: each takes the raw string and returns the value or raises ValueError
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _opt_str(raw: str) -> str | None:
+    raw = raw.strip()
+    return raw or None
+
+
+def _int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if lo is not None and value < lo:
+            raise ValueError(f"must be >= {lo}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be <= {hi}")
+        return value
+
+    parse.__doc__ = f"integer{'' if lo is None else f' >= {lo}'}{'' if hi is None else f' <= {hi}'}"
+    return parse
+
+
+def _float_range(lo: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if value < lo:
+            raise ValueError(f"must be >= {lo}")
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _backends(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name:type,name2:type`` as in glance-api.conf's ``enabled_backends``."""
+    result: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in _list(raw):
+        name, sep, kind = item.partition(":")
+        name, kind = name.strip(), kind.strip()
+        if not sep or not name or not kind:
+            raise ValueError(f"{item!r} is not of the form name:type")
+        if kind not in STORE_TYPES:
+            raise ValueError(f"store {name!r} has unknown type {kind!r} (known: {', '.join(sorted(STORE_TYPES))})")
+        if name in seen:
+            raise ValueError(f"store {name!r} is named twice")
+        if name.startswith("os_glance_"):
+            raise ValueError(f"store names starting with os_glance_ are reserved ({name!r})")
+        seen.add(name)
+        result.append((name, kind))
+    if not result:
+        raise ValueError("at least one store is required")
+    return tuple(result)
+
+
+def _hash_algorithm(raw: str) -> str:
+    name = raw.strip().lower()
+    if name not in hashlib.algorithms_available:
+        raise ValueError(f"{name!r} is not a hash algorithm this Python offers")
+    return name
+
+
+def _size(raw: str) -> int:
+    """Bytes, with an optional KB/MB/GB/TB (powers of 1024) suffix as Glance accepts."""
+    text = raw.strip().upper().replace(" ", "")
+    for suffix, factor in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+            break
+    else:
+        factor = 1
+    value = int(text) * factor
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    """Accept Glance's sync URLs too and pick the async driver for them."""
+    url = raw.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("must be a URL such as sqlite:///path or postgresql://user@host/db")
+    dialect, _, driver = scheme.partition("+")
+    if dialect == "sqlite":
+        if driver not in ("", "aiosqlite", "pysqlite"):
+            raise ValueError(f"unsupported sqlite driver {driver!r}")
+        return f"sqlite+aiosqlite://{rest}"
+    if dialect in ("postgresql", "postgres"):
+        if driver not in ("", "asyncpg", "psycopg2", "psycopg"):
+            raise ValueError(f"unsupported postgresql driver {driver!r}")
+        return f"postgresql+asyncpg://{rest}"
+    raise ValueError(f"unsupported database {dialect!r}: use sqlite or postgresql")
+
+
+def opt(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+# -- sections ------------------------------------------------------------------------
+
+STORE_TYPES = {"file"}
+
+GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
+GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
+
+
+@dataclass(frozen=True)
+class DefaultOptions:
+    bind_host: str = opt("127.0.0.1", _str, "Address the API listens on.")
+    bind_port: int = opt(9292, _int_range(0, 65535), "TCP port the API listens on (0 picks a free port).")
+    data_dir: str = opt(
+        "./data", _str,
+        "Directory for everything streamd keeps locally by default: the SQLite catalogue, the "
+        "default file store and the cache. Relative paths are taken from the directory streamd "
+        "was started in.")
+    public_endpoint: str | None = opt(
+        None, _opt_str, "Public URL of this API, used in the versions document instead of the request's URL.")
+    enabled_backends: tuple[tuple[str, str], ...] = opt(
+        (("fs", "file"),), _backends,
+        "Stores this node writes to, as name:type pairs (types: file). Each store is configured "
+        "in a section named after it.")
+    image_size_cap: int = opt(
+        1099511627776, _int_range(0, 9223372036854775808),
+        "Largest image, in bytes, that can be uploaded (413 past it).")
+    hashing_algorithm: str = opt(
+        "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
+    image_property_quota: int = opt(128, _int_range(-1), "Most additional properties an image may have (-1: no limit).")
+    image_tag_quota: int = opt(128, _int_range(-1), "Most tags an image may have (-1: no limit).")
+    image_member_quota: int = opt(128, _int_range(-1), "Most members an image may have (-1: no limit).")
+    image_location_quota: int = opt(10, _int_range(-1), "Most locations an image may have (-1: no limit).")
+    limit_param_default: int = opt(25, _int_range(1), "Page size of image lists when the request gives no limit.")
+    api_limit_max: int = opt(1000, _int_range(1), "Largest page size a request may ask for.")
+    enabled_import_methods: tuple[str, ...] = opt(
+        ("glance-direct", "web-download", "copy-image"), _list, "Import methods offered by POST /v2/images/{id}/import.")
+    auth_strategy: str = opt(
+        "noauth", _str,
+        "How callers are identified. noauth: identity from X-Project-Id, X-User-Id and X-Roles, "
+        "with the [noauth] default identity when none is sent; any X-Auth-Token is accepted.")
+    graceful_shutdown_timeout: float = opt(
+        60.0, _float_range(0.0),
+        "Seconds a SIGTERM waits for in-flight requests (uploads included) before aborting them.")
+    client_socket_timeout: float = opt(
+        900.0, _float_range(0.0), "Seconds an idle client connection is kept open.")
+
+
+@dataclass(frozen=True)
+class NoauthOptions:
+    default_project_id: str = opt(
+        "00000000000000000000000000000001", _str,
+        "Project of callers that send no X-Project-Id.")
+    default_user_id: str = opt(
+        "00000000000000000000000000000002", _str, "User of callers that send no X-User-Id.")
+    default_roles: tuple[str, ...] = opt(
+        ("admin", "member", "reader"), _list, "Roles of callers that send no X-Roles.")
+
+
+@dataclass(frozen=True)
+class DatabaseOptions:
+    connection: str | None = opt(
+        None, lambda raw: _database_url(raw) if raw.strip() else None,
+        "Catalogue database URL: sqlite:///path (default: <data_dir>/streamd.sqlite) or "
+        "postgresql://user:password@host:port/dbname for several nodes sharing one catalogue.")
+    pool_size: int = opt(10, _int_range(1), "Connections kept open to PostgreSQL.")
+    busy_timeout: float = opt(
+        30.0, _float_range(0.0), "Seconds SQLite waits for a lock held by another process before failing.")
+
+
+@dataclass(frozen=True)
+class GlanceStoreOptions:
+    default_backend: str | None = opt(
+        None, _opt_str, "Store that uploads go to when the request names none (default: the first enabled store).")
+
+
+@dataclass(frozen=True)
+class ImageFormatOptions:
+    disk_formats: tuple[str, ...] = opt(
+        tuple(GLANCE_DISK_FORMATS.split(",")), _list, "Disk formats an image may declare.")
+    container_formats: tuple[str, ...] = opt(
+        tuple(GLANCE_CONTAINER_FORMATS.split(",")), _list, "Container formats an image may declare.")
+
+
+@dataclass(frozen=True)
+class FileStoreOptions:
+    filesystem_store_datadir: str | None = opt(
+        None, _opt_str, "Directory the image files of this store live in (default: <data_dir>/images/<store>).")
+    filesystem_thin_provisioning: bool = opt(
+        False, _bool, "Leave runs of zero blocks as holes in the written files.")
+    filesystem_store_chunk_size: int = opt(
+        65536, _int_range(4096, 64 << 20), "Bytes read or written at a time (Glance's option; streamd moves larger chunks where it helps).")
+    store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+
+
+STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions}
+
+# Sections of glance-api.conf that streamd has no use for: accepted and ignored so that
+# an operator's existing file loads.
+IGNORED_SECTIONS = frozenset({
+    "keystone_authtoken", "paste_deploy", "oslo_policy", "oslo_messaging_notifications",
+    "oslo_concurrency", "oslo_middleware", "profiler", "cors", "healthcheck", "task",
+    "taskflow_executor", "wsgi", "os_glance_tasks_store", "os_glance_staging_store",
+})
+# Options of glance-api.conf's [DEFAULT] that have no meaning in streamd.
+IGNORED_DEFAULT_OPTIONS = frozenset({
+    "debug", "verbose", "log_file", "log_dir", "use_syslog", "use_stderr", "workers",
+    "show_image_direct_url", "show_multiple_locations", "transport_url", "registry_host",
+    "worker_self_reference_url", "node_staging_uri", "delayed_delete", "scrub_time",
+    "use_keystone_limits", "enforce_secure_rbac", "lock_path",
+})
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    name: str
+    type: str
+    options: Any
+
+
+@dataclass(frozen=True)
+class Config:
+    default: DefaultOptions
+    noauth: NoauthOptions
+    database: DatabaseOptions
+    glance_store: GlanceStoreOptions
+    image_format: ImageFormatOptions
+    stores: tuple[StoreConfig, ...]
+    source: str | None = None
+
+    # Derived values, resolved once so the rest of the code never re-derives paths.
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.default.data_dir).absolute()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.connection or f"sqlite+aiosqlite:///{self.data_dir / 'streamd.sqlite'}"
+
+    @property
+    def default_store(self) -> str:
+        return self.glance_store.default_backend or self.stores[0].name
+
+    def store(self, name: str) -> StoreConfig:
+        for store in self.stores:
+            if store.name == name:
+                return store
+        raise KeyError(name)
+
+
+_SECTION_CLASSES: dict[str, type] = {
+    "DEFAULT": DefaultOptions,
+    "noauth": NoauthOptions,
+    "database": DatabaseOptions,
+    "glance_store": GlanceStoreOptions,
+    "image_format": ImageFormatOptions,
+}
+
+
+def _parse_section(cls: type, section: str, raw: Mapping[str, str], problems: list[str],
+                   ignored: frozenset[str] = frozenset()) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, text in raw.items():
+        if key in known:
+            try:
+                values[key] = known[key].metadata["parse"](text)
+            except ValueError as exc:
+                problems.append(f"[{section}] {key} = {text!r}: {exc}")
+        elif key not in ignored:
+            hint = difflib.get_close_matches(key, known, n=1)
+            problems.append(f"[{section}] {key}: unknown option" + (f" (did you mean {hint[0]}?)" if hint else ""))
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mapping[str, Mapping[str, str]] | None = None) -> Config:
+    """Read, validate and freeze the configuration.
+
+    ``overrides`` maps section -> option -> raw string and wins over the file;
+    tests and the command line use it. Raises ``ConfigError`` naming every
+    wrong option at once.
+    """
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__", strict=False)
+    parser.optionxform = str  # option names are case-sensitive in oslo.config
+    problems: list[str] = []
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except OSError as exc:
+            raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
+        except configparser.Error as exc:
+            raise ConfigError([f"{path}: {exc}"]) from exc
+    for section, options in (overrides or {}).items():
+        if not parser.has_section(section):
+            parser.add_section(section)
+        for key, value in options.items():
+            parser.set(section, key, value)
+
+    sections: dict[str, Mapping[str, str]] = {name: dict(parser.items(name)) for name in parser.sections()}
+    parsed: dict[str, Any] = {}
+    for name, cls in _SECTION_CLASSES.items():
+        ignored = IGNORED_DEFAULT_OPTIONS if name == "DEFAULT" else frozenset()
+        parsed[name] = _parse_section(cls, name, sections.get(name, {}), problems, ignored)
+
+    default: DefaultOptions = parsed["DEFAULT"]
+    stores: list[StoreConfig] = []
+    for store_name, kind in default.enabled_backends:
+        cls = STORE_OPTION_CLASSES[kind]
+        stores.append(StoreConfig(store_name, kind, _parse_section(cls, store_name, sections.get(store_name, {}), problems)))
+
+    store_names = {s.name for s in stores}
+    unknown = set(sections) - set(_SECTION_CLASSES) - store_names - IGNORED_SECTIONS
+    for name in sorted(unknown):
+        hint = difflib.get_close_matches(name, list(_SECTION_CLASSES) + sorted(store_names), n=1)
+        problems.append(f"[{name}]: unknown section" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
+
+    glance_store: GlanceStoreOptions = parsed["glance_store"]
+    if glance_store.default_backend is not None and glance_store.default_backend not in store_names:
+        problems.append(f"[glance_store] default_backend = {glance_store.default_backend!r}: "
+                        f"not one of enabled_backends ({', '.join(sorted(store_names))})")
+    if default.limit_param_default > default.api_limit_max:
+        problems.append("[DEFAULT] limit_param_default: must not exceed api_limit_max")
+    if default.auth_strategy not in ("noauth",):
+        problems.append(f"[DEFAULT] auth_strategy = {default.auth_strategy!r}: only noauth is available")
+    fmt: ImageFormatOptions = parsed["image_format"]
+    if not fmt.disk_formats:
+        problems.append("[image_format] disk_formats: must name at least one format")
+    if not fmt.container_formats:
+        problems.append("[image_format] container_formats: must name at least one format")
+    for method in default.enabled_import_methods:
+        if method not in ("glance-direct", "web-download", "copy-image"):
+            problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(default=default, noauth=parsed["noauth"], database=parsed["database"],
+                  glance_store=glance_store, image_format=fmt, stores=tuple(stores),
+                  source=str(path) if path is not None else None)
+
+
+def _render_default(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(":".join(v) if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
+
+
+def render_example() -> str:
+    """The documented example configuration: every option, its help and default."""
+    import textwrap
+
+    lines = [
+        "# streamd configuration, in the shape of glance-api.conf.",
+        "# Every option is shown with its default, commented out. Option names are",
+        "# Glance's wherever the meaning is the same.",
+        "# Generated by `streamd config-example`; tests check it is up to date.",
+    ]
+
+    def section(title: str, cls: type, note: str | None = None) -> None:
+        lines.append("")
+        lines.append(f"[{title}]")
+        if note:
+            lines.extend(textwrap.wrap(note, 76, initial_indent="# ", subsequent_indent="# "))
+        for f in dataclasses.fields(cls):
+            lines.append("")
+            lines.extend(textwrap.wrap(f.metadata["help"], 76, initial_indent="# ", subsequent_indent="# "))
+            lines.append(f"#{f.name} = {_render_default(f.default)}")
+
+    for title, cls in _SECTION_CLASSES.items():
+        section(title, cls)
+    section("fs", FileStoreOptions,
+            "One section per store named in enabled_backends; this one is for the default "
+            "store 'fs' of type file.")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Who is asking: the identity a request runs under.
+
+The API edge builds a ``RequestContext`` from the request (today from the
+X-Project-Id/X-User-Id/X-Roles headers or the configured default identity;
+later from a validated token) and the catalogue decides what that caller may
+see and do from it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    project_id: str | None
+    user_id: str | None
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def can_write(self) -> bool:
+        """Glance's default policies: writing needs the member (or admin) role."""
+        return self.is_admin or "member" in self.roles
+
+    @property
+    def can_read(self) -> bool:
+        return self.can_write or "reader" in self.roles
+
+    def owns(self, owner: str | None) -> bool:
+        return owner is not None and owner == self.project_id
+
+    @classmethod
+    def admin(cls) -> "RequestContext":
+        """An internal context for housekeeping that must see everything."""
+        return cls(project_id=None, user_id=None, roles=frozenset({"admin"}))

@@ -1,0 +1,71 @@
+"""The server process: uvloop, the aiohttp runner, signals and graceful shutdown.
+
+SIGTERM or SIGINT stops accepting connections and gives in-flight requests
+(uploads included) ``graceful_shutdown_timeout`` seconds to finish; what is
+still running then is cancelled, and every handler cleans up after itself on
+cancellation. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from aiohttp import web
+
+from . import __version__, kernels
+from .api import create_app
+from .config import Config
+
+log = logging.getLogger("streamd")
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=config.default.graceful_shutdown_timeout,
+        keepalive_timeout=config.default.client_socket_timeout,
+        access_log=logging.getLogger("streamd.access"),
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.default.bind_host, config.default.bind_port, reuse_address=True)
+    await site.start()
+    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
+    log.info("streamd %s listening on %s (zero scan: %s; catalogue: %s; stores: %s)",
+             __version__, ", ".join(addresses), kernels.describe(),
+             config.database_url.split("://", 1)[0], ", ".join(f"{s.name}:{s.type}" for s in config.stores))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("received %s: shutting down gracefully (up to %.0f s)",
+                     signal.Signals(signum).name, config.default.graceful_shutdown_timeout)
+            stop.set()
+        else:
+            log.warning("second signal: stopping now")
+            raise SystemExit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("streamd stopped")
+
+
+def run(config: Config) -> None:
+    uvloop.run(serve(config))
