@@ -50,6 +50,16 @@ def _int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], 
     return parse
 
 
+def _power_of_two(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if value < lo or value > hi or value & (value - 1):
+            raise ValueError(f"must be a power of two from {lo} to {hi}")
+        return value
+
+    return parse
+
+
 def _float_range(lo: float = 0.0) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         value = float(raw.strip())
@@ -179,6 +189,10 @@ class DefaultOptions:
     api_limit_max: int = opt(1000, _int_range(1), "Largest page size a request may ask for.")
     enabled_import_methods: tuple[str, ...] = opt(
         ("glance-direct", "web-download", "copy-image"), _list, "Import methods offered by POST /v2/images/{id}/import.")
+    host_id: str | None = opt(
+        None, _opt_str,
+        "Name of this node in a shared catalogue, used to recover its own interrupted uploads after a "
+        "crash (default: <hostname>:<data_dir>).")
     auth_strategy: str = opt(
         "noauth", _str,
         "How callers are identified. noauth: identity from X-Project-Id, X-User-Id and X-Roles, "
@@ -232,6 +246,9 @@ class FileStoreOptions:
         None, _opt_str, "Directory the image files of this store live in (default: <data_dir>/images/<store>).")
     filesystem_thin_provisioning: bool = opt(
         False, _bool, "Leave runs of zero blocks as holes in the written files.")
+    filesystem_thin_provisioning_block_size: int = opt(
+        65536, _power_of_two(4096, 65536),
+        "Granularity of zero detection with thin provisioning: a power of two from 4096 to 65536 bytes.")
     filesystem_store_chunk_size: int = opt(
         65536, _int_range(4096, 64 << 20), "Bytes read or written at a time (Glance's option; streamd moves larger chunks where it helps).")
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
@@ -280,6 +297,12 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.connection or f"sqlite+aiosqlite:///{self.data_dir / 'streamd.sqlite'}"
+
+    @property
+    def host_id(self) -> str:
+        import socket
+
+        return self.default.host_id or f"{socket.gethostname()}:{self.data_dir}"
 
     @property
     def default_store(self) -> str:

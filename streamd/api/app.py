@@ -9,8 +9,9 @@ from aiohttp import web
 
 from ..catalog import Catalog
 from ..config import Config
-from . import images, members, schemas, tags, versions
-from .keys import CATALOG, CONFIG
+from ..stores import StoreRegistry
+from . import image_data, images, members, schemas, tags, versions
+from .keys import CATALOG, CONFIG, STORES
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,10 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     versions.add_routes(app)
-    for module in (images, members, tags, schemas):
+    for module in (images, image_data, members, tags, schemas):
         module.add_routes(app, V2_PREFIX)
     app.cleanup_ctx.append(_catalog_ctx)
+    app.cleanup_ctx.append(_stores_ctx)
     return app
 
 
@@ -43,3 +45,19 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await catalog.close()
+
+
+async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    stores = StoreRegistry.from_config(config)
+    await stores.start()
+    app[STORES] = stores
+    # Uploads this node had in flight when it last stopped died with it: their partial
+    # data was removed by the stores' start(); put their images back to queued.
+    recovered = await app[CATALOG].recover_uploads(config.host_id)
+    if recovered:
+        log.warning("recovered %d interrupted upload(s): %s", len(recovered), ", ".join(recovered))
+    try:
+        yield
+    finally:
+        await stores.stop()

@@ -12,7 +12,7 @@ from ..catalog import policy
 from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
 from ..errors import BadRequest, ConflictError as Conflict, Forbidden, NotFound, QuotaExceeded, UnsupportedMediaType
-from .keys import CATALOG, CONFIG, context_of
+from .keys import CATALOG, CONFIG, STORES, context_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
 
@@ -288,7 +288,12 @@ async def delete_image(request: web.Request) -> web.Response:
     policy.require_modify(ctx, image, "delete_image")
     if image.protected:
         raise Forbidden(f"Image {image.id} is protected and cannot be deleted.")
-    await request.app[CATALOG].delete_image(image.id)
+    deleted = await request.app[CATALOG].delete_image(image.id)
+    stores = request.app[STORES]
+    for location in deleted.locations:
+        store = stores.for_location(location.store)
+        if store is not None:
+            await store.delete(location.url)
     return web.Response(status=204)
 
 

@@ -7,9 +7,11 @@ from aiohttp import web
 from ..catalog import Catalog
 from ..config import Config
 from ..context import RequestContext
+from ..stores import StoreRegistry
 
 CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", Catalog)
+STORES = web.AppKey("stores", StoreRegistry)
 
 # The identity of the request, set by the identity middleware.
 CONTEXT = web.RequestKey("context", RequestContext)

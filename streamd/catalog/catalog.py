@@ -275,7 +275,76 @@ class Catalog:
             await conn.execute(m.image_tags.delete().where(m.image_tags.c.image_id == image_id))
             await conn.execute(m.image_members.delete().where(m.image_members.c.image_id == image_id))
             await conn.execute(m.image_locations.delete().where(m.image_locations.c.image_id == image_id))
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
             return image
+
+    # -- image data ---------------------------------------------------------------------
+
+    async def begin_upload(self, image_id: str, host: str, from_status: str = "queued",
+                           to_status: str = "saving") -> ImageRecord:
+        """CAS ``queued -> saving`` and record which node uploads, in one transaction."""
+        check_transition(image_id, from_status, to_status)
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            if image.status != from_status:
+                raise InvalidStatusTransition(
+                    f"Image {image_id} is {image.status}; data can only be uploaded to a {from_status} image")
+            if not (image.disk_format and image.container_format):
+                raise BadRequest("Properties disk_format, container_format must be set prior to saving data.")
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.status == from_status
+            ).values(status=to_status, updated_at=utcnow()))
+            if result.rowcount != 1:
+                raise InvalidStatusTransition(f"Image {image_id} changed status during the request")
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
+            await conn.execute(m.image_uploads.insert().values(image_id=image_id, host=host, started_at=utcnow()))
+            return await self._load(conn, image_id)
+
+    async def finish_upload(self, image_id: str, *, size: int, checksum: str, os_hash_algo: str,
+                            os_hash_value: str, store: str, url: str, metadata: Mapping[str, Any] | None = None,
+                            from_status: str = "saving") -> ImageRecord:
+        """CAS ``saving -> active`` with the data's size, digests and location.
+
+        Raises NotFound if the image was deleted meanwhile: the caller then removes the data.
+        """
+        async with self._write() as conn:
+            now = utcnow()
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.status == from_status, m.images.c.deleted.is_(False)
+            ).values(status="active", size=size, checksum=checksum, os_hash_algo=os_hash_algo,
+                     os_hash_value=os_hash_value, updated_at=now))
+            if result.rowcount != 1:
+                current = await conn.scalar(sa.select(m.images.c.status).where(
+                    m.images.c.id == image_id, m.images.c.deleted.is_(False)))
+                if current is None:
+                    raise NotFound(f"Image {image_id} was deleted during the upload")
+                raise InvalidStatusTransition(f"Image {image_id} is {current}, not {from_status}")
+            await conn.execute(m.image_locations.insert().values(
+                image_id=image_id, store=store, url=url, metadata_json=json.dumps(dict(metadata or {})),
+                status="active", created_at=now))
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
+            return await self._load(conn, image_id)
+
+    async def abort_upload(self, image_id: str, from_status: str = "saving") -> bool:
+        """Put an image whose upload failed back to ``queued``; False if it is gone or moved on."""
+        async with self._write() as conn:
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.status == from_status, m.images.c.deleted.is_(False)
+            ).values(status="queued", updated_at=utcnow()))
+            return bool(result.rowcount == 1)
+
+    async def recover_uploads(self, host: str) -> list[str]:
+        """At start-up: every upload this node had in flight died with it; queue those images again."""
+        async with self._write() as conn:
+            ids = list((await conn.execute(sa.select(m.image_uploads.c.image_id).where(
+                m.image_uploads.c.host == host))).scalars())
+            for image_id in ids:
+                await conn.execute(m.images.update().where(
+                    m.images.c.id == image_id, m.images.c.status.in_(("saving", "uploading", "importing")),
+                    m.images.c.deleted.is_(False)).values(status="queued", updated_at=utcnow()))
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.host == host))
+            return ids
 
     # -- listing -----------------------------------------------------------------------
 

@@ -80,3 +80,11 @@ image_locations = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Index("ix_image_locations_image_id", "image_id"),
 )
+
+image_uploads = sa.Table(
+    "image_uploads", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Index("ix_image_uploads_host", "host"),
+)

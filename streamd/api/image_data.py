@@ -1,0 +1,171 @@
+"""``PUT`` and ``GET /v2/images/{id}/file``: image data in and out, streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..catalog import ImageRecord, policy
+from ..errors import BadRequest, Forbidden, RangeNotSatisfiable, StoreError, UnsupportedMediaType
+from ..pipeline import UploadLimits, upload_image
+from ..stores import Reader
+from .images import _get_visible
+from .keys import CATALOG, CONFIG, STORES, context_of
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 4 << 20
+DOWNLOAD_CHUNK = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
+        yield chunk
+
+
+def _declared_size(request: web.Request) -> int | None:
+    header = request.headers.get("x-openstack-image-size")
+    if header is not None:
+        try:
+            size = int(header)
+        except ValueError:
+            raise BadRequest(f"x-openstack-image-size must be an integer, not {header!r}") from None
+        if size < 0:
+            raise BadRequest("x-openstack-image-size must not be negative")
+        if request.content_length is not None and request.content_length != size:
+            raise BadRequest("x-openstack-image-size does not match Content-Length")
+        return size
+    return request.content_length
+
+
+async def upload(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    config = request.app[CONFIG]
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image, "upload_image")
+    if request.content_type != "application/octet-stream":
+        raise UnsupportedMediaType(f"Unsupported Content-Type {request.content_type}: "
+                                   "image data must be application/octet-stream")
+    store = request.app[STORES].get(request.headers.get("X-Image-Meta-Store"))
+    await upload_image(
+        request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
+        limits=UploadLimits(size_cap=config.default.image_size_cap,
+                            hashing_algorithm=config.default.hashing_algorithm),
+        host=config.host_id)
+    return web.Response(status=204)
+
+
+def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive, or None for the whole image. Glance's rules, plus RFC suffix ranges."""
+    header = request.headers.get("Range")
+    if header is None:
+        legacy = request.headers.get("Content-Range")
+        if legacy is None:
+            return None
+        match = _CONTENT_RANGE.match(legacy.strip())
+        if not match:
+            raise RangeNotSatisfiable(f"Invalid Content-Range {legacy}", headers={"Content-Range": f"bytes */{size}"})
+        first, last = int(match.group(1)), int(match.group(2))
+    else:
+        if "," in header:
+            raise BadRequest("Multiple ranges are not supported")
+        match = _RANGE.match(header.strip())
+        if not match or (not match.group(1) and not match.group(2)):
+            raise RangeNotSatisfiable(f"Invalid Range {header}", headers={"Content-Range": f"bytes */{size}"})
+        if not match.group(1):
+            suffix = int(match.group(2))
+            if suffix == 0 or size == 0:
+                raise RangeNotSatisfiable(f"Range {header} is empty", headers={"Content-Range": f"bytes */{size}"})
+            return max(0, size - suffix), size - 1
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else size - 1
+    if first >= size or last < first:
+        raise RangeNotSatisfiable(f"Range not satisfiable for an image of {size} bytes",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    return first, min(last, size - 1)
+
+
+def _etag(image: ImageRecord) -> str:
+    return f'"{image.os_hash_value or image.checksum}"'
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    if image.status == "deactivated" and not ctx.is_admin:
+        raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+    stores = request.app[STORES]
+    locations = [loc for loc in image.locations if loc.status == "active" and stores.for_location(loc.store)]
+    if image.status not in ("active", "deactivated") or not locations:
+        return web.Response(status=204)
+    reader: Reader | None = None
+    for location in locations:
+        store = stores.for_location(location.store)
+        assert store is not None
+        try:
+            reader = await store.reader(location.url)
+            break
+        except StoreError as exc:
+            log.warning("image %s: location in store %s unreadable: %s", image.id, location.store, exc.message)
+    if reader is None:
+        raise StoreError(f"No readable location for image {image.id}")
+    try:
+        return await _send(request, image, reader)
+    finally:
+        reader.close()
+
+
+async def _send(request: web.Request, image: ImageRecord, reader: Reader) -> web.StreamResponse:
+    size = reader.size
+    etag = _etag(image)
+    byte_range = parse_range(request, size)
+    if_range = request.headers.get("If-Range")
+    if byte_range is not None and if_range is not None and if_range.strip() != etag:
+        byte_range = None  # the client's copy is stale: send the whole image
+    headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "ETag": etag}
+    if image.checksum:
+        headers["Content-MD5"] = image.checksum  # hex, as Glance sends it
+    if byte_range is None:
+        first, length, status = 0, size, 200
+    else:
+        first, last = byte_range
+        length, status = last - first + 1, 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
+    await response.prepare(request)
+    await _stream(reader, response, first, length)
+    await response.write_eof()
+    return response
+
+
+async def _stream(reader: Reader, response: web.StreamResponse, offset: int, length: int) -> None:
+    """Read ahead one chunk in a worker thread while the loop sends the previous one."""
+    loop = asyncio.get_running_loop()
+    end = offset + length
+    pending = loop.run_in_executor(None, reader.read, offset, min(DOWNLOAD_CHUNK, end - offset)) if length else None
+    try:
+        while pending is not None:
+            data = await pending
+            pending = None
+            if not data:
+                raise StoreError(f"image data ended early at byte {offset} of {end}")
+            offset += len(data)
+            if offset < end:
+                pending = loop.run_in_executor(None, reader.read, offset, min(DOWNLOAD_CHUNK, end - offset))
+            await response.write(data)
+    finally:
+        if pending is not None:
+            # The reader is closed by our caller: wait for the read in flight first.
+            await asyncio.shield(asyncio.wait([pending]))
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    app.router.add_put(prefix + "/images/{image_id}/file", upload)
+    app.router.add_get(prefix + "/images/{image_id}/file", download, allow_head=False)

@@ -1,0 +1,69 @@
+"""What every store offers the data path. Stores know nothing of HTTP or the catalogue."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StoredData:
+    """What a store reports after a write: checked against the stream in one place (pipeline)."""
+
+    url: str
+    size: int
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+class Writer(abc.ABC):
+    """One image being written. ``write`` runs in a worker thread, in order; the rest on the loop."""
+
+    @abc.abstractmethod
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``. Blocking; called from one worker thread, chunks in order."""
+
+    @abc.abstractmethod
+    async def commit(self) -> StoredData:
+        """Make the data durable and visible under its final name."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Remove everything written so far. Safe to call more than once."""
+
+
+class Reader(abc.ABC):
+    size: int
+
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``. Blocking; called from a worker thread."""
+
+    def close(self) -> None:
+        return None
+
+
+class Store(abc.ABC):
+    name: str
+    type: str
+
+    async def start(self) -> None:
+        """Connect, create directories, and clear what an earlier crash left half-written."""
+
+    async def stop(self) -> None:
+        return None
+
+    @abc.abstractmethod
+    async def writer(self, image_id: str, expected_size: int | None) -> Writer:
+        ...
+
+    @abc.abstractmethod
+    async def reader(self, url: str) -> Reader:
+        ...
+
+    @abc.abstractmethod
+    async def delete(self, url: str) -> None:
+        """Remove the data at ``url``; a missing object is not an error."""
+
+    def owns(self, url: str) -> bool:
+        """True if ``url`` names data in this store."""
+        return False

@@ -1,0 +1,158 @@
+"""The local file store: one file per image under ``filesystem_store_datadir``.
+
+A write goes to ``.incoming/<image>.<random>`` in the same directory, is
+fsynced, then renamed into place, so a file under its final name is always
+whole. Whatever is left in ``.incoming/`` was interrupted and is removed at
+start-up. With ``filesystem_thin_provisioning`` runs of zero blocks are
+skipped with a seek, so they become holes, found by the native zero scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..config import FileStoreOptions
+from ..errors import NotFound, StorageFull, StoreError
+from ..kernels import zeroscan
+from .base import Reader, StoredData, Store, Writer
+
+INCOMING = ".incoming"
+
+
+class FileStore(Store):
+    type = "file"
+
+    def __init__(self, name: str, options: FileStoreOptions, default_dir: Path) -> None:
+        self.name = name
+        self.directory = Path(options.filesystem_store_datadir or default_dir).absolute()
+        self.thin = options.filesystem_thin_provisioning
+        self.block_size = options.filesystem_thin_provisioning_block_size
+
+    async def start(self) -> None:
+        incoming = self.directory / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in incoming.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    def path_of(self, image_id: str) -> Path:
+        return self.directory / image_id
+
+    def url_of(self, image_id: str) -> str:
+        return self.path_of(image_id).as_uri()
+
+    def owns(self, url: str) -> bool:
+        return url.startswith("file://") and self._path(url).parent == self.directory
+
+    def _path(self, url: str) -> Path:
+        parsed = urlparse(url)
+        if parsed.scheme != "file":
+            raise StoreError(f"{url} is not a file location")
+        return Path(unquote(parsed.path))
+
+    async def writer(self, image_id: str, expected_size: int | None) -> Writer:
+        temp = self.directory / INCOMING / f"{image_id}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot create {temp}") from exc
+        return FileWriter(self, image_id, fd, temp, expected_size)
+
+    async def reader(self, url: str) -> Reader:
+        path = self._path(url)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"image data not found at {url}") from None
+        except OSError as exc:
+            raise _store_error(exc, f"cannot open {path}") from exc
+        return FileReader(fd, os.fstat(fd).st_size, path)
+
+    async def delete(self, url: str) -> None:
+        self._path(url).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.directory).free
+
+
+class FileWriter(Writer):
+    def __init__(self, store: FileStore, image_id: str, fd: int, temp: Path, expected_size: int | None) -> None:
+        self.store = store
+        self.image_id = image_id
+        self.fd = fd
+        self.temp = temp
+        self.offset = 0
+        self.closed = False
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        try:
+            if self.store.thin:
+                for start, length, zero in zeroscan.zero_runs(view, self.store.block_size):
+                    if not zero:
+                        _write_all(self.fd, view[start:start + length], self.offset + start)
+                self.offset += len(view)
+            else:
+                _write_all(self.fd, view, self.offset)
+                self.offset += len(view)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot write {self.temp}") from exc
+
+    def _finish(self) -> None:
+        # Trailing zero blocks were skipped: extend the file to its full length.
+        os.ftruncate(self.fd, self.offset)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.closed = True
+        final = self.store.path_of(self.image_id)
+        os.rename(self.temp, final)
+        dir_fd = os.open(self.store.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def commit(self) -> StoredData:
+        try:
+            await asyncio.to_thread(self._finish)
+        except OSError as exc:
+            await self.abort()
+            raise _store_error(exc, f"cannot commit {self.temp}") from exc
+        return StoredData(self.store.url_of(self.image_id), self.offset)
+
+    async def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+        self.temp.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class FileReader(Reader):
+    def __init__(self, fd: int, size: int, path: Path) -> None:
+        self.fd = fd
+        self.size = size
+        self.path = path
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _store_error(exc: OSError, what: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{what}: no space left in the store")
+    return StoreError(f"{what}: {exc.strerror}")

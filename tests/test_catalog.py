@@ -1,0 +1,117 @@
+"""The catalogue itself: migrations, WAL, compare-and-swap races, concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import MEMBER_A, both_databases, start_daemon, stop_daemon
+from streamd.catalog import Catalog
+from streamd.errors import InvalidStatusTransition, NotFound
+
+
+@both_databases
+async def test_status_race_has_exactly_one_winner(database_url: str) -> None:
+    catalog = await Catalog.open(database_url)
+    try:
+        image = await catalog.create_image({"disk_format": "raw", "container_format": "bare"}, {}, [])
+        for _ in range(5):
+            results = await asyncio.gather(
+                *(catalog.transition(image.id, "queued", "saving") for _ in range(8)), return_exceptions=True)
+            winners = [r for r in results if not isinstance(r, BaseException)]
+            losers = [r for r in results if isinstance(r, InvalidStatusTransition)]
+            assert len(winners) == 1 and len(losers) == 7, results
+            assert losers[0].status == 409
+            await catalog.transition(image.id, "saving", "queued")
+        # Conflicting targets from the same state: still one winner.
+        results = await asyncio.gather(catalog.transition(image.id, "queued", "saving"),
+                                       catalog.transition(image.id, "queued", "uploading"), return_exceptions=True)
+        assert sum(not isinstance(r, BaseException) for r in results) == 1
+        assert (await catalog.get_image(image.id)).status in ("saving", "uploading")
+    finally:
+        await catalog.close()
+
+
+@both_databases
+async def test_transition_rules(database_url: str) -> None:
+    catalog = await Catalog.open(database_url)
+    try:
+        bare = await catalog.create_image({}, {}, [])
+        with pytest.raises(Exception, match="disk_format, container_format"):
+            await catalog.transition(bare.id, "queued", "saving")
+        image = await catalog.create_image({"disk_format": "raw", "container_format": "bare"}, {}, [])
+        with pytest.raises(InvalidStatusTransition):
+            await catalog.transition(image.id, "queued", "deactivated")  # not an allowed move
+        with pytest.raises(InvalidStatusTransition):
+            await catalog.transition(image.id, "active", "deactivated")  # image is not active
+        await catalog.delete_image(image.id)
+        with pytest.raises(NotFound):
+            await catalog.transition(image.id, "queued", "saving")
+    finally:
+        await catalog.close()
+
+
+async def test_sqlite_is_in_wal_mode_and_migrated(tmp_path: Path) -> None:
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
+    try:
+        async with catalog.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+            assert (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    finally:
+        await catalog.close()
+    # Opening again runs no migration twice and keeps the data.
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
+    await catalog.close()
+
+
+async def test_many_concurrent_writers_in_one_process_never_fail(tmp_path: Path) -> None:
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
+    try:
+        async def writer(n: int) -> None:
+            image = await catalog.create_image({"name": f"i{n}", "disk_format": "raw", "container_format": "bare"},
+                                               {"n": str(n)}, ["t"])
+            await catalog.update_image(image.id, changes={"name": f"renamed{n}"}, set_properties={"m": "1"})
+            await catalog.add_tag(image.id, "x")
+            await catalog.transition(image.id, "queued", "saving")
+
+        await asyncio.gather(*(writer(n) for n in range(120)))
+        async with catalog.engine.connect() as conn:
+            count = await conn.scalar(sa.text("SELECT count(*) FROM images WHERE status = 'saving'"))
+        assert count == 120
+    finally:
+        await catalog.close()
+
+
+def test_two_daemons_share_one_sqlite_file_without_lock_errors(tmp_path: Path) -> None:
+    """Two processes writing one SQLite catalogue at once: BEGIN IMMEDIATE + busy_timeout, never 'locked'."""
+    import concurrent.futures
+    import json
+    import urllib.request
+
+    shared = tmp_path / "shared.sqlite"
+    extra = f"[database]\nconnection = sqlite:///{shared}\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_daemon(tmp_path / "a", extra)
+    second = start_daemon(tmp_path / "b", extra)
+    try:
+        def create(url: str, n: int) -> int:
+            request = urllib.request.Request(
+                url + "/v2/images", method="POST", headers={**MEMBER_A, "Content-Type": "application/json"},
+                data=json.dumps({"name": f"n{n}", "tags": ["a", "b"], "p": str(n)}).encode())
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda n: create((first.url, second.url)[n % 2], n), range(80)))
+        assert statuses == [201] * 80
+        request = urllib.request.Request(first.url + "/v2/images?limit=1000", headers=MEMBER_A)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert len(json.load(response)["images"]) == 80
+        assert "locked" not in first.log() + second.log()
+    finally:
+        stop_daemon(first)
+        stop_daemon(second)
