@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import __version__, kernels
 from .api import create_app
+from .api.keys import INFLIGHT_UPLOADS
 from .config import Config
 
 log = logging.getLogger("streamd")
@@ -26,7 +27,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     app = create_app(config)
     runner = web.AppRunner(
         app,
-        shutdown_timeout=config.default.graceful_shutdown_timeout,
+        # Uploads get the graceful period below; aiohttp's own wait is for the other requests.
+        shutdown_timeout=min(5.0, config.default.graceful_shutdown_timeout),
         keepalive_timeout=config.default.client_socket_timeout,
         access_log=logging.getLogger("streamd.access"),
         handle_signals=False,
@@ -60,6 +62,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         ready.set()
     try:
         await stop.wait()
+        await site.stop()  # no new connections; requests in flight go on
+        uploads = app[INFLIGHT_UPLOADS]
+        if uploads.count:
+            log.info("waiting for %d upload(s) in flight", uploads.count)
+            if not await uploads.wait_idle(config.default.graceful_shutdown_timeout):
+                log.warning("%d upload(s) still running after %.0f s: aborting them", uploads.count,
+                            config.default.graceful_shutdown_timeout)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -11,7 +11,8 @@ from ..catalog import Catalog
 from ..config import Config
 from ..stores import StoreRegistry
 from . import image_data, images, members, schemas, tags, versions
-from .keys import CATALOG, CONFIG, STORES
+from .inflight import InflightUploads
+from .keys import CATALOG, CONFIG, INFLIGHT_UPLOADS, STORES
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": 65536},
     )
     app[CONFIG] = config
+    app[INFLIGHT_UPLOADS] = InflightUploads()
     versions.add_routes(app)
     for module in (images, image_data, members, tags, schemas):
         module.add_routes(app, V2_PREFIX)

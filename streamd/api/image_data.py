@@ -14,7 +14,7 @@ from ..errors import BadRequest, Forbidden, RangeNotSatisfiable, StoreError, Uns
 from ..pipeline import UploadLimits, upload_image
 from ..stores import Reader
 from .images import _get_visible
-from .keys import CATALOG, CONFIG, STORES, context_of
+from .keys import CATALOG, CONFIG, INFLIGHT_UPLOADS, STORES, context_of
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,12 @@ async def upload(request: web.Request) -> web.Response:
         raise UnsupportedMediaType(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
     store = request.app[STORES].get(request.headers.get("X-Image-Meta-Store"))
-    await upload_image(
-        request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
-        limits=UploadLimits(size_cap=config.default.image_size_cap,
-                            hashing_algorithm=config.default.hashing_algorithm),
-        host=config.host_id)
+    async with request.app[INFLIGHT_UPLOADS].track():
+        await upload_image(
+            request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
+            limits=UploadLimits(size_cap=config.default.image_size_cap,
+                                hashing_algorithm=config.default.hashing_algorithm),
+            host=config.host_id)
     return web.Response(status=204)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from typing import Any
 
@@ -164,18 +165,38 @@ async def list_images(request: web.Request) -> web.Response:
 # -- update (JSON patch) -------------------------------------------------------------------
 
 def _decode_pointer(pointer: Any) -> list[str]:
+    """A JSON pointer as Glance accepts it: ``/``-separated, ``~0``/``~1`` escapes, blanks stripped."""
     if not isinstance(pointer, str) or not pointer.startswith("/"):
         raise BadRequest(f"Pointer `{pointer}` does not start with \"/\".")
-    if pointer.endswith("/"):
+    if re.search(r"/\s*?/", pointer[1:]):
+        raise BadRequest(f"Pointer `{pointer}` contains adjacent \"/\".")
+    if len(pointer) > 1 and pointer.endswith("/"):
         raise BadRequest(f"Pointer `{pointer}` end with \"/\".")
-    parts = pointer[1:].split("/")
-    for part in parts:
-        if "~" in part.replace("~0", "").replace("~1", ""):
-            raise BadRequest(f"Pointer `{pointer}` contains \"~\" not part of a recognized escape sequence.")
-    return [p.replace("~1", "/").replace("~0", "~") for p in parts]
+    if pointer[1:].strip() == "/":
+        raise BadRequest(f"Pointer `{pointer}` does not contains valid token.")
+    if re.search("~[^01]", pointer) or pointer.endswith("~"):
+        raise BadRequest(f"Pointer `{pointer}` contains \"~\" not part of a recognized escape sequence.")
+    return [p.replace("~1", "/").replace("~0", "~").strip() for p in pointer[1:].split("/")]
 
 
-def _parse_changes(body: Any, media_type: str) -> list[dict[str, Any]]:
+# Glance's ``_path_depth_limits``: every path is one token deep, except location add/remove (/locations/N).
+_PATH_DEPTH = {"locations": {"add": 2, "remove": 2, "replace": 1}}
+
+
+def _check_change(config: Any, op: str, path: list[str], value: Any) -> None:
+    """What Glance's deserializer checks per change: read-only/reserved (403), then the schema (400)."""
+    name = path[0]
+    _check_allowed(name, creating=False)
+    if op == "remove":
+        return
+    if len(path) == 1:
+        validate_image(config, {name: value})
+    elif name == "locations":
+        validate_image(config, {name: [value]})
+
+
+def _parse_changes(body: Any, media_type: str, config: Any = None) -> list[dict[str, Any]]:
+    """Parse and check the whole change list before the image is looked up (Glance's order)."""
     if not isinstance(body, list):
         raise BadRequest("Request body must be a JSON array of operation objects.")
     draft4 = media_type.endswith("v2.0-json-patch")
@@ -191,19 +212,21 @@ def _parse_changes(body: Any, media_type: str) -> list[dict[str, Any]]:
         else:
             op, pointer = raw.get("op"), raw.get("path")
             if op not in ("add", "remove", "replace"):
-                raise BadRequest(f"Invalid operation: `{op}`." if op is not None
+                raise BadRequest(f"Invalid operation: `{op}`. It must be one of the following: add, remove, replace."
+                                 if op is not None
                                  else "Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace.")
             if "path" not in raw:
                 raise BadRequest("Unable to find 'path' in JSON Schema change")
         path = _decode_pointer(pointer)
-        if len(path) != 1:
-            raise BadRequest("Nested paths are not allowed")
-        name = path[0]
-        change: dict[str, Any] = {"op": op, "name": name, "draft4": draft4}
+        if len(path) != _PATH_DEPTH.get(path[0], {}).get(op, 1):
+            raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
+        change: dict[str, Any] = {"op": op, "name": path[0], "path": path, "draft4": draft4}
         if op != "remove":
             if "value" not in raw:
                 raise BadRequest(f"Operation \"{op}\" requires a member named \"value\".")
             change["value"] = raw["value"]
+        if config is not None:
+            _check_change(config, op, path, change.get("value"))
         changes.append(change)
     return changes
 
@@ -213,11 +236,15 @@ async def update_image(request: web.Request) -> web.Response:
     ctx = context_of(request)
     media_type = request.content_type
     if media_type not in PATCH_MEDIA_TYPES:
-        raise UnsupportedMediaType(f"Unsupported Content-Type {media_type}",
-                                   headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)})
+        raise UnsupportedMediaType(f"Image PATCH expects Content-Type one of: {', '.join(sorted(PATCH_MEDIA_TYPES))}",
+                                   headers={"Accept-Patch": ", ".join(sorted(PATCH_MEDIA_TYPES))})
+    # Glance's deserializer parses and checks every change before the image is looked up.
+    changes = _parse_changes(await _json_body(request), media_type, config)
     image = await _get_visible(request, request.match_info["image_id"])
+    if not changes:
+        # Glance checks policies per change and saves only if there was one: nothing to refuse.
+        return web.json_response(image_view(image))
     policy.require_modify(ctx, image)
-    changes = _parse_changes(await _json_body(request), media_type)
 
     base_names = set(image_base_properties(config))
     new_base: dict[str, Any] = {}
@@ -225,53 +252,65 @@ async def update_image(request: web.Request) -> web.Response:
     tags: list[str] | None = None
     for change in changes:
         name, op = change["name"], change["op"]
+        value = change.get("value")
         if name == "locations":
-            # Location management arrives with the data path; refuse clearly rather than half-do it.
-            raise Forbidden("Changing locations through PATCH is not supported by streamd.")
-        _check_allowed(name, creating=False)
-        if op != "remove":
-            validate_image(config, {name: change["value"]})
+            if op == "replace" and not value:
+                raise Forbidden("Cannot set locations to empty list.")
+            # Glance refuses location changes while show_multiple_locations is off (its default).
+            raise Forbidden(f"It's not allowed to {op} locations if locations are invisible.")
+        if op == "replace" and name == "owner" and not ctx.is_admin:
+            raise Forbidden("Owner can't be updated by non admin.")
+        if name == "visibility" and op != "remove":
+            # publicize_image is checked on every change to public, even when it already is.
+            policy.require_visibility_change(ctx, value)
         if name in base_names:
             if op == "remove":
                 raise Forbidden(f"Property {name} may not be removed.")
             if op == "add" and change["draft4"]:
                 raise Conflict(f"Property {name} already present.")
-            value = change["value"]
+            if name == "owner" and not ctx.is_admin:
+                # Glance lets "add /owner" through (only replace is guarded); streamd refuses both.
+                raise Forbidden("Owner can't be updated by non admin.")
             if name == "tags":
                 tags = list(dict.fromkeys(value))
+                _check_tags(tags)
+                _check_quota("image_tag_quota", config.default.image_tag_quota, len(tags))
                 continue
             _check_base_value(name, value)
-            if name == "owner" and value != image.owner and not ctx.is_admin:
-                raise Forbidden("Owner can't be updated by non admin.")
-            if name == "visibility" and value != image.visibility:
-                policy.require_visibility_change(ctx, value)
-            if name in QUEUED_ONLY and value != getattr(image, name) and image.status != "queued":
+            if name in QUEUED_ONLY and image.status not in ("queued", "importing"):
                 raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
             new_base[name] = value
+        elif op == "remove":
+            if name not in props:
+                raise Conflict(f"Property {name} does not exist.")
+            del props[name]
+        elif op == "replace":
+            if name not in props:
+                raise Conflict(f"Property {name} does not exist.")
+            _check_property(name, value)
+            props[name] = value
         else:
-            if op == "remove":
-                if name not in props:
-                    raise Conflict(f"Property {name} does not exist.")
-                del props[name]
-            elif op == "replace":
-                if name not in props:
-                    raise Conflict(f"Property {name} does not exist.")
-                _check_property(name, change["value"])
-                props[name] = change["value"]
-            else:
-                if name in props and change["draft4"]:
-                    raise Conflict(f"Property {name} already present.")
-                _check_property(name, change["value"])
-                props[name] = change["value"]
+            if name in props and change["draft4"]:
+                raise Conflict(f"Property {name} already present.")
+            _check_property(name, value)
+            props[name] = value
 
+    _check_property_quota(config.default.image_property_quota, image.properties, props)
     removed = set(image.properties) - set(props)
     updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
-    if tags is not None:
-        _check_tags(tags)
     image = await request.app[CATALOG].update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
         property_quota=config.default.image_property_quota, tag_quota=config.default.image_tag_quota)
     return web.json_response(image_view(image))
+
+
+def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, str]) -> None:
+    """Glance checks on save, and only when a new key appears; its own os_glance_* keys do not count."""
+    if limit < 0 or not set(after) - set(before):
+        return
+    count = sum(1 for key in after if not key.startswith("os_glance"))
+    if count > limit:
+        raise QuotaExceeded(f"Maximum number of image properties exceeded: {count} > {limit}")
 
 
 def _check_tags(tags: list[str]) -> None:

@@ -8,10 +8,12 @@ from ..catalog import Catalog
 from ..config import Config
 from ..context import RequestContext
 from ..stores import StoreRegistry
+from .inflight import InflightUploads
 
 CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", Catalog)
 STORES = web.AppKey("stores", StoreRegistry)
+INFLIGHT_UPLOADS = web.AppKey("inflight_uploads", InflightUploads)
 
 # The identity of the request, set by the identity middleware.
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -1,0 +1,351 @@
+"""Image data in and out: round trips, limits, failures that lose nothing, ranges."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+
+from conftest import ADMIN, MEMBER_A, MEMBER_B, ApiClient, both_databases, make_config, start_api
+
+OCTET = {"Content-Type": "application/octet-stream"}
+CHUNK = 4 << 20  # the upload chunk of streamd.api.image_data
+
+
+def payload(size: int, seed: int = 1) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(size) if size else b""
+
+
+def store_dir(api: ApiClient) -> Path:
+    return api.config.data_dir / "images" / "fs"
+
+
+def stray_files(api: ApiClient) -> list[str]:
+    root = store_dir(api)
+    incoming = [p.name for p in (root / ".incoming").iterdir()] if (root / ".incoming").exists() else []
+    return incoming
+
+
+async def upload(api: ApiClient, image_id: str, data, *, as_=MEMBER_A, headers=None) -> "object":
+    return await api.call("PUT", f"/v2/images/{image_id}/file", as_=as_, data=data,
+                          headers={**OCTET, **(headers or {})})
+
+
+async def chunked(data: bytes, piece: int = 1 << 20) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), piece):
+        yield data[start:start + piece]
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345])
+async def test_round_trip_sizes(api: ApiClient, size: int) -> None:
+    data = payload(size)
+    image = await api.create()
+    reply = await upload(api, image["id"], data)
+    assert reply.status == 204, reply.body
+    shown = (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json
+    assert shown["status"] == "active" and shown["size"] == size
+    assert shown["checksum"] == hashlib.md5(data).hexdigest()
+    assert shown["os_hash_algo"] == "sha512" and shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+    assert shown["stores"] == "fs"
+    got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+    assert got.status == 200 and got.body == data
+    assert got.headers["Content-Length"] == str(size)
+    assert got.headers["Content-MD5"] == shown["checksum"]
+    assert got.headers["Accept-Ranges"] == "bytes" and got.headers["ETag"].startswith('"')
+    assert (store_dir(api) / image["id"]).read_bytes() == data
+    assert stray_files(api) == []
+
+
+@both_databases
+async def test_chunked_upload_without_length(api: ApiClient) -> None:
+    data = payload(5 * (1 << 20) + 7)
+    image = await api.create()
+    reply = await upload(api, image["id"], chunked(data))
+    assert reply.status == 204, reply.body
+    got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+    assert got.body == data
+
+
+async def test_declared_size_header(api: ApiClient) -> None:
+    data = payload(100_000)
+    image = await api.create()
+    reply = await upload(api, image["id"], chunked(data, 30_000), headers={"x-openstack-image-size": "100000"})
+    assert reply.status == 204
+    short = await api.create()
+    reply = await upload(api, short["id"], chunked(data, 30_000), headers={"x-openstack-image-size": "100001"})
+    assert reply.status == 400 and "ended after" in reply.json["error"]["message"]
+    long = await api.create()
+    reply = await upload(api, long["id"], chunked(data, 30_000), headers={"x-openstack-image-size": "99999"})
+    assert reply.status == 400 and "longer than" in reply.json["error"]["message"]
+    for image_id in (short["id"], long["id"]):
+        shown = (await api.call("GET", f"/v2/images/{image_id}", as_=MEMBER_A)).json
+        assert shown["status"] == "queued" and shown["size"] is None
+        assert not (store_dir(api) / image_id).exists()
+    bad = await upload(api, short["id"], b"x", headers={"x-openstack-image-size": "ten"})
+    assert bad.status == 400
+    assert stray_files(api) == []
+
+
+async def test_wrong_content_type_is_415(api: ApiClient) -> None:
+    image = await api.create()
+    reply = await api.call("PUT", f"/v2/images/{image['id']}/file", as_=MEMBER_A, data=b"abc",
+                           headers={"Content-Type": "text/plain"})
+    assert reply.status == 415 and reply.json["error"]["code"] == 415
+    assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "queued"
+
+
+async def test_upload_needs_formats_and_queued_status(api: ApiClient) -> None:
+    bare = await api.create(disk_format=None, container_format=None)
+    reply = await upload(api, bare["id"], b"abc")
+    assert reply.status == 400 and "disk_format" in reply.json["error"]["message"]
+    image = await api.create()
+    assert (await upload(api, image["id"], b"first")).status == 204
+    again = await upload(api, image["id"], b"second")
+    assert again.status == 409
+    got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+    assert got.body == b"first"
+
+
+async def test_upload_permissions(api: ApiClient) -> None:
+    image = await api.create(visibility="public", as_=ADMIN)
+    assert (await upload(api, image["id"], b"x", as_=MEMBER_B)).status == 403
+    private = await api.create(visibility="private")
+    assert (await upload(api, private["id"], b"x", as_=MEMBER_B)).status == 404
+
+
+async def test_unknown_store_header_is_400(api: ApiClient) -> None:
+    image = await api.create()
+    reply = await upload(api, image["id"], b"abc", headers={"X-Image-Meta-Store": "nowhere"})
+    assert reply.status == 400
+    assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "queued"
+
+
+async def test_size_cap_enforced_while_streaming(tmp_path: Path) -> None:
+    server, api, session = await start_api(make_config(tmp_path, None, DEFAULT={"image_size_cap": str(3 << 20)}))
+    try:
+        image = await api.create()
+        # Declared too large: refused before reading.
+        reply = await upload(api, image["id"], payload(4 << 20))
+        assert reply.status == 413
+        # Undeclared (chunked): refused as soon as the cap is crossed.
+        sent = 0
+
+        async def endless() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for _ in range(1000):  # would be 1000 MiB if the server read it all
+                sent += 1 << 20
+                yield payload(1 << 20)
+
+        reply = await upload(api, image["id"], endless())
+        assert reply.status == 413, reply.body
+        assert sent < 64 << 20
+        shown = (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json
+        assert shown["status"] == "queued"
+        assert not (store_dir(api) / image["id"]).exists() and stray_files(api) == []
+        exact = await upload(api, image["id"], payload(3 << 20))
+        assert exact.status == 204
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_client_disconnect_mid_upload_leaves_nothing(api: ApiClient) -> None:
+    image = await api.create()
+    host, port = api.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    headers = (f"PUT /v2/images/{image['id']}/file HTTP/1.1\r\nHost: x\r\n"
+               f"X-Project-Id: {MEMBER_A['X-Project-Id']}\r\nX-Roles: member\r\n"
+               "Content-Type: application/octet-stream\r\nContent-Length: 104857600\r\n\r\n")
+    writer.write(headers.encode())
+    for _ in range(10):
+        writer.write(payload(1 << 20))
+        await writer.drain()
+    # Wait until the server has started the upload, then vanish.
+    for _ in range(100):
+        if (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "saving":
+            break
+        await asyncio.sleep(0.02)
+    writer.transport.abort()
+    for _ in range(200):
+        shown = (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json
+        if shown["status"] == "queued":
+            break
+        await asyncio.sleep(0.025)
+    assert shown["status"] == "queued"
+    for _ in range(100):
+        if not stray_files(api):
+            break
+        await asyncio.sleep(0.02)
+    assert stray_files(api) == [] and not (store_dir(api) / image["id"]).exists()
+    # The image takes a new upload afterwards.
+    assert (await upload(api, image["id"], b"again")).status == 204
+
+
+async def test_delete_during_upload_is_410_and_removes_data(api: ApiClient) -> None:
+    image = await api.create()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield payload(1 << 20)
+        started.set()
+        await release.wait()
+        yield payload(1 << 20, 2)
+
+    task = asyncio.create_task(upload(api, image["id"], slow()))
+    await started.wait()
+    for _ in range(100):
+        if (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "saving":
+            break
+        await asyncio.sleep(0.02)
+    assert (await api.call("DELETE", f"/v2/images/{image['id']}", as_=MEMBER_A)).status == 204
+    release.set()
+    reply = await task
+    assert reply.status == 410, reply.body
+    assert not (store_dir(api) / image["id"]).exists() and stray_files(api) == []
+
+
+async def test_two_racing_uploads_one_wins(api: ApiClient) -> None:
+    image = await api.create()
+    gate = asyncio.Event()
+
+    async def body(seed: int) -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield payload(1 << 20, seed)
+
+    tasks = [asyncio.create_task(upload(api, image["id"], body(n))) for n in (1, 2)]
+    await asyncio.sleep(0.2)
+    gate.set()
+    statuses = sorted(r.status for r in await asyncio.gather(*tasks))
+    assert statuses == [204, 409]
+    got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+    assert got.body in (payload(1 << 20, 1), payload(1 << 20, 2))
+
+
+async def test_thin_provisioning_leaves_holes(tmp_path: Path) -> None:
+    server, api, session = await start_api(make_config(
+        tmp_path, None, fs={"filesystem_thin_provisioning": "true",
+                            "filesystem_thin_provisioning_block_size": "4096"}))
+    try:
+        mib = 1 << 20
+        data = payload(mib) + bytes(8 * mib) + payload(mib, 3) + bytes(2 * mib)
+        image = await api.create()
+        assert (await upload(api, image["id"], chunked(data, 3 * mib + 5))).status == 204
+        path = store_dir(api) / image["id"]
+        assert path.stat().st_size == len(data)
+        allocated = path.stat().st_blocks * 512
+        assert allocated <= 2 * mib + 64 * 1024, allocated  # the 10 MiB of zeros are holes
+        got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+        assert got.body == data
+        assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["checksum"] == \
+            hashlib.md5(data).hexdigest()
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_dense_store_writes_every_block(api: ApiClient) -> None:
+    data = bytes(4 << 20)
+    image = await api.create()
+    assert (await upload(api, image["id"], data)).status == 204
+    assert (store_dir(api) / image["id"]).stat().st_blocks * 512 >= len(data)
+
+
+async def test_download_of_queued_image_is_204(api: ApiClient) -> None:
+    image = await api.create()
+    reply = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+    assert reply.status == 204 and reply.body == b""
+
+
+async def test_deactivated_download_is_403_unless_admin(api: ApiClient) -> None:
+    image = await api.create(visibility="community")
+    assert (await upload(api, image["id"], b"secret")).status == 204
+    assert (await api.call("POST", f"/v2/images/{image['id']}/actions/deactivate", as_=MEMBER_A)).status == 204
+    assert (await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)).status == 403
+    assert (await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_B)).status == 403
+    admin = await api.call("GET", f"/v2/images/{image['id']}/file", as_=ADMIN)
+    assert admin.status == 200 and admin.body == b"secret"
+    assert (await api.call("POST", f"/v2/images/{image['id']}/actions/reactivate", as_=MEMBER_A)).status == 204
+    assert (await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_B)).body == b"secret"
+
+
+async def test_delete_removes_data(api: ApiClient) -> None:
+    image = await api.create()
+    assert (await upload(api, image["id"], b"data")).status == 204
+    assert (store_dir(api) / image["id"]).exists()
+    assert (await api.call("DELETE", f"/v2/images/{image['id']}", as_=MEMBER_A)).status == 204
+    assert not (store_dir(api) / image["id"]).exists()
+
+
+@pytest.mark.parametrize("header,expected", [
+    ("bytes=0-9", (0, 9)),
+    ("bytes=1000-1999", (1000, 1999)),
+    ("bytes=99990-", (99990, 99999)),
+    ("bytes=99990-200000", (99990, 99999)),
+    ("bytes=-10", (99990, 99999)),
+    ("bytes=-200000", (0, 99999)),
+])
+async def test_ranges(api: ApiClient, header: str, expected: tuple[int, int]) -> None:
+    data = payload(100_000)
+    image = await api.create()
+    assert (await upload(api, image["id"], data)).status == 204
+    reply = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A, headers={"Range": header})
+    first, last = expected
+    assert reply.status == 206
+    assert reply.headers["Content-Range"] == f"bytes {first}-{last}/100000"
+    assert reply.body == data[first:last + 1]
+
+
+@pytest.mark.parametrize("header", ["bytes=100000-", "bytes=200000-300000", "bytes=-0", "bytes=5-2", "items=1-2",
+                                    "bytes=x-y"])
+async def test_unsatisfiable_ranges_are_416(api: ApiClient, header: str) -> None:
+    image = await api.create()
+    assert (await upload(api, image["id"], payload(100_000))).status == 204
+    reply = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A, headers={"Range": header})
+    assert reply.status == 416
+    assert reply.headers["Content-Range"] == "bytes */100000"
+    assert reply.json["error"]["code"] == 416
+
+
+async def test_multi_range_is_400_and_if_range(api: ApiClient) -> None:
+    data = payload(50_000)
+    image = await api.create()
+    assert (await upload(api, image["id"], data)).status == 204
+    path = f"/v2/images/{image['id']}/file"
+    assert (await api.call("GET", path, as_=MEMBER_A, headers={"Range": "bytes=0-1,5-6"})).status == 400
+    etag = (await api.call("GET", path, as_=MEMBER_A)).headers["ETag"]
+    fresh = await api.call("GET", path, as_=MEMBER_A, headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert fresh.status == 206 and fresh.body == data[10:20]
+    stale = await api.call("GET", path, as_=MEMBER_A, headers={"Range": "bytes=10-19", "If-Range": '"stale"'})
+    assert stale.status == 200 and stale.body == data
+    legacy = await api.call("GET", path, as_=MEMBER_A, headers={"Content-Range": "bytes 5-9/50000"})
+    assert legacy.status == 206 and legacy.body == data[5:10]
+
+
+async def test_disk_full_puts_image_back_to_queued(tmp_path: Path) -> None:
+    """A real full file system: a 2 MiB tmpfs as the store (needs root, as in CI)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = os.system(f"mount -t tmpfs -o size=2m tmpfs {mount}")
+    assert result == 0, "mounting a tmpfs needs root (CI runs as root)"
+    try:
+        server, api, session = await start_api(make_config(tmp_path, None, fs={"filesystem_store_datadir": str(mount)}))
+        try:
+            image = await api.create()
+            reply = await upload(api, image["id"], payload(3 << 20))
+            assert reply.status == 413, reply.body
+            assert "space" in reply.json["error"]["message"]
+            assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "queued"
+            assert [p.name for p in mount.iterdir()] == [".incoming"]
+            assert list((mount / ".incoming").iterdir()) == []
+            assert (await upload(api, image["id"], payload(1 << 20))).status == 204
+        finally:
+            await session.close()
+            await server.close()
+    finally:
+        os.system(f"umount {mount}")
