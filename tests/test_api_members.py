@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from conftest import (ADMIN, MEMBER_A, MEMBER_B, MEMBER_C, PROJECT_A, PROJECT_B, PROJECT_C, READER_A, ApiClient,
                       both_databases, make_config, start_api)
 
@@ -89,16 +87,13 @@ async def test_member_quota(tmp_path: Path, database_url: str) -> None:
         await server.close()
 
 
-@pytest.mark.parametrize("body", [{}, {"member": ""}, {"members": PROJECT_B}, [PROJECT_B], PROJECT_B, None])
-async def test_add_member_bad_body_is_400(api: ApiClient, body: Any) -> None:
+async def test_add_member_bad_body_is_400(api: ApiClient) -> None:
     image = await api.create()
-    data = b"" if body is None else __import__("json").dumps(body).encode()
-    reply = await api.call("POST", members_path(image["id"]), as_=MEMBER_A, data=data,
-                           headers={"Content-Type": "application/json"})
-    assert reply.status == 400, reply.body
-    reply = await api.call("POST", members_path(image["id"]), as_=MEMBER_A, data=b"{nope",
-                           headers={"Content-Type": "application/json"})
-    assert reply.status == 400
+    for data in (b"{}", b'{"member": ""}', b'{"members": "%s"}' % PROJECT_B.encode(), b'["%s"]' % PROJECT_B.encode(),
+                 b'"%s"' % PROJECT_B.encode(), b"", b"{nope", b'{"member": null}'):
+        reply = await api.call("POST", members_path(image["id"]), as_=MEMBER_A, data=data,
+                               headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (data, reply.body)
     assert (await api.call("GET", members_path(image["id"]), as_=MEMBER_A)).json["members"] == []
 
 

@@ -5,16 +5,32 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..catalog import policy
-from ..catalog.records import MEMBER_STATUSES
+from ..catalog.records import MEMBER_STATUSES, ImageRecord, MemberRecord
+from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound
 from .images import _get_visible, _json_body
 from .keys import CATALOG, CONFIG, context_of
 from .views import member_view
 
 
+def _check_shared(image: ImageRecord) -> None:
+    """Glance refuses every member call on an image that is not ``shared`` (403, or 404 on show)."""
+    if image.visibility != "shared":
+        raise Forbidden("Only shared images have members.")
+
+
+async def _lookup_member(request: web.Request, ctx: RequestContext, image: ImageRecord, member_id: str) -> MemberRecord:
+    """The membership, if the caller may see it: the owner's project and admins see every member,
+    a consumer only its own (Glance filters members by ``owner == me or member == me``)."""
+    if not (ctx.is_admin or ctx.owns(image.owner) or member_id == ctx.project_id):
+        raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
+    return await request.app[CATALOG].get_member(image.id, member_id)
+
+
 async def list_members(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
+    _check_shared(image)
     catalog = request.app[CATALOG]
     if ctx.is_admin or ctx.owns(image.owner):
         members = await catalog.list_members(image.id)
@@ -26,15 +42,15 @@ async def list_members(request: web.Request) -> web.Response:
 
 async def add_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "add_member")
+    # Glance's order: the body (400), the image (404), shared (403), the policy (403), quota, duplicate.
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not body["member"].strip():
         raise BadRequest("Member to be added not specified")
     if len(body["member"]) > 255:
         raise BadRequest("Member id is at most 255 characters")
-    if image.visibility != "shared":
-        raise Forbidden("Only shared images have members.")
+    image = await _get_visible(request, request.match_info["image_id"])
+    _check_shared(image)
+    policy.require_modify(ctx, image, "add_member")
     member = await request.app[CATALOG].add_member(image.id, body["member"],
                                                    quota=request.app[CONFIG].default.image_member_quota)
     return web.json_response(member_view(member))
@@ -43,45 +59,37 @@ async def add_member(request: web.Request) -> web.Response:
 async def show_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    member_id = request.match_info["member_id"]
-    if not (ctx.is_admin or ctx.owns(image.owner) or member_id == ctx.project_id):
-        raise NotFound(f"{member_id} is not a member of image {image.id}")
-    member = await request.app[CATALOG].get_member(image.id, member_id)
+    if image.visibility != "shared":
+        raise NotFound("Only shared images have members.")  # Glance turns this 403 into 404 on show
+    member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     return web.json_response(member_view(member))
 
 
 async def update_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    image = await _get_visible(request, request.match_info["image_id"])
-    member_id = request.match_info["member_id"]
+    # Glance's order: the body (400), the image (404), shared (403), the membership (404),
+    # modify_member (403), and only then whether the status is a valid one (400).
     body = await _json_body(request)
     if not isinstance(body, dict) or "status" not in body:
         raise BadRequest("Status not specified")
     status = body["status"]
-    if status not in MEMBER_STATUSES:
-        raise BadRequest(f"Invalid status: {status}")
-    catalog = request.app[CATALOG]
-    # The consumer decides whether it accepts an image shared with it; admins may too.
-    if member_id != ctx.project_id and not ctx.is_admin:
-        if ctx.owns(image.owner):
-            await catalog.get_member(image.id, member_id)
-            raise Forbidden("You are not permitted to modify the status of this member.")
-        raise NotFound(f"{member_id} is not a member of image {image.id}")
-    policy.require_writer(ctx, "modify_member")
-    member = await catalog.update_member(image.id, member_id, status)
+    image = await _get_visible(request, request.match_info["image_id"])
+    _check_shared(image)
+    member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
+    policy.require_modify_member(ctx, image, member.member)
+    if not isinstance(status, str) or status not in MEMBER_STATUSES:
+        raise BadRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
+    member = await request.app[CATALOG].update_member(image.id, member.member, status)
     return web.json_response(member_view(member))
 
 
 async def delete_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    member_id = request.match_info["member_id"]
-    if not (ctx.is_admin or ctx.owns(image.owner)):
-        if member_id == ctx.project_id:
-            raise Forbidden("You are not permitted to delete this member.")
-        raise NotFound(f"{member_id} is not a member of image {image.id}")
+    _check_shared(image)
+    member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     policy.require_modify(ctx, image, "delete_member")
-    await request.app[CATALOG].delete_member(image.id, member_id)
+    await request.app[CATALOG].delete_member(image.id, member.member)
     return web.Response(status=204)
 
 

@@ -12,11 +12,12 @@ from .keys import CATALOG, CONFIG, context_of
 
 async def add_tag(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image)
     tag = request.match_info["tag"]
+    # Glance validates the tag against the schema before it looks the image up.
     if len(tag) > 255:
         raise BadRequest("Image tag exceeds the maximum length of 255 characters")
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image)
     await request.app[CATALOG].add_tag(image.id, tag, quota=request.app[CONFIG].default.image_tag_quota)
     return web.Response(status=204)
 

@@ -40,6 +40,15 @@ def require_modify(ctx: RequestContext, image: ImageRecord, action: str = "modif
         raise Forbidden(f"You are not authorized to complete {action} action.")
 
 
+def require_modify_member(ctx: RequestContext, image: ImageRecord, member: str) -> None:
+    """Accept or reject a share (``modify_member``): admin, or a member-role user of the consumer
+    project itself; never the owner, who shares but does not decide for the consumer."""
+    if ctx.is_admin:
+        return
+    if not (ctx.can_write and member == ctx.project_id and not ctx.owns(image.owner)):
+        raise Forbidden("You are not authorized to complete modify_member action.")
+
+
 def require_visibility_change(ctx: RequestContext, visibility: str) -> None:
     """Publicizing is admin-only in Glance's defaults; community is open to owners."""
     if visibility == "public" and not ctx.is_admin:
