@@ -17,8 +17,10 @@ VENV="$ROOT/.venv"
 # Debian packages the test suite needs (installed by --test).
 TEST_APT_PACKAGES=(postgresql qemu-utils)
 # --- Ceph: packages for the throwaway Ceph cluster (RBD store tests). ---------
-# Filled in by a later issue: ceph-mon ceph-osd ceph-common python3-rados python3-rbd
-CEPH_APT_PACKAGES=()
+# scripts/ceph-dev.sh runs ceph-mon + ceph-osd; ceph-common has the ceph/rbd/rados
+# CLIs; python3-rados/python3-rbd are Debian's bindings (built for Debian's Python
+# 3.11), linked into the venv by scripts/link-ceph-bindings.sh (step 5).
+CEPH_APT_PACKAGES=(ceph-mon ceph-osd ceph-common python3-rados python3-rbd)
 # ------------------------------------------------------------------------------
 
 say() { printf '==> %s\n' "$*"; }
@@ -156,6 +158,12 @@ if [ -f "$ROOT/_native/zeroscan.pyx" ]; then
     say "extension: $so"
 else
     say "note: _native/zeroscan.pyx not found; skipping the extension check"
+fi
+
+# --- 5. Ceph: Debian's rados/rbd modules, linked into the venv (--test only) -------
+if [ "$with_test" -eq 1 ] && [ "${#CEPH_APT_PACKAGES[@]}" -gt 0 ]; then
+    say "linking Debian's rados/rbd Python bindings into $VENV"
+    "$ROOT/scripts/link-ceph-bindings.sh" "$VPY"
 fi
 
 say "done: $("$VPY" -c 'import sys; print(sys.prefix)')"

@@ -155,7 +155,7 @@ def opt(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 
 # -- sections ------------------------------------------------------------------------
 
-STORE_TYPES = {"file"}
+STORE_TYPES = {"file", "rbd"}
 
 GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
 GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
@@ -254,7 +254,28 @@ class FileStoreOptions:
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
 
 
-STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions}
+@dataclass(frozen=True)
+class RbdStoreOptions:
+    rbd_store_pool: str = opt("images", _str, "Ceph pool the images are stored in.")
+    rbd_store_user: str = opt("admin", _str, "Ceph client id (without 'client.') to connect as.")
+    rbd_store_ceph_conf: str = opt(
+        "/etc/ceph/ceph.conf", _str, "ceph.conf of the cluster; it names the monitors and the keyring.")
+    rbd_store_chunk_size: int = opt(
+        8, _power_of_two(1, 32), "RBD object size in MiB (a power of two), as in Glance.")
+    rbd_thin_provisioning: bool = opt(
+        True, _bool, "Never write zero blocks to Ceph (sparse upload). On by default in streamd.")
+    rbd_thin_provisioning_block_size: int = opt(
+        65536, _power_of_two(4096, 4 << 20),
+        "Granularity of zero detection inside each object: a power of two from 4 KiB to 4 MiB.")
+    rados_connect_timeout: float = opt(
+        10.0, _float_range(0.0), "Seconds to wait for the cluster when connecting.")
+    rados_op_timeout: float = opt(
+        30.0, _float_range(0.0),
+        "Seconds a single Ceph operation may take before the request fails with 503 (0: wait forever).")
+    store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+
+
+STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions}
 
 # Sections of glance-api.conf that streamd has no use for: accepted and ignored so that
 # an operator's existing file loads.
@@ -442,5 +463,8 @@ def render_example() -> str:
     section("fs", FileStoreOptions,
             "One section per store named in enabled_backends; this one is for the default "
             "store 'fs' of type file.")
+    section("rbd", RbdStoreOptions,
+            "A Ceph RBD store: enable it by naming it in enabled_backends, e.g. fs:file,rbd:rbd (the "
+            "section takes the store's name). Needs Debian's python3-rados and python3-rbd.")
     lines.append("")
     return "\n".join(lines)

@@ -646,7 +646,8 @@ async def test_in_operator(api: ApiClient, db: AsyncEngine) -> None:
     assert await name_set(api, [("disk_format", "in:raw,iso"), ("container_format", "bare")]) == {"a,b", "c"}
     assert await name_set(api, [("disk_format", "in:raw,iso"), ("name", 'in:"a,b",beta')]) == {"a,b", "beta"}
     for value, fragment in [('in:"a,b', "not closed"), ('in:x"a,b"', "no comma before"),
-                            ('in:"a,b"x', "no comma after"), ('in:"a",b"', "not closed")]:
+                            ('in:"a,b"x', "no comma after"), ('in:"a",b"', "no comma before"),
+                            ('in:"a","b', "not closed")]:
         assert fragment in await bad(api, [("name", value)]), value
     for key, value in [("name", "like:alpha"), ("status", "gt:active"), ("id", "neq:x"),
                        ("disk_format", "nin:raw"), ("container_format", "IN:bare"), ("name", "foo:bar")]:

@@ -122,6 +122,16 @@ def test_shipped_example_documents_every_option_and_loads(tmp_path: Path) -> Non
     shipped = (ROOT / "etc" / "streamd.conf.example").read_text()
     assert shipped == render_example(), "regenerate with: streamd config-example > etc/streamd.conf.example"
     # Uncommenting every option with its default must give a valid configuration.
-    lines = [line[1:] if line.startswith("#") and " = " in line else line for line in shipped.splitlines()]
+    lines, section = [], ""
+    for line in shipped.splitlines():
+        if line.startswith("["):
+            section = line
+        if line.startswith("#") and " = " in line:
+            line = line[1:]
+            if line.startswith("enabled_backends"):
+                line = "enabled_backends = fs:file,rbd:rbd"
+        lines.append(line)
     config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.default.bind_port == 9292
+    assert config.store("rbd").options.rbd_thin_provisioning is True
+    assert config.store("rbd").options.rbd_store_pool == "images"

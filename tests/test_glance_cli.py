@@ -337,9 +337,12 @@ def test_list_paging_with_equal_and_missing_names(glance: Glance, suite: str) ->
         # Glance breaks ties with created_at and id, in the direction given for the last key.
         assert [i for i in paged if i in same] == (same if direction == "asc" else same[::-1])
 
-    # Without a sort, Glance lists the newest first; the default direction of --sort-key is desc.
+    # Without sort options glanceclient itself asks for sort_key=name&sort_dir=asc; the server's own
+    # default (no sort parameters) is Glance's: newest first.
     assert listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "3").out) \
-        == made[::-1]
+        == [i["id"] for i in glance.list_all([("suite", suite), ("sort_key", "name"), ("sort_dir", "asc")])]
+    assert [i["id"] for i in glance.list_all([("suite", suite), ("limit", "3")])] == made[::-1]
+    # --sort-key without --sort-dir: the server's default direction, desc.
     by_key = listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--sort-key", "name").out)
     assert [i for i in by_key if i in same] == same[::-1]
     assert by_key[0] == made[4]  # "zed"
@@ -574,6 +577,13 @@ def test_member_create_on_a_private_image_is_refused(glance: Glance, suite: str)
     image_id = glance.create("--name", "cli-private", "--visibility", "private", "--property", f"suite={suite}")
     result = glance.run("member-create", image_id, PROJECT_B, ok=False)
     assert "Only shared images have members." in result.err, result
+    # Glance refuses to list the members of a non-shared image too (403).
+    listing = glance.run("member-list", "--image-id", image_id, ok=False)
+    assert "Only shared images have members." in listing.err, listing
+    status, body = glance.http("GET", f"/v2/images/{image_id}/members")
+    assert status == 403, (status, body)
+    # Once shared, the image turns out to have no members: the refused call created none.
+    glance.run("image-update", "--visibility", "shared", image_id)
     assert glance.members(image_id) == {}
 
 

@@ -327,8 +327,12 @@ async def delete_image(request: web.Request) -> web.Response:
     policy.require_modify(ctx, image, "delete_image")
     if image.protected:
         raise Forbidden(f"Image {image.id} is protected and cannot be deleted.")
-    deleted = await request.app[CATALOG].delete_image(image.id)
     stores = request.app[STORES]
+    for location in image.locations:
+        store = stores.for_location(location.store)
+        if store is not None:
+            await store.check_deletable(location.url)  # 409 while RBD clones depend on it
+    deleted = await request.app[CATALOG].delete_image(image.id)
     for location in deleted.locations:
         store = stores.for_location(location.store)
         if store is not None:

@@ -20,9 +20,14 @@ IN_FIELDS = ("name", "id", "status", "container_format", "disk_format")
 TIME_FIELDS = ("created_at", "updated_at")
 TIME_OPS = ("gt", "gte", "lt", "lte", "neq", "eq")
 RANGE_FIELDS = ("size", "virtual_size", "min_disk", "min_ram")
+VISIBILITIES = ("community", "public", "private", "shared", "all")
+MEMBER_STATUSES = ("pending", "accepted", "rejected", "all")
 # Columns compared for equality when named as a filter; anything else is a property.
 EQUALITY_COLUMNS = ("checksum", "os_hash_value", "os_hash_algo", "owner", "name", "id", "status",
                     "container_format", "disk_format", "size", "virtual_size", "min_disk", "min_ram")
+# Glance takes each of these out of the query once (webob's ``MultiDict.pop``: the first value);
+# a repeat stays behind among the filters, where it is a property filter like any unknown key.
+_POPPED_ONCE = ("limit", "marker", "member_status", "sort")
 
 
 @dataclass
@@ -30,6 +35,9 @@ class ImageQuery:
     limit: int
     marker: str | None = None
     sort: list[tuple[str, str]] = field(default_factory=list)
+    # Direction of the created_at/id tiebreakers appended to ``sort``: the direction given when
+    # exactly one was given, else desc (Glance's ``_image_get_all``).
+    tiebreak_dir: str = "desc"
     visibility: str | None = None
     member_status: str = "accepted"
     os_hidden: bool = False
@@ -40,26 +48,50 @@ class ImageQuery:
     properties: list[tuple[str, str]] = field(default_factory=list)
 
 
-def parse_bool(name: str, value: str) -> bool:
-    low = value.strip().lower()
-    if low in ("true", "1", "yes", "on", "t", "y"):
-        return True
-    if low in ("false", "0", "no", "off", "f", "n"):
-        return False
-    raise BadRequest(f"Invalid value {value!r} for {name}: expected a boolean")
+# The ISO 8601 forms Glance accepts (oslo.utils ``parse_isotime``, i.e. the iso8601 library):
+# YYYY, YYYY-M[M], YYYY-M[M]-D[D] or YYYYMMDD, then optionally [ T]hh[[:]mm][[:]s[s][.,fraction]]
+# and a zone (Z, +hh, +hhmm, +hh:mm). No zone means UTC. Nothing may surround it.
+_ISOTIME_RE = re.compile(r"""
+    (?P<year>[0-9]{4})
+    (?:
+        (?: -(?P<month1>[0-9]{1,2}) | (?P<month2>[0-9]{2})(?!$) )
+        (?:
+            (?: -(?P<day1>[0-9]{1,2}) | (?P<day2>[0-9]{2}) )
+            (?:
+                [ T](?P<hour>[0-9]{2})
+                (?: :?(?P<minute>[0-9]{2}) )?
+                (?: :?(?P<second>[0-9]{1,2}) (?: [.,](?P<fraction>[0-9]+) )? )?
+                (?P<zone> Z | (?P<sign>[-+])(?P<zone_hour>[0-9]{2}) :? (?P<zone_minute>[0-9]{2})? )?
+            )?
+        )?
+    )?
+    $""", re.VERBOSE)
 
 
 def parse_isotime(value: str) -> dt.datetime:
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+    """A naive UTC datetime, or ValueError, for exactly the strings Glance takes as ISO 8601."""
+    match = _ISOTIME_RE.match(value)
+    if match is None:
+        raise ValueError(value)
+    g = match.groupdict()
+
+    def number(*names: str, default: int = 0) -> int:
+        for name in names:
+            if g[name] is not None:
+                return int(g[name])
+        return default
+
     try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
+        zone = dt.timezone.utc
+        if g["sign"] is not None:
+            sign = -1 if g["sign"] == "-" else 1
+            zone = dt.timezone(sign * dt.timedelta(hours=number("zone_hour"), minutes=number("zone_minute")))
+        micro = int(((g["fraction"] or "") + "000000")[:6])
+        parsed = dt.datetime(number("year"), number("month1", "month2", default=1), number("day1", "day2", default=1),
+                             number("hour"), number("minute"), number("second"), micro, tzinfo=zone)
+        return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
         raise ValueError(value) from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return parsed
 
 
 def split_filter_op(expression: str) -> tuple[str, str]:
@@ -74,125 +106,224 @@ def split_filter_op(expression: str) -> tuple[str, str]:
     return "eq", expression
 
 
-def split_in_values(value: str) -> list[str]:
-    """Comma-separated values; a value holding commas is double-quoted (api-wg rules)."""
-    values: list[str] = []
-    i, n = 0, len(value)
-    while i <= n:
-        if i < n and value[i] == '"':
-            j = i + 1
-            buf = []
-            while j < n and value[j] != '"':
-                if value[j] == "\\" and j + 1 < n:
-                    buf.append(value[j + 1])
-                    j += 2
-                    continue
-                buf.append(value[j])
-                j += 1
-            if j >= n:
-                raise BadRequest(f"Invalid filter value {value}. The quote is not closed.")
-            values.append("".join(buf))
-            j += 1
-            if j < n and value[j] != ",":
-                raise BadRequest(f"Invalid filter value {value}. There is no comma after closing quotation mark.")
-            i = j + 1
-            if j >= n:
-                break
+def _check_quotes(value: str) -> None:
+    """Glance's quote rules for ``in:`` lists; a quote right after a backslash does not count."""
+    inside = False
+    for i, char in enumerate(value):
+        if char != '"' or (i and value[i - 1] == "\\"):
+            continue
+        if not inside and i and value[i - 1] != ",":
+            raise BadRequest(f"Invalid filter value {value}. There is no comma before opening quotation mark.")
+        if inside and i + 1 != len(value) and value[i + 1] != ",":
+            raise BadRequest(f"Invalid filter value {value}. There is no comma after closing quotation mark.")
+        inside = not inside
+    if inside:
+        raise BadRequest(f"Invalid filter value {value}. The quote is not closed.")
+
+
+def _closing_quote(value: str, start: int) -> int:
+    """Index of the quote closing a quoted item whose text starts at ``start``, or -1.
+
+    A backslash takes the next character with it (and both stay in the value, as in Glance).
+    """
+    i = start
+    while i < len(value):
+        if value[i] == "\\":
+            if i + 1 >= len(value) or value[i + 1] == "\n":
+                return -1
+            i += 2
+        elif value[i] == '"':
+            return i
         else:
-            j = value.find(",", i)
-            if j < 0:
-                j = n
-            item = value[i:j]
-            if '"' in item:
-                raise BadRequest(f"Invalid filter value {value}. There is no comma before opening quotation mark.")
-            values.append(item)
-            i = j + 1
-            if j >= n:
-                break
-    return values
+            i += 1
+    return -1
 
 
-def _parse_sort(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    sort_keys = [v for k, v in params if k == "sort_key"]
-    sort_dirs = [v for k, v in params if k == "sort_dir"]
-    sort_new = [v for k, v in params if k == "sort"]
-    if sort_new and (sort_keys or sort_dirs):
-        raise BadRequest("The 'sort' parameter cannot be combined with 'sort_key' or 'sort_dir'.")
-    result: list[tuple[str, str]] = []
-    if sort_new:
-        for chunk in sort_new:
-            for item in chunk.split(","):
-                key, _, direction = item.strip().partition(":")
-                key, direction = key.strip(), (direction.strip() or "desc")
-                if key not in SORT_KEYS:
-                    raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}.")
-                if direction not in SORT_DIRS:
-                    raise BadRequest(f"Invalid sort direction: {direction}")
-                result.append((key, direction))
-        return result
-    for key in sort_keys:
-        if key not in SORT_KEYS:
-            raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}.")
-    for direction in sort_dirs:
-        if direction not in SORT_DIRS:
-            raise BadRequest(f"Invalid sort direction: {direction}")
-    if sort_dirs and len(sort_dirs) not in (1, len(sort_keys)):
-        raise BadRequest("Number of sort dirs does not match the number of sort keys")
-    if not sort_keys:
-        return [("created_at", sort_dirs[0] if sort_dirs else "desc")]
-    dirs = sort_dirs * len(sort_keys) if len(sort_dirs) == 1 else (sort_dirs or ["desc"] * len(sort_keys))
-    return list(zip(sort_keys, dirs))
+def split_in_values(value: str) -> list[str]:
+    """The items of an ``in:`` list (api-wg rules, as Glance applies them).
+
+    Items are separated by commas; an item holding commas is double-quoted. A trailing comma
+    adds nothing, an empty list is empty, and two commas in a row give an empty item.
+    """
+    _check_quotes(value)
+    items: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        if value[i] == '"':
+            end = _closing_quote(value, i + 1)
+            if end >= 0:
+                items.append(value[i + 1:end])
+                i = end + 1
+                if i < n and value[i] == ",":
+                    i += 1
+                continue
+        if value[i] == ",":
+            items.append("")
+            i += 1
+            continue
+        end = value.find(",", i)
+        end = n if end < 0 else end
+        items.append(value[i:end])
+        i = end + 1
+    return items
+
+
+def _sort_key(key: str) -> str:
+    if key not in SORT_KEYS:
+        raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}.")
+    return key
+
+
+def _sort_dir(direction: str) -> str:
+    if direction not in SORT_DIRS:
+        raise BadRequest(f"Invalid sort direction: {direction}")
+    return direction
+
+
+def _parse_sort(sort: str | None, sort_keys: list[str], sort_dirs: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """The (key, direction) pairs asked for, and the direction of the created_at/id tiebreakers.
+
+    ``sort=name:asc,size`` (a key without a direction is desc) or the classic repeatable
+    ``sort_key``/``sort_dir``: no direction means desc, one applies to every key, otherwise
+    there must be one per key. The two syntaxes do not mix.
+    """
+    keys: list[str] = []
+    dirs: list[str] = []
+    if sort is not None:
+        if sort_keys or sort_dirs:
+            raise BadRequest("Old and new sorting syntax cannot be combined")
+        for item in sort.strip().split(","):
+            key, _, direction = item.partition(":")
+            keys.append(_sort_key(key.strip()))
+            dirs.append(_sort_dir((direction or "desc").strip()))
+    else:
+        keys = [_sort_key(k.strip()) for k in sort_keys]
+        dirs = [_sort_dir(d.strip()) for d in sort_dirs]
+        if len(dirs) > 1 and len(dirs) != len(keys):
+            raise BadRequest("Number of sort dirs does not match the number of sort keys")
+    keys = keys or ["created_at"]
+    dirs = dirs or ["desc"]
+    if len(dirs) == 1:
+        return [(k, dirs[0]) for k in keys], dirs[0]
+    return list(zip(keys, dirs)), "desc"
+
+
+def _time_conditions(column: str, op: str, when: dt.datetime) -> list[tuple[str, str, object]]:
+    """A time filter, compared at the precision the API shows times in: the second.
+
+    A time copied from an image's ``created_at`` finds that image with ``eq``/``gte``/``lte``
+    and not with ``gt``/``lt``, although the catalogue keeps microseconds.
+    """
+    start = when.replace(microsecond=0)
+    try:
+        following: dt.datetime | None = start + dt.timedelta(seconds=1)
+    except OverflowError:
+        following = None
+    whole = start == when
+    ceiling = start if whole else following
+    never: list[tuple[str, str, object]] = [(column, "in", [])]
+    if op == "gt":
+        return [(column, "gte", following)] if following else never
+    if op == "gte":
+        return [(column, "gte", ceiling)] if ceiling else never
+    if op == "lt":
+        return [(column, "lt", ceiling)] if ceiling else []
+    if op == "lte":
+        return [(column, "lt", following)] if following else []
+    if op == "eq":
+        if not whole:
+            return never
+        return [(column, "gte", start)] + ([(column, "lt", following)] if following else [])
+    # neq
+    if not whole:
+        return []
+    return [(column, "outside", (start, following))] if following else [(column, "lt", start)]
 
 
 def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limit_max: int) -> ImageQuery:
-    """Glance's rules for ``GET /v2/images``; raises ``BadRequest`` on any bad value."""
-    query = ImageQuery(limit=limit_default)
-    query.sort = _parse_sort(params)
-    seen_single: dict[str, str] = {}
-    for key, value in params:
-        if key in ("sort_key", "sort_dir", "sort"):
+    """Glance's rules for ``GET /v2/images``; raises ``BadRequest`` on any bad value.
+
+    Repeated keys behave as in Glance too: ``tag``, ``sort_key`` and ``sort_dir`` accumulate;
+    ``limit``, ``marker``, ``member_status`` and ``sort`` take their first value (a repeat is
+    left among the filters); a filter named twice takes its last value.
+    """
+    rest = list(params)
+    first: dict[str, str] = {}
+    for name in _POPPED_ONCE:
+        for n, (key, value) in enumerate(rest):
+            if key == name:
+                first[name] = value
+                del rest[n]
+                break
+    multi = {name: [v for k, v in rest if k == name] for name in ("tag", "sort_key", "sort_dir")}
+    rest = [(k, v) for k, v in rest if k not in multi]
+    filters = dict(rest)  # the last value of each key
+
+    visibility = filters.get("visibility")
+    if visibility and visibility not in VISIBILITIES:
+        raise BadRequest(f"Invalid visibility value: {visibility}")
+    if "changes-since" in filters:
+        raise BadRequest('The "changes-since" filter is no longer available on v2.')
+    member_status = first.get("member_status", "accepted")
+    if member_status not in MEMBER_STATUSES:
+        raise BadRequest(f"Invalid status: {member_status}")
+    query = ImageQuery(limit=limit_default, member_status=member_status)
+    if "limit" in first:
+        try:
+            limit = int(first["limit"])
+        except ValueError:
+            raise BadRequest("limit param must be an integer") from None
+        if limit < 0:
+            raise BadRequest("limit param must be positive")
+        query.limit = min(limit, limit_max)
+    query.marker = first.get("marker")
+    query.tags = [t.strip() for t in multi["tag"]]
+    query.sort, query.tiebreak_dir = _parse_sort(first.get("sort"), multi["sort_key"], multi["sort_dir"])
+
+    hidden = filters.pop("os_hidden", "false").lower()
+    if hidden not in ("true", "false"):
+        raise BadRequest(f"Invalid value '{hidden}' for 'os_hidden' filter. Valid values are 'true' or 'false'.")
+    query.os_hidden = hidden == "true"
+    protected = filters.pop("protected", None)
+    if protected is not None:
+        if protected not in ("true", "false"):
+            raise BadRequest(f"Invalid value '{protected}' for 'protected' filter. "
+                             "Valid values are 'true' or 'false'.")
+        query.protected = protected == "true"
+    filters.pop("deleted", None)  # Glance lists undeleted images, whatever the query says
+
+    # These three take their first value; a second one stays a filter (an equality, like the first).
+    for name in ("visibility", "checksum", "os_hash_value"):
+        values = [v for k, v in rest if k == name]
+        if not values:
             continue
-        if key == "limit":
-            try:
-                limit = int(value)
-            except ValueError:
-                raise BadRequest("limit param must be an integer") from None
-            if limit < 0:
-                raise BadRequest("limit param must be positive")
-            query.limit = min(limit, limit_max)
-        elif key == "marker":
-            query.marker = value
-        elif key == "tag":
-            query.tags.append(value)
-        elif key == "visibility":
-            if value not in ("community", "public", "private", "shared", "all"):
-                raise BadRequest(f"Invalid visibility value: {value}")
-            query.visibility = value
-        elif key == "member_status":
-            if value not in ("pending", "accepted", "rejected", "all"):
-                raise BadRequest(f"Invalid status value: {value}")
-            query.member_status = value
-        elif key == "os_hidden":
-            query.os_hidden = parse_bool("os_hidden", value)
-        elif key == "protected":
-            query.protected = parse_bool("protected", value)
-        elif key == "changes-since":
-            raise BadRequest('The "changes-since" filter is no longer available on v2.')
-        elif key.endswith(("_min", "_max")) and key[:-4] in RANGE_FIELDS:
+        if len(values) == 1:
+            del filters[name]
+        if name == "visibility":
+            query.visibility = values[0]
+        else:
+            query.conditions.append((name, "eq", values[0]))
+
+    for key, value in filters.items():
+        if key.endswith(("_min", "_max")):
             try:
                 number = int(value)
             except ValueError:
                 raise BadRequest("Unable to filter on a range with a non-numeric value.") from None
-            query.conditions.append((key[:-4], "gte" if key.endswith("_min") else "lte", number))
+            column = key[:-4]
+            if column not in RANGE_FIELDS:
+                raise BadRequest(f"Unable to filter on a range of '{column}': "
+                                 f"ranges apply to {', '.join(RANGE_FIELDS)}.")
+            query.conditions.append((column, "gte" if key.endswith("_min") else "lte", number))
         elif key in TIME_FIELDS:
             op, text = split_filter_op(value)
-            if op not in TIME_OPS:
-                raise BadRequest(f"Unable to filter by unknown operator '{op}'.")
             try:
                 when = parse_isotime(text)
             except ValueError:
                 raise BadRequest(f'Bad "{key}" query filter format. Use ISO 8601 DateTime notation.') from None
-            query.conditions.append((key, op, when))
+            if op not in TIME_OPS:
+                raise BadRequest("Unable to filter on a unknown operator.")
+            query.conditions.extend(_time_conditions(key, op, when))
         elif key in IN_FIELDS:
             op, text = split_filter_op(value)
             if op == "in":
@@ -201,6 +332,8 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
                 query.conditions.append((key, "eq", text))
             else:
                 raise BadRequest(f"Unable to filter by unknown operator '{op}'.")
+        elif key == "visibility":
+            query.conditions.append((key, "eq", value))
         elif key in EQUALITY_COLUMNS:
             if key in RANGE_FIELDS:
                 try:
@@ -211,10 +344,7 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
                 query.conditions.append((key, "eq", value))
         else:
             # Glance treats any other key as an equality filter on an extra property.
-            if len(key) > 255:
-                raise BadRequest("Property filter names are at most 255 characters")
             query.properties.append((key, value))
-        seen_single[key] = value
     return query
 
 

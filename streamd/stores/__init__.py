@@ -23,6 +23,10 @@ class StoreRegistry:
         for entry in config.stores:
             if entry.type == "file":
                 stores.append(FileStore(entry.name, entry.options, config.data_dir / "images" / entry.name))
+            elif entry.type == "rbd":
+                from .rbd import RbdStore
+
+                stores.append(RbdStore(entry.name, entry.options, config.host_id))
         return cls(stores, config.default_store)
 
     def get(self, name: str | None) -> Store:

@@ -60,6 +60,9 @@ class Store(abc.ABC):
     async def reader(self, url: str) -> Reader:
         ...
 
+    async def check_deletable(self, url: str) -> None:
+        """Raise ConflictError if the data at ``url`` is in use (RBD clones) and must stay."""
+
     @abc.abstractmethod
     async def delete(self, url: str) -> None:
         """Remove the data at ``url``; a missing object is not an error."""
