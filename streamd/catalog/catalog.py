@@ -368,21 +368,28 @@ class Catalog:
 
         sort = list(query.sort)
         keys = [k for k, _ in sort]
-        default_dir = sort[0][1] if sort else "desc"
         for extra in ("created_at", "id"):
             if extra not in keys:
-                sort.append((extra, default_dir))
+                sort.append((extra, query.tiebreak_dir))
                 keys.append(extra)
 
         async with self._read() as conn:
             if query.marker is not None:
-                marker_row = (await conn.execute(sa.select(m.images).where(
-                    i.id == query.marker, i.deleted.is_(False)))).mappings().first()
+                # Glance's marker lookup (``_image_get``): admins may page from a deleted image;
+                # an unknown marker is a 400, an image the caller may not see a 403.
+                stmt = sa.select(m.images).where(i.id == query.marker)
+                if not ctx.is_admin:
+                    stmt = stmt.where(i.deleted.is_(False))
+                marker_row = (await conn.execute(stmt)).mappings().first()
                 if marker_row is None:
-                    raise BadRequest(f"marker {query.marker} not found")
-                marker = (await self._hydrate(conn, [marker_row]))[0]
-                if not await self._visible(conn, ctx, marker):
-                    raise BadRequest(f"marker {query.marker} not found")
+                    raise BadRequest(f"No image found with ID {query.marker}")
+                if not (ctx.is_admin or marker_row["owner"] is None or ctx.owns(marker_row["owner"])
+                        or marker_row["visibility"] in ("public", "community")
+                        or (marker_row["visibility"] == "shared" and ctx.project_id is not None
+                            and await conn.scalar(sa.select(m.image_members.c.status).where(
+                                m.image_members.c.image_id == marker_row["id"],
+                                m.image_members.c.member == ctx.project_id)) is not None)):
+                    raise Forbidden(f"Forbidding request, image {query.marker} not visible")
                 conds.append(_after_marker(sort, marker_row))
             order = [(_SORT_EXPR[k].asc() if d == "asc" else _SORT_EXPR[k].desc()) for k, d in sort]
             stmt = sa.select(m.images).where(*conds).order_by(*order)
@@ -481,6 +488,9 @@ def _compare(col: sa.ColumnElement[Any], op: str, value: Any) -> sa.ColumnElemen
         return col != value
     if op == "in":
         return col.in_(list(value))
+    if op == "outside":
+        low, high = value
+        return sa.or_(col < low, col >= high)
     if op == "gt":
         return col > value
     if op == "gte":

@@ -76,6 +76,9 @@ class RbdStore(Store):
         self._ioctx: Any = None
         self.fsid: str | None = None
         self._connect_lock = asyncio.Lock()
+        # Half-written images whose removal failed (the cluster was unreachable): retried until gone.
+        self.orphans: set[str] = set()
+        self._orphan_task: asyncio.Task[None] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class RbdStore(Store):
     async def start(self) -> None:
         """Connect and reap this node's half-written images. An unreachable cluster is not
         fatal: the daemon starts, requests to this store get 503 until it is back."""
+        self._orphan_task = asyncio.create_task(self._remove_orphans_forever())
         try:
             ioctx = await self._ensure_connected()
         except ServiceUnavailable as exc:
@@ -134,7 +138,23 @@ class RbdStore(Store):
                 reaped.append(name)
         return reaped
 
+    async def _remove_orphans_forever(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self.orphans or self._ioctx is None:
+                continue
+            for name in list(self.orphans):
+                try:
+                    await self._run(_remove_image_if_exists, self._ioctx, name)
+                except _ceph_errors() as exc:
+                    log.warning("rbd store %s: %s still cannot be removed: %s", self.name, name, exc)
+                    break
+                self.orphans.discard(name)
+                log.info("rbd store %s: removed %s left by a failed upload", self.name, name)
+
     async def stop(self) -> None:
+        if self._orphan_task is not None:
+            self._orphan_task.cancel()
         if self._ioctx is not None:
             ioctx, cluster = self._ioctx, self._cluster
             self._ioctx = self._cluster = None
@@ -252,6 +272,14 @@ class RbdStore(Store):
             raise ConflictError(f"Image {name} is in use by clones in RBD store {self.name} and cannot be deleted")
 
 
+def _remove_image_if_exists(ioctx: Any, name: str) -> None:
+    _, rbd = _bindings()
+    try:
+        _remove_image(ioctx, name)
+    except rbd.ImageNotFound:
+        pass
+
+
 def _remove_image(ioctx: Any, name: str) -> None:
     _, rbd = _bindings()
     with rbd.Image(ioctx, name) as image:
@@ -283,6 +311,12 @@ class RbdWriter(Writer):
 
     # Runs in the FanOut's worker thread.
     def write(self, chunk: bytes) -> None:
+        try:
+            self._write(chunk)
+        except _ceph_errors() as exc:
+            raise self.store._error(exc, f"cannot write {self.temp}") from exc
+
+    def _write(self, chunk: bytes) -> None:
         self._raise_failure()
         view = memoryview(chunk)
         object_size = self.store.object_size
@@ -388,18 +422,16 @@ class RbdWriter(Writer):
             except OSError:
                 pass  # the writes failed; we are removing the image anyway
             self.image.close()
-        for name in (self.temp,):
-            try:
-                _remove_image(self.ioctx, name)
-            except rbd.ImageNotFound:
-                pass
+        _remove_image_if_exists(self.ioctx, self.temp)
 
     async def abort(self) -> None:
         try:
             await self.store._run(self._abort_blocking)
         except _ceph_errors() as exc:
-            # Best effort: the start-up reaper removes what is left.
-            log.error("rbd store %s: could not remove %s after a failed upload: %s", self.store.name, self.temp, exc)
+            # The cluster may be down right now: keep retrying in the background.
+            log.error("rbd store %s: could not remove %s after a failed upload (will retry): %s",
+                      self.store.name, self.temp, exc)
+            self.store.orphans.add(self.temp)
 
 
 class RbdReader(Reader):
