@@ -307,6 +307,7 @@ class RbdWriter(Writer):
         self.slots = threading.Semaphore(MAX_AIO_IN_FLIGHT)
         self.failure: BaseException | None = None
         self.closed = False
+        self.renamed = False
         self.bytes_sent = 0
 
     # Runs in the FanOut's worker thread.
@@ -400,6 +401,7 @@ class RbdWriter(Writer):
         self.image.close()
         self.closed = True
         rbd.RBD().rename(self.ioctx, self.temp, self.image_id)
+        self.renamed = True
         with rbd.Image(self.ioctx, self.image_id) as image:
             image.create_snap(SNAPSHOT)
             image.protect_snap(SNAPSHOT)
@@ -414,7 +416,6 @@ class RbdWriter(Writer):
         return StoredData(self.store.url_of(self.image_id), size, {"bytes_written": self.bytes_sent})
 
     def _abort_blocking(self) -> None:
-        _, rbd = _bindings()
         if not self.closed:
             self.closed = True
             try:
@@ -422,7 +423,7 @@ class RbdWriter(Writer):
             except OSError:
                 pass  # the writes failed; we are removing the image anyway
             self.image.close()
-        _remove_image_if_exists(self.ioctx, self.temp)
+        _remove_image_if_exists(self.ioctx, self.image_id if self.renamed else self.temp)
 
     async def abort(self) -> None:
         try:
@@ -431,7 +432,7 @@ class RbdWriter(Writer):
             # The cluster may be down right now: keep retrying in the background.
             log.error("rbd store %s: could not remove %s after a failed upload (will retry): %s",
                       self.store.name, self.temp, exc)
-            self.store.orphans.add(self.temp)
+            self.store.orphans.add(self.image_id if self.renamed else self.temp)
 
 
 class RbdReader(Reader):
