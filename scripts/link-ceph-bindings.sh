@@ -17,13 +17,18 @@ REQUIRED=3.11   # the Python of Debian bookworm, whose python3-rados/-rbd we use
 
 die() { printf 'link-ceph-bindings: error: %s\n' "$*" >&2; exit 1; }
 
-[ "$#" -eq 1 ] && [ -n "$1" ] || die "usage: $0 VENV_PYTHON   (e.g. .venv/bin/python)"
+if [ "$#" -ne 1 ] || [ -z "$1" ]; then die "usage: $0 VENV_PYTHON   (e.g. .venv/bin/python)"; fi
 PY="$1"
-[ -x "$PY" ] || PY="$(command -v -- "$PY" 2>/dev/null)" || die "$1: no such interpreter"
+case "$PY" in  # absolute, but symlinks kept: a venv's python is a symlink
+    /*) ;;
+    */*) PY="$PWD/$PY" ;;
+    *) PY="$(command -v -- "$PY" 2>/dev/null)" || die "$1: no such interpreter" ;;
+esac
+[ -x "$PY" ] || die "$1: no such interpreter"
 
 info="$("$PY" -c 'import sys, sysconfig
 print("%d.%d" % sys.version_info[:2])
-print(int(sys.prefix != sys.base_prefix))
+print(int(sys.prefix != getattr(sys, "base_prefix", sys.prefix)))
 print(sysconfig.get_paths()["platlib"])
 print(sysconfig.get_config_var("EXT_SUFFIX"))')" || die "cannot run $PY"
 { read -r version; read -r in_venv; read -r site; read -r ext_suffix; } <<<"$info"

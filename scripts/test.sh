@@ -2,8 +2,9 @@
 # scripts/test.sh [pytest args...]
 #
 # Runs the whole test suite (default args: tests/ -q) against throwaway services:
-# a PostgreSQL cluster from scripts/pg-dev.sh in a temporary directory, removed
-# on exit (also on failure or Ctrl-C). Assumes scripts/install.sh --test has run.
+# a PostgreSQL cluster from scripts/pg-dev.sh and a single-node Ceph cluster from
+# scripts/ceph-dev.sh, each in a temporary directory, removed on exit (also on
+# failure or Ctrl-C). Assumes scripts/install.sh --test has run.
 # Exits with pytest's exit code; "no tests collected" (5) counts as a failure.
 set -euo pipefail
 
@@ -13,10 +14,14 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || { echo "test.sh: error: $PY not found; run scripts/install.sh --test first" >&2; exit 1; }
 
 PG_DIR=""
+CEPH_DIR=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
-    # --- Ceph: stop the throwaway Ceph cluster here (later issue). ----------------
+    # --- Ceph: stop the throwaway Ceph cluster (scripts/ceph-dev.sh) ---------------
+    if [ -n "$CEPH_DIR" ]; then
+        "$ROOT/scripts/ceph-dev.sh" stop "$CEPH_DIR" || true
+    fi
     if [ -n "$PG_DIR" ]; then
         "$ROOT/scripts/pg-dev.sh" stop "$PG_DIR" || true
     fi
@@ -31,9 +36,14 @@ PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-pg.XXXXXX")"
 pg_env="$("$ROOT/scripts/pg-dev.sh" start "$PG_DIR")"
 eval "$pg_env"
 
-# --- Ceph: start a throwaway Ceph cluster here the same way (later issue). ---------
-# CEPH_DIR="$(mktemp -d ...)"; ceph_env="$("$ROOT/scripts/ceph-dev.sh" start "$CEPH_DIR")"
-# eval "$ceph_env"   # and stop it in cleanup() above
+# --- Ceph: exports CEPH_CONF, CEPH_ADMIN_KEYRING, CEPH_ID, CEPH_POOL, CEPH_MON_HOST,
+# STREAMD_TEST_CEPH_DIR. Its path must stay short (admin sockets): at most 60 chars.
+ceph_tmp="${TMPDIR:-/tmp}"
+[ "${#ceph_tmp}" -le 40 ] || ceph_tmp=/tmp
+CEPH_DIR="$(mktemp -d "$ceph_tmp/streamd-ceph.XXXXXX")"
+unset CEPH_KEYRING CEPH_ARGS   # a user's own Ceph settings would override the cluster's
+ceph_env="$("$ROOT/scripts/ceph-dev.sh" start "$CEPH_DIR")"
+eval "$ceph_env"
 # ------------------------------------------------------------------------------------
 
 [ "$#" -gt 0 ] || set -- tests/ -q

@@ -14,7 +14,7 @@ import datetime as dt
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -207,15 +207,10 @@ async def test_limit_is_capped_at_api_limit_max(tmp_path: Path, database_url: st
         await server.close()
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "1e3", "0x10"])
-async def test_limit_must_be_a_non_negative_integer(api: ApiClient, value: str) -> None:
+async def test_limit_must_be_a_non_negative_integer(api: ApiClient) -> None:
     await api.create(name="x")
-    message = await bad(api, [("limit", value)])
-    assert "limit param must be" in message
-
-
-async def test_limit_zero_and_whitespace(api: ApiClient) -> None:
-    await api.create(name="x")
+    for value in ("abc", "-1", "1.5", "", "1e3", "0x10"):
+        assert "limit param must be" in await bad(api, [("limit", value)]), value
     zero = await listing(api, [("limit", "0")])
     assert zero.status == 200 and zero.json["images"] == [] and "next" not in zero.json
     assert [i["name"] for i in (await listing(api, [("limit", " 1 ")])).json["images"]] == ["x"]
@@ -336,7 +331,8 @@ async def test_sort_orders_and_paging_visit_every_image_once(api: ApiClient, db:
         want = expected_order(rows, keys)
         full = await listing(api, [("limit", "100"), *query])
         assert [i["id"] for i in full.json["images"]] == want, query
-        for size in (1, 3, 5):
+        # One image a page crosses every boundary of the order.
+        for size in (1, 5) if not query else (1,):
             got: list[str] = []
             marker: str | None = None
             for _ in range(len(rows) + 2):
@@ -373,7 +369,7 @@ async def test_default_order_is_created_at_desc_then_id(api: ApiClient, db: Asyn
     assert [i["id"] for i in (await listing(api, [("sort", "created_at:asc")])).json["images"]] == oldest_first
 
 
-@pytest.mark.parametrize("params,fragment", [
+BAD_SORTS: list[tuple[Params, str]] = [
     ([("sort_key", "owner")], "Invalid sort key: owner"),
     ([("sort_key", "checksum"), ("sort_dir", "asc")], "Invalid sort key"),
     ([("sort_key", "name"), ("sort_dir", "up")], "Invalid sort direction: up"),
@@ -382,16 +378,19 @@ async def test_default_order_is_created_at_desc_then_id(api: ApiClient, db: Asyn
     ([("sort", "bogus:asc")], "Invalid sort key"),
     ([("sort", "")], "Invalid sort key"),
     ([("sort", "name,")], "Invalid sort key"),
-    ([("sort", "name: ")], "Invalid sort direction"),
+    ([("sort", "name: ,size:asc")], "Invalid sort direction"),
     ([("sort_key", "name"), ("sort_dir", "asc"), ("sort_dir", "desc")], "does not match"),
     ([("sort_key", "name"), ("sort_key", "size"), ("sort_key", "id"), ("sort_dir", "asc"), ("sort_dir", "desc")],
      "does not match"),
     ([("sort_dir", "asc"), ("sort_dir", "desc")], "does not match"),
     ([("sort", "name:asc"), ("sort_key", "size")], "cannot be combined"),
     ([("sort_dir", "asc"), ("sort", "name")], "cannot be combined"),
-])
-async def test_bad_sorting(api: ApiClient, params: Params, fragment: str) -> None:
-    assert fragment in await bad(api, params)
+]
+
+
+async def test_bad_sorting(api: ApiClient) -> None:
+    for params, fragment in BAD_SORTS:
+        assert fragment in await bad(api, params), params
 
 
 async def test_sort_syntax_details(api: ApiClient, db: AsyncEngine) -> None:
@@ -402,6 +401,7 @@ async def test_sort_syntax_details(api: ApiClient, db: AsyncEngine) -> None:
     assert await names(api, [("sort_key", " size "), ("sort_key", "name"), ("sort_dir", "asc ")]) == ["a", "c", "b"]
     assert await names(api, [("sort", " name:asc , size:desc ")]) == ["a", "b", "c"]
     assert await names(api, [("sort", "name:")]) == ["c", "b", "a"]
+    assert await names(api, [("sort", " name: ")]) == ["c", "b", "a"]
     assert await names(api, [("sort", "size")]) == ["b", "c", "a"]
 
 
@@ -501,12 +501,20 @@ async def test_marker_rules(api: ApiClient, db: AsyncEngine) -> None:
         await bad(api, [("marker", ids[name])], as_=who, status=403)
     # Any membership of a shared image makes it a valid marker, whatever its status; so do hidden,
     # killed and community images the caller may see; the page is what follows it in the order.
+    created = {image_id: n for n, image_id in enumerate(ids.values())}  # build_world creates in this order
+
+    def older_than(name: str, newest_first: list[str]) -> list[str]:
+        return [i for i in newest_first if created[i] < created[ids[name]]]
+
     for name in ("b-shared-a-pend", "b-shared-a-rej", "a-hidden", "a-killed", "b-community"):
-        reply = await listing(api, [("marker", ids[name])])
+        reply = await listing(api, [("marker", ids[name]), ("limit", "100")])
         assert reply.status == 200, (name, reply.body)
-    # Admins may use a deleted image as a marker.
-    assert (await listing(api, [("marker", ids["a-deleted"])], as_=ADMIN)).status == 200
-    assert (await listing(api, [("marker", ids["b-private"])], as_=ADMIN)).status == 200
+        assert [i["id"] for i in reply.json["images"]] == older_than(name, order), name
+    # Admins may use any image as a marker, a deleted one too.
+    admin_order = [i["id"] for i in (await listing(api, [("limit", "100")], as_=ADMIN)).json["images"]]
+    for name in ("a-deleted", "b-private"):
+        reply = await listing(api, [("marker", ids[name]), ("limit", "100")], as_=ADMIN)
+        assert [i["id"] for i in reply.json["images"]] == older_than(name, admin_order), name
 
 
 # -- filters -------------------------------------------------------------------------------------
@@ -543,7 +551,9 @@ async def test_property_and_column_equality(api: ApiClient, db: AsyncEngine) -> 
     assert await name_set(api, [("min_ram", "2048")]) == {"pub-admin"}
     assert await name_set(api, [("status", "queued"), ("container_format", "bare"), ("disk_format", "raw"),
                                 ("visibility", "public")]) == PUB
-    assert "integer" in await bad(api, [("min_ram", "lots")])
+    assert await names(api, [("min_ram", "lots")]) == []
+    assert await names(api, [("size", "1.0")], as_=ADMIN) == []
+    assert await names(api, [("x" * 300, "1")]) == []
     # checksum and os_hash_value compare for equality; the server computes them on upload.
     await set_row(db, ids["a-shared-none"], checksum="0" * 32, os_hash_algo="sha512", os_hash_value="ab" * 64)
     await set_row(db, ids["b-private"], checksum="0" * 32)
@@ -561,6 +571,13 @@ async def test_repeated_filters_take_the_last_value(api: ApiClient) -> None:
     assert await names(api, [("name", "one"), ("name", "two")]) == ["two"]
     assert await names(api, [("os_distro", "two"), ("os_distro", "one")]) == ["one"]
     assert await names(api, [("os_hidden", "true"), ("os_hidden", "false"), ("sort", "name:asc")]) == ["one", "two"]
+    assert await names(api, [("visibility", "private"), ("visibility", "shared")]) == []
+    # limit, marker, member_status and sort take their first value; Glance leaves a repeat among
+    # the filters, where it is a property filter that matches no image.
+    assert await names(api, [("sort", "name:asc")]) == ["one", "two"]
+    assert await names(api, [("sort", "name:asc"), ("sort", "name:desc")]) == []
+    reply = await listing(api, [("limit", "1"), ("limit", "5")])
+    assert reply.status == 200 and reply.json["images"] == []
 
 
 async def test_ranges(api: ApiClient, db: AsyncEngine) -> None:
@@ -617,16 +634,17 @@ async def test_time_filters(api: ApiClient, db: AsyncEngine) -> None:
     assert await name_set(api, [("created_at", f"gte:{nxt}"), ("created_at", "lt:2024-05-02")]) == {"t1", "t2", "t3"}
     assert await name_set(api, [("created_at", f"gte:{shown}"), ("updated_at", "lt:2024-05-03")]) == {"t1", "t2", "t3"}
     for value in ("lt:yesterday", "gt:", "", "2024-13-01T00:00:00Z", "eq:2024-05-01T25:00:00Z", " 2024-05-01",
-                  "gt:2024-05-01T08:01:40+25:00", "eq:0000-01-01"):
+                  "gt:2024-05-01T08:01:40+25:00", "eq:0000-01-01", "in:2024-05-01,2024-05-02"):
         assert "ISO 8601" in await bad(api, [("created_at", value)]), value
-    for value in ("like:2024-05-01T08:01:40Z", "gtx:2024", "in:2024-05-01,2024-05-02", "GT:2024"):
+    for value in ("like:2024-05-01T08:01:40Z", "gtx:2024", "in:2024-05-01", "GT:2024"):
         assert "operator" in await bad(api, [("updated_at", value)]), value
 
 
 async def test_in_operator(api: ApiClient, db: AsyncEngine) -> None:
     ids = {}
     for name, disk, container in [("alpha", "qcow2", "bare"), ("beta", "raw", "ovf"), ("a,b", "iso", "bare"),
-                                  ("c", "raw", "bare"), ("2024-05-01T08:00:00", "vmdk", "ova")]:
+                                  ("c", "raw", "bare"), ("2024-05-01T08:00:00", "vmdk", "ova"), ("", "raw", "bare"),
+                                  ('d"e', "raw", "bare"), ('d\\"e', "raw", "bare")]:
         ids[name] = (await api.create(name=name, disk_format=disk, container_format=container))["id"]
     await set_row(db, ids["beta"], status="active")
     assert await name_set(api, [("name", "in:alpha,beta")]) == {"alpha", "beta"}
@@ -634,16 +652,23 @@ async def test_in_operator(api: ApiClient, db: AsyncEngine) -> None:
     assert await name_set(api, [("name", 'in:"a,b"')]) == {"a,b"}
     assert await name_set(api, [("name", 'in:c,"a,b"')]) == {"a,b", "c"}
     assert await names(api, [("name", "in:a,b")]) == []
+    # A trailing comma adds no item, an empty list matches nothing; two commas make an empty item.
     assert await name_set(api, [("name", "in:alpha,")]) == {"alpha"}
     assert await names(api, [("name", "in:")]) == []
+    assert await name_set(api, [("name", "in:alpha,,c")]) == {"alpha", "", "c"}
+    assert await name_set(api, [("name", 'in:"",beta')]) == {"", "beta"}
+    # A backslash escapes a quote for the quote rules, and stays in the value (as in Glance).
+    assert await name_set(api, [("name", 'in:"d\\"e"')]) == {'d\\"e'}
+    assert await name_set(api, [("name", 'in:d\\"e,c')]) == {'d\\"e', "c"}
     assert await name_set(api, [("name", "eq:alpha")]) == {"alpha"}
     # A bare ISO time with colons is an equality value, not an operator.
     assert await name_set(api, [("name", "2024-05-01T08:00:00")]) == {"2024-05-01T08:00:00"}
     assert await name_set(api, [("id", f"in:{ids['alpha']},{ids['c']},{uuid.uuid4()}")]) == {"alpha", "c"}
     assert await name_set(api, [("status", "in:active,killed")]) == {"beta"}
     assert await name_set(api, [("status", "in:queued")]) == set(ids) - {"beta"}
+    assert await name_set(api, [("name", "")]) == {""}
     assert await name_set(api, [("container_format", "in:ovf,ova")]) == {"beta", "2024-05-01T08:00:00"}
-    assert await name_set(api, [("disk_format", "in:raw,iso"), ("container_format", "bare")]) == {"a,b", "c"}
+    assert await name_set(api, [("disk_format", "in:qcow2,iso"), ("container_format", "bare")]) == {"a,b", "alpha"}
     assert await name_set(api, [("disk_format", "in:raw,iso"), ("name", 'in:"a,b",beta')]) == {"a,b", "beta"}
     for value, fragment in [('in:"a,b', "not closed"), ('in:x"a,b"', "no comma before"),
                             ('in:"a,b"x', "no comma after"), ('in:"a",b"', "no comma before"),
@@ -654,7 +679,7 @@ async def test_in_operator(api: ApiClient, db: AsyncEngine) -> None:
         assert "operator" in await bad(api, [(key, value)]), (key, value)
 
 
-async def test_operators_on_other_fields_are_literal_values(api: ApiClient, db: AsyncEngine) -> None:
+async def test_operators_on_other_fields_are_literal_values(api: ApiClient) -> None:
     await api.create(name="literal", os_distro="in:ubuntu,debian", os_version="gt:5")
     await api.create(name="plain", os_distro="ubuntu")
     assert await name_set(api, [("os_distro", "in:ubuntu,debian")]) == {"literal"}

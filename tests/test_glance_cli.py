@@ -14,13 +14,19 @@ filters on it, never on the whole catalogue.
 glanceclient quirks this file works around:
 
 * ``image-create`` uploads stdin as image data whenever fd 0 is open and not a
-  tty, so the CLI runs with fd 0 closed (as with ``glance ... <&-``).
+  tty, so the CLI runs with fd 0 closed (``glance ... <&-``).
 * glanceclient caches the schemas under ``$HOME/.glanceclient``: each test
   gets its own ``HOME``; ``OS_*`` variables are dropped from the environment.
+* ``image-list`` without any sort option sends ``sort_key=name&sort_dir=asc``
+  itself, so the server's own default order is checked over HTTP.
+* Enum and pattern checks (``--disk-format floppy``, ``--kernel-id x``) happen
+  in the client, against the schema the server serves; ``image-delete``
+  prints its own messages for 403/404/409, not the server's.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -63,10 +69,6 @@ class Result:
         return f"rc={self.rc}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
 
-def _close_stdin() -> None:
-    os.close(0)
-
-
 class Glance:
     """Runs the real CLI against the daemon; reads the daemon's state over HTTP."""
 
@@ -78,12 +80,17 @@ class Glance:
         env["PYTHONWARNINGS"] = "ignore"
         self.env = env
 
+    def run_many(self, commands: list[tuple[str, ...]], ok: bool | None = True) -> list[Result]:
+        """Independent commands, run side by side; results in order (``ok`` as for ``run``)."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda args: self.run(*args, ok=ok), commands))
+
     def run(self, *args: str, ok: bool | None = True) -> Result:
         """``ok=True``: must exit 0; ``ok=False``: must fail; ``None``: either."""
-        cmd = [str(GLANCE), "--os-image-api-version", "2", "--os-image-url", self.url,
-               "--os-auth-token", "x", *args]
-        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60,
-                              preexec_fn=_close_stdin)
+        # `exec ... <&-`: the CLI starts with fd 0 closed (no preexec_fn: run_many uses threads).
+        cmd = ["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(GLANCE), "--os-image-api-version", "2",
+               "--os-image-url", self.url, "--os-auth-token", "x", *args]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if ok is True:
             assert result.rc == 0, f"glance {' '.join(args)} failed:\n{result}"
@@ -136,7 +143,7 @@ class Glance:
         return {m["member_id"]: m["status"] for m in body["members"]}
 
     def http_create(self, **body: Any) -> str:
-        """An image made over HTTP as the default identity (for tests about listing, not creating)."""
+        """An image made over HTTP as the CLI's identity: setup for tests not about image-create."""
         status, image = self.http("POST", "/v2/images", body)
         assert status == 201, (status, image)
         return image["id"]  # type: ignore[no-any-return]
@@ -249,29 +256,22 @@ def test_create_with_bad_values_fails_and_creates_nothing(glance: Glance, suite:
     before += glance.list_all([("suite", suite), ("os_hidden", "true")])
     assert before == []
 
-    bad = glance.run("image-create", "--name", "cli-bad", "--disk-format", "floppy",
-                     "--property", f"suite={suite}", ok=False)
-    assert "floppy" in bad.err and "disk_format" in bad.err, bad
-    assert "Traceback" not in bad.err
-
-    bad = glance.run("image-create", "--name", "cli-bad", "--container-format", "crate",
-                     "--property", f"suite={suite}", ok=False)
-    assert "crate" in bad.err and "container_format" in bad.err, bad
-
-    bad = glance.run("image-create", "--name", "cli-bad", "--visibility", "everyone",
-                     "--property", f"suite={suite}", ok=False)
-    assert "everyone" in bad.err, bad
-
-    # Not caught by the client's schema: the server refuses it.
-    bad = glance.run("image-create", "--name", "cli-bad", "--min-ram", "-1", "--property", f"suite={suite}",
-                     ok=False)
-    assert "min_ram" in bad.err, bad
-    assert "Traceback" not in bad.err
-
-    # A reserved attribute passed as a property is refused by the server (403).
-    bad = glance.run("image-create", "--name", "cli-bad", "--property", "status=active",
-                     "--property", f"suite={suite}", ok=False)
-    assert "status" in bad.err, bad
+    mine = ("image-create", "--name", "cli-bad", "--property", f"suite={suite}")
+    floppy, crate, everyone, negative, reserved = glance.run_many([
+        (*mine, "--disk-format", "floppy"),
+        (*mine, "--container-format", "crate"),
+        (*mine, "--visibility", "everyone"),
+        # Not caught by the client's schema: the server refuses these two (400, 403).
+        (*mine, "--min-ram", "-1"),
+        (*mine, "--property", "status=active"),
+    ], ok=False)
+    assert "floppy" in floppy.err and "disk_format" in floppy.err, floppy
+    assert "crate" in crate.err and "container_format" in crate.err, crate
+    assert "everyone" in everyone.err, everyone
+    assert "min_ram" in negative.err, negative
+    assert "status" in reserved.err, reserved
+    for result in (floppy, crate, everyone, negative, reserved):
+        assert "Traceback" not in result.err, result
 
     for hidden in ("false", "true"):
         assert glance.list_all([("suite", suite), ("os_hidden", hidden)]) == []
@@ -280,7 +280,7 @@ def test_create_with_bad_values_fails_and_creates_nothing(glance: Glance, suite:
 
 
 def test_create_with_an_existing_id_conflicts(glance: Glance, suite: str) -> None:
-    image_id = glance.create("--name", "cli-first", "--property", f"suite={suite}")
+    image_id = glance.http_create(name="cli-first", suite=suite)
     again = glance.run("image-create", "--id", image_id, "--name", "cli-second", ok=False)
     assert image_id in again.err, again
     assert glance.image(image_id)["name"] == "cli-first"
@@ -293,31 +293,27 @@ def test_list_pages_through_sorted_results(glance: Glance, suite: str) -> None:
     names = ["p-echo", "p-alpha", "p-delta", "p-bravo", "p-foxtrot", "p-charlie", "p-golf"]
     ids = {glance.http_create(name=n, disk_format="raw", container_format="bare", suite=suite): n for n in names}
     by_name = sorted(ids, key=ids.__getitem__)
+    mine = ("image-list", "--property-filter", f"suite={suite}")
 
-    # Page size 2 over 7 images: the CLI must follow the server's `next` links (4 pages).
-    out = glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "2",
-                     "--sort", "name:asc").out
-    assert listed_ids(out) == by_name
-    assert [row[1] for row in table_rows(out)] == sorted(names)
-
-    out = glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "3",
-                     "--sort-key", "name", "--sort-dir", "desc").out
-    assert listed_ids(out) == by_name[::-1]
-
-    # --limit stops after 3 images, even though pages of 2 would go on.
-    out = glance.run("image-list", "--property-filter", f"suite={suite}", "--limit", "3", "--page-size", "2",
-                     "--sort", "name:desc").out
-    assert listed_ids(out) == by_name[::-1][:3]
+    asc, desc, limited, several = glance.run_many([
+        # Page size 2 over 7 images: the CLI must follow the server's `next` links (4 pages).
+        (*mine, "--page-size", "2", "--sort", "name:asc"),
+        (*mine, "--page-size", "3", "--sort-key", "name", "--sort-dir", "desc"),
+        # --limit stops after 3 images, even though pages of 2 would go on.
+        (*mine, "--limit", "3", "--page-size", "2", "--sort", "name:desc"),
+        # Several sort keys: the images were made one after the other, so created_at ascending is
+        # creation order (the API shows whole seconds; the catalogue sorts on more).
+        (*mine, "--page-size", "4", "--sort", "status:asc,created_at:asc,id:asc"),
+    ])
+    assert listed_ids(asc.out) == by_name
+    assert [row[1] for row in table_rows(asc.out)] == sorted(names)
+    assert listed_ids(desc.out) == by_name[::-1]
+    assert listed_ids(limited.out) == by_name[::-1][:3]
+    assert listed_ids(several.out) == list(ids)
 
     # The server agrees, page by page.
     server_order = [i["id"] for i in glance.list_all([("suite", suite), ("sort", "name:asc"), ("limit", "2")])]
     assert server_order == by_name
-
-    # Several sort keys: the images were created one after the other, so created_at ascending
-    # is creation order (the API shows whole seconds; the catalogue sorts on more).
-    out = glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "4",
-                     "--sort", "status:asc,created_at:asc,id:asc").out
-    assert listed_ids(out) == list(ids)
 
 
 def test_list_paging_with_equal_and_missing_names(glance: Glance, suite: str) -> None:
@@ -325,70 +321,72 @@ def test_list_paging_with_equal_and_missing_names(glance: Glance, suite: str) ->
     made = []
     for name in (None, "same", None, "same", "zed", "same", None):
         made.append(glance.http_create(suite=suite, **({"name": name} if name else {})))
-    same = [i for i in made if glance.image(i)["name"] == "same"]
+    same = [made[1], made[3], made[5]]
+    mine = ("image-list", "--property-filter", f"suite={suite}")
 
-    for direction in ("asc", "desc"):
-        paged = listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "2",
-                                      "--sort", f"name:{direction}").out)
+    asc, desc, default, by_key = glance.run_many([
+        (*mine, "--page-size", "2", "--sort", "name:asc"),
+        (*mine, "--page-size", "2", "--sort", "name:desc"),
+        # Without sort options glanceclient itself asks for sort_key=name&sort_dir=asc.
+        (*mine, "--page-size", "3"),
+        # --sort-key without --sort-dir: the server's default direction, desc.
+        (*mine, "--page-size", "3", "--sort-key", "name"),
+    ])
+    for direction, result in (("asc", asc), ("desc", desc)):
+        paged = listed_ids(result.out)
         whole = [i["id"] for i in glance.list_all([("suite", suite), ("sort", f"name:{direction}"),
                                                    ("limit", "100")])]
         assert sorted(paged) == sorted(made), direction
         assert paged == whole, direction
         # Glance breaks ties with created_at and id, in the direction given for the last key.
-        assert [i for i in paged if i in same] == (same if direction == "asc" else same[::-1])
+        assert [i for i in paged if i in same] == (same if direction == "asc" else same[::-1]), direction
 
-    # Without sort options glanceclient itself asks for sort_key=name&sort_dir=asc; the server's own
-    # default (no sort parameters) is Glance's: newest first.
-    assert listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--page-size", "3").out) \
-        == [i["id"] for i in glance.list_all([("suite", suite), ("sort_key", "name"), ("sort_dir", "asc")])]
+    assert listed_ids(default.out) == listed_ids(asc.out)
+    by_key_ids = listed_ids(by_key.out)
+    assert [i for i in by_key_ids if i in same] == same[::-1]
+    assert by_key_ids[0] == made[4]  # "zed"
+    # The server's own default (no sort parameters) is Glance's: newest first.
     assert [i["id"] for i in glance.list_all([("suite", suite), ("limit", "3")])] == made[::-1]
-    # --sort-key without --sort-dir: the server's default direction, desc.
-    by_key = listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--sort-key", "name").out)
-    assert [i for i in by_key if i in same] == same[::-1]
-    assert by_key[0] == made[4]  # "zed"
 
 
 def test_list_filters(glance: Glance, suite: str) -> None:
-    common = ("--disk-format", "raw", "--container-format", "bare", "--property", f"suite={suite}")
-    private = glance.create("--name", "f-private", "--visibility", "private", "--tags", "red", "blue",
-                            "--property", "flavour=mint", *common)
-    public = glance.create("--name", "f-public", "--visibility", "public", "--tags", "red",
-                           "--property", "flavour=lemon", *common)
-    shared = glance.create("--name", "f-shared", "--property", "flavour=mint", *common)
-    community = glance.create("--name", "f-community", "--visibility", "community", *common)
-    hidden = glance.create("--name", "f-hidden", "--hidden", "True", "--tags", "red", *common)
-    other_owner = glance.create("--name", "f-owned-by-b", "--owner", PROJECT_B, "--visibility", "private",
-                                *common)
-
-    def cli_list(*args: str) -> set[str]:
-        return set(listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", *args).out))
-
-    def server_list(*params: tuple[str, str]) -> set[str]:
-        return {i["id"] for i in glance.list_all([("suite", suite), *params])}
-
-    # Hidden images are left out by default; the admin sees every other one.
+    # Made over HTTP: creating through the CLI is covered above; this test is about the filters.
+    common = {"disk_format": "raw", "container_format": "bare", "suite": suite}
+    private = glance.http_create(name="f-private", visibility="private", tags=["red", "blue"], flavour="mint",
+                                 **common)
+    public = glance.http_create(name="f-public", visibility="public", tags=["red"], flavour="lemon", **common)
+    shared = glance.http_create(name="f-shared", flavour="mint", **common)
+    community = glance.http_create(name="f-community", visibility="community", **common)
+    hidden = glance.http_create(name="f-hidden", os_hidden=True, tags=["red"], **common)
+    other_owner = glance.http_create(name="f-owned-by-b", owner=PROJECT_B, visibility="private", **common)
     everything = {private, public, shared, community, other_owner}
-    assert cli_list() == everything == server_list()
-    assert cli_list("--visibility", "private") == {private, other_owner} == server_list(("visibility", "private"))
-    assert cli_list("--visibility", "public") == {public} == server_list(("visibility", "public"))
-    assert cli_list("--visibility", "shared") == {shared}
-    assert cli_list("--visibility", "community") == {community}
-    assert cli_list("--visibility", "all") == everything
-    assert cli_list("--tag", "red") == {private, public} == server_list(("tag", "red"))
-    assert cli_list("--tag", "red", "--tag", "blue") == {private}
-    assert cli_list("--tag", "green") == set()
-    assert cli_list("--owner", PROJECT_B) == {other_owner} == server_list(("owner", PROJECT_B))
-    assert cli_list("--owner", DEFAULT_PROJECT, "--visibility", "private") == {private}
-    assert cli_list("--property-filter", "flavour=mint") == {private, shared}
-    assert cli_list("--property-filter", "flavour=mint", "--visibility", "shared") == {shared}
-    assert cli_list("--hidden", "true") == {hidden} == server_list(("os_hidden", "true"))
-    assert cli_list("--hidden", "true", "--tag", "red") == {hidden}
-    assert cli_list("--hidden", "false") == everything
+
+    # (CLI filter options, expected images, the same query straight to the server or None)
+    cases: list[tuple[tuple[str, ...], set[str], list[tuple[str, str]] | None]] = [
+        # Hidden images are left out by default; the admin sees every other one.
+        ((), everything, []),
+        (("--visibility", "private"), {private, other_owner}, [("visibility", "private")]),
+        (("--visibility", "public"), {public}, [("visibility", "public")]),
+        (("--visibility", "shared"), {shared}, None),
+        (("--visibility", "community"), {community}, None),
+        (("--visibility", "all"), everything, None),
+        (("--tag", "red"), {private, public}, [("tag", "red")]),
+        (("--tag", "red", "--tag", "blue"), {private}, [("tag", "red"), ("tag", "blue")]),
+        (("--owner", PROJECT_B), {other_owner}, [("owner", PROJECT_B)]),
+        (("--property-filter", "flavour=mint"), {private, shared}, [("flavour", "mint")]),
+        (("--hidden", "true"), {hidden}, [("os_hidden", "true")]),
+        (("--hidden", "true", "--tag", "red"), {hidden}, None),
+    ]
+    results = glance.run_many([("image-list", "--property-filter", f"suite={suite}", *args)
+                               for args, _, _ in cases])
+    for (args, expected, params), result in zip(cases, results):
+        assert set(listed_ids(result.out)) == expected, args
+        if params is not None:
+            assert {i["id"] for i in glance.list_all([("suite", suite), *params])} == expected, params
 
 
 def test_list_verbose_columns_match_the_server(glance: Glance, suite: str) -> None:
-    image_id = glance.create("--name", "cli-verbose", "--disk-format", "iso", "--container-format", "bare",
-                             "--property", f"suite={suite}")
+    image_id = glance.http_create(name="cli-verbose", disk_format="iso", container_format="bare", suite=suite)
     out = glance.run("--verbose", "image-list", "--property-filter", f"suite={suite}").out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -457,9 +455,10 @@ def test_update_name_properties_hidden_min_disk(glance: Glance, suite: str) -> N
     assert image["status"] == "queued"
 
     # Hidden now: out of the default list, in the hidden one.
-    assert listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}").out) == []
-    assert listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--hidden", "true").out) \
-        == [image_id]
+    default, hidden = glance.run_many([("image-list", "--property-filter", f"suite={suite}"),
+                                       ("image-list", "--property-filter", f"suite={suite}", "--hidden", "true")])
+    assert listed_ids(default.out) == []
+    assert listed_ids(hidden.out) == [image_id]
 
     kernel = str(uuid.uuid4())
     glance.run("image-update", "--hidden", "false", "--visibility", "community", "--remove-property", "b",
@@ -480,18 +479,19 @@ def test_update_with_bad_values_fails_and_changes_nothing(glance: Glance, suite:
     image_id = glance.create("--name", "cli-stable", "--property", f"suite={suite}", "--min-ram", "64")
     before = glance.image(image_id)
 
-    bad = glance.run("image-update", "--disk-format", "floppy", image_id, ok=False)
-    assert "floppy" in bad.err, bad
-    bad = glance.run("image-update", "--min-ram", "-5", "--name", "cli-changed", image_id, ok=False)
-    assert "min_ram" in bad.err, bad
-    bad = glance.run("image-update", "--kernel-id", "not-a-uuid", image_id, ok=False)
-    assert "kernel_id" in bad.err, bad
-    # glanceclient sends a JSON-patch "remove" for a base attribute; Glance refuses it.
-    bad = glance.run("image-update", "--remove-property", "name", image_id, ok=False)
-    assert "Property name may not be removed." in bad.err, bad
     missing = str(uuid.uuid4())
-    bad = glance.run("image-update", "--name", "x", missing, ok=False)
-    assert f"No image found with ID {missing}" in bad.err, bad
+    floppy, negative, base, absent = glance.run_many([
+        ("image-update", "--disk-format", "floppy", image_id),
+        # One bad change in the patch: none of it is applied (the name stays).
+        ("image-update", "--min-ram", "-5", "--name", "cli-changed", image_id),
+        # glanceclient sends a JSON-patch "remove" for a base attribute; Glance refuses it (403).
+        ("image-update", "--remove-property", "name", image_id),
+        ("image-update", "--name", "x", missing),
+    ], ok=False)
+    assert "floppy" in floppy.err, floppy
+    assert "min_ram" in negative.err, negative
+    assert "Property name may not be removed." in base.err, base
+    assert f"No image found with ID {missing}" in absent.err, absent
 
     after = glance.image(image_id)
     assert after == before
@@ -500,20 +500,16 @@ def test_update_with_bad_values_fails_and_changes_nothing(glance: Glance, suite:
 # -- tags --------------------------------------------------------------------------------------
 
 def test_tag_update_and_delete(glance: Glance, suite: str) -> None:
-    image_id = glance.create("--name", "cli-tags", "--property", f"suite={suite}", "--tags", "keep")
+    image_id = glance.http_create(name="cli-tags", suite=suite, tags=["keep"])
 
-    result = glance.run("image-tag-update", image_id, "fresh")
-    assert "fresh" in result.out and image_id in result.out
-    assert sorted(glance.image(image_id)["tags"]) == ["fresh", "keep"]
-
-    glance.run("image-tag-update", image_id, "two words")
+    result = glance.run("image-tag-update", image_id, "two words")
+    assert "two words" in result.out and image_id in result.out
     glance.run("image-tag-update", image_id, "grün")
-    glance.run("image-tag-update", image_id, "fresh")  # adding it again is a no-op
-    assert sorted(glance.image(image_id)["tags"]) == ["fresh", "grün", "keep", "two words"]
+    glance.run("image-tag-update", image_id, "keep")  # adding it again is a no-op
+    assert sorted(glance.image(image_id)["tags"]) == ["grün", "keep", "two words"]
     assert listed_ids(glance.run("image-list", "--property-filter", f"suite={suite}", "--tag", "two words").out) \
         == [image_id]
 
-    glance.run("image-tag-delete", image_id, "fresh")
     glance.run("image-tag-delete", image_id, "two words")
     glance.run("image-tag-delete", image_id, "grün")
     assert glance.image(image_id)["tags"] == ["keep"]
@@ -526,8 +522,7 @@ def test_tag_update_and_delete(glance: Glance, suite: str) -> None:
 # -- members -----------------------------------------------------------------------------------
 
 def test_member_lifecycle(glance: Glance, suite: str) -> None:
-    image_id = glance.create("--name", "cli-shared", "--disk-format", "raw", "--container-format", "bare",
-                             "--property", f"suite={suite}")
+    image_id = glance.http_create(name="cli-shared", disk_format="raw", container_format="bare", suite=suite)
     assert glance.image(image_id)["visibility"] == "shared"
 
     # Before sharing, the consumer cannot see the image.
@@ -536,7 +531,7 @@ def test_member_lifecycle(glance: Glance, suite: str) -> None:
     result = glance.run("member-create", image_id, PROJECT_B)
     assert [image_id, PROJECT_B, "pending"] in table_rows(result.out), result
     assert glance.members(image_id) == {PROJECT_B: "pending"}
-    glance.run("member-create", image_id, PROJECT_C)
+    assert glance.http("POST", f"/v2/images/{image_id}/members", {"member": PROJECT_C})[0] == 200
     assert glance.members(image_id) == {PROJECT_B: "pending", PROJECT_C: "pending"}
 
     # Adding the same member twice is a conflict.
@@ -560,9 +555,6 @@ def test_member_lifecycle(glance: Glance, suite: str) -> None:
     result = glance.run("member-update", image_id, PROJECT_C, "rejected")
     assert [image_id, PROJECT_C, "rejected"] in table_rows(result.out), result
     assert glance.members(image_id) == {PROJECT_B: "accepted", PROJECT_C: "rejected"}
-    bad = glance.run("member-update", image_id, PROJECT_C, "maybe", ok=False)
-    assert "maybe" in bad.err or "status" in bad.err.lower(), bad
-    assert glance.members(image_id)[PROJECT_C] == "rejected"
 
     glance.run("member-delete", image_id, PROJECT_B)
     assert glance.members(image_id) == {PROJECT_C: "rejected"}
@@ -574,7 +566,7 @@ def test_member_lifecycle(glance: Glance, suite: str) -> None:
 
 
 def test_member_create_on_a_private_image_is_refused(glance: Glance, suite: str) -> None:
-    image_id = glance.create("--name", "cli-private", "--visibility", "private", "--property", f"suite={suite}")
+    image_id = glance.http_create(name="cli-private", visibility="private", suite=suite)
     result = glance.run("member-create", image_id, PROJECT_B, ok=False)
     assert "Only shared images have members." in result.err, result
     # Glance refuses to list the members of a non-shared image too (403).
@@ -591,11 +583,10 @@ def test_member_create_on_a_private_image_is_refused(glance: Glance, suite: str)
 
 def test_deactivate_and_reactivate_a_queued_image_are_refused(glance: Glance, suite: str) -> None:
     help_text = glance.run("help").out
-    assert re.search(r"^\s+image-deactivate\s", help_text, re.M), help_text
-    assert re.search(r"^\s+image-reactivate\s", help_text, re.M), help_text
-    assert "Deactivate specified image" in glance.run("help", "image-deactivate").out
+    assert re.search(r"^\s+image-deactivate\s+Deactivate specified image", help_text, re.M), help_text
+    assert re.search(r"^\s+image-reactivate\s+Reactivate specified image", help_text, re.M), help_text
 
-    image_id = glance.create("--name", "cli-queued", "--property", f"suite={suite}")
+    image_id = glance.http_create(name="cli-queued", suite=suite)
     # Glance's text; its HTML error page would show the quotes as &#x27;, streamd's JSON as '.
     result = glance.run("image-deactivate", image_id, ok=False)
     assert re.search(r"Not allowed to deactivate image in status ('|&#x27;)queued\1", result.err), result
@@ -613,9 +604,7 @@ def test_deactivate_and_reactivate_a_queued_image_are_refused(glance: Glance, su
 # -- image-delete ------------------------------------------------------------------------------
 
 def test_delete(glance: Glance, suite: str) -> None:
-    first = glance.create("--name", "cli-del-1", "--property", f"suite={suite}")
-    second = glance.create("--name", "cli-del-2", "--property", f"suite={suite}")
-    third = glance.create("--name", "cli-del-3", "--property", f"suite={suite}")
+    first, second, third = (glance.http_create(name=f"cli-del-{n}", suite=suite) for n in (1, 2, 3))
 
     glance.run("image-delete", first)
     assert glance.image_status(first) == 404
@@ -632,7 +621,7 @@ def test_delete(glance: Glance, suite: str) -> None:
 
 def test_delete_of_a_protected_image_is_refused(glance: Glance, suite: str) -> None:
     protected = glance.create("--name", "cli-protected", "--protected", "True", "--property", f"suite={suite}")
-    plain = glance.create("--name", "cli-unprotected", "--property", f"suite={suite}")
+    plain = glance.http_create(name="cli-unprotected", suite=suite)
 
     # One refused, the other deleted: the CLI goes on and exits non-zero.
     result = glance.run("image-delete", protected, plain, ok=False)

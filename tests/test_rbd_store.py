@@ -258,7 +258,12 @@ def test_kill_9_mid_upload_leaves_nothing_after_restart(tmp_path: Path) -> None:
     assert [n for n in rbd_images(pool) if image_id in n]  # the half-written image is there...
     restarted = start_daemon(tmp_path, daemon_config())
     try:
-        assert not [n for n in rbd_images(pool) if image_id in n]  # ...and gone after the restart
+        # ...and gone after the restart, once the dead client's watch has expired (osd client
+        # watch timeout: 10 s in the test cluster, 30 s by default).
+        deadline = time.monotonic() + 60
+        while [n for n in rbd_images(pool) if image_id in n]:
+            assert time.monotonic() < deadline, "the interrupted upload's RBD image was never removed"
+            time.sleep(0.5)
         status, body = http(restarted, "GET", f"/v2/images/{image_id}")
         assert body["status"] == "queued"
         status, _ = http(restarted, "PUT", f"/v2/images/{image_id}/file", payload(MIB), OCTET)

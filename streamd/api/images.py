@@ -98,9 +98,8 @@ async def create_image(request: web.Request) -> web.Response:
         if not is_uuid_like(body["id"]):
             raise BadRequest(f"Invalid image id {body['id']}")
         base["id"] = body["id"]
-    owner = base.get("owner")
-    if owner is not None and owner != ctx.project_id and not ctx.is_admin:
-        raise Forbidden(f"You are not permitted to create images owned by '{owner}'.")
+    if "owner" in base and base["owner"] != ctx.project_id and not ctx.is_admin:
+        raise Forbidden(f"You are not permitted to create images owned by '{base['owner']}'.")
     base.setdefault("owner", ctx.project_id)
     policy.require_visibility_change(ctx, base.get("visibility", "shared"))
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
@@ -300,7 +299,7 @@ async def update_image(request: web.Request) -> web.Response:
     updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
     image = await request.app[CATALOG].update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
-        property_quota=config.default.image_property_quota, tag_quota=config.default.image_tag_quota)
+        tag_quota=config.default.image_tag_quota)
     return web.json_response(image_view(image))
 
 

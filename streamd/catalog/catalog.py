@@ -191,8 +191,7 @@ class Catalog:
     async def update_image(self, image_id: str, *, changes: Mapping[str, Any] | None = None,
                            set_properties: Mapping[str, str] | None = None,
                            remove_properties: Iterable[str] = (),
-                           tags: Iterable[str] | None = None,
-                           property_quota: int = -1, tag_quota: int = -1,
+                           tags: Iterable[str] | None = None, tag_quota: int = -1,
                            expected_status: str | None = None) -> ImageRecord:
         """Apply a whole set of changes in one transaction (Glance's single ``save``)."""
         changes = dict(changes or {})
@@ -206,8 +205,6 @@ class Catalog:
             for key in remove_properties:
                 new_props.pop(key, None)
             new_props.update(set_properties or {})
-            if property_quota >= 0 and len(new_props) > property_quota and len(new_props) > len(image.properties):
-                raise QuotaExceeded(f"Maximum number of image properties exceeded: {len(new_props)} > {property_quota}")
             now = utcnow()
             changes["updated_at"] = now
             stmt = m.images.update().where(m.images.c.id == image_id).values(**changes)
@@ -404,12 +401,12 @@ class Catalog:
     async def add_tag(self, image_id: str, tag: str, *, quota: int = -1) -> None:
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
-            if tag in image.tags:
-                return
-            if quota >= 0 and len(image.tags) + 1 > quota:
-                raise QuotaExceeded(f"Maximum number of tags exceeded: {len(image.tags) + 1} > {quota}")
             now = utcnow()
-            await conn.execute(m.image_tags.insert().values(image_id=image_id, value=tag, created_at=now))
+            if tag not in image.tags:
+                if quota >= 0 and len(image.tags) + 1 > quota:
+                    raise QuotaExceeded(f"Maximum number of tags exceeded: {len(image.tags) + 1} > {quota}")
+                await conn.execute(m.image_tags.insert().values(image_id=image_id, value=tag, created_at=now))
+            # Glance saves the image even when the tag was already there: updated_at moves.
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(updated_at=now))
 
     async def delete_tag(self, image_id: str, tag: str) -> None:
@@ -444,10 +441,10 @@ class Catalog:
                 m.image_members.c.image_id == image_id))
             exists = await conn.scalar(sa.select(m.image_members.c.member).where(
                 m.image_members.c.image_id == image_id, m.image_members.c.member == member))
-            if exists is not None:
-                raise Duplicate(f"Member {member} already exists for image {image_id}")
             if quota >= 0 and count + 1 > quota:
                 raise QuotaExceeded(f"Maximum number of image members exceeded: {count + 1} > {quota}")
+            if exists is not None:
+                raise Duplicate(f"Member {member} is duplicated for image {image_id}")
             now = utcnow()
             await conn.execute(m.image_members.insert().values(
                 image_id=image_id, member=member, status="pending", created_at=now, updated_at=now))

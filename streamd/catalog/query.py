@@ -43,7 +43,8 @@ class ImageQuery:
     os_hidden: bool = False
     protected: bool | None = None
     tags: list[str] = field(default_factory=list)
-    # (column, op, value): op in eq/neq/in/gt/gte/lt/lte
+    # (column, op, value): op in eq/neq/in/gt/gte/lt/lte, or outside (value: (low, high);
+    # column < low or column >= high)
     conditions: list[tuple[str, str, object]] = field(default_factory=list)
     properties: list[tuple[str, str]] = field(default_factory=list)
 
@@ -339,7 +340,8 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
                 try:
                     query.conditions.append((key, "eq", int(value)))
                 except ValueError:
-                    raise BadRequest(f"Invalid value {value!r} for {key}: expected an integer") from None
+                    # No integer equals it: Glance (on SQLite and MySQL) lists nothing.
+                    query.conditions.append((key, "in", []))
             else:
                 query.conditions.append((key, "eq", value))
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -87,9 +88,13 @@ class RbdStore(Store):
 
     def _connect_blocking(self) -> tuple[Any, Any, str]:
         rados, _ = _bindings()
+        # Ceph 16 takes whole seconds only ("30", not "30.0").
+        timeout = str(math.ceil(self.options.rados_op_timeout))
         conf: dict[str, str] = {
-            "rados_osd_op_timeout": str(self.options.rados_op_timeout),
-            "rados_mon_op_timeout": str(self.options.rados_op_timeout),
+            "rados_osd_op_timeout": timeout,
+            "rados_mon_op_timeout": timeout,
+            # connect(timeout=) alone does not bound the mount when no monitor answers.
+            "client_mount_timeout": str(max(1, math.ceil(self.options.rados_connect_timeout))),
         }
         cluster = rados.Rados(conffile=self.options.rbd_store_ceph_conf, rados_id=self.options.rbd_store_user,
                               conf=conf)
@@ -127,15 +132,24 @@ class RbdStore(Store):
         reaped = await self._run(self._reap_blocking, ioctx)
         if reaped:
             log.warning("rbd store %s: removed %d interrupted upload(s): %s", self.name, len(reaped), ", ".join(reaped))
+        if self.orphans:
+            log.warning("rbd store %s: %d interrupted upload(s) still watched by their dead client; "
+                        "removing them once the watch expires", self.name, len(self.orphans))
 
     def _reap_blocking(self, ioctx: Any) -> list[str]:
         _, rbd = _bindings()
         mine = f"{INCOMING_PREFIX}{self.node_tag}."
         reaped = []
         for name in rbd.RBD().list(ioctx):
-            if name.startswith(mine):
-                _remove_image(ioctx, name)
-                reaped.append(name)
+            if not name.startswith(mine):
+                continue
+            try:
+                _remove_image_if_exists(ioctx, name)
+            except rbd.ImageBusy:
+                # Our crashed incarnation still holds a watch on it until the OSD times it out.
+                self.orphans.add(name)
+                continue
+            reaped.append(name)
         return reaped
 
     async def _remove_orphans_forever(self, interval: float = 5.0) -> None:

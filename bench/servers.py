@@ -1,0 +1,300 @@
+"""The servers under test, each started fresh in its own work directory and always stopped.
+
+``Streamd``: the project's daemon from .venv, default options, a free port.
+``Glance``: real Glance 33.0.0 under uWSGI in its own venv, file store, SQLite, cache on
+(the recipe of shared/notes/anchor-figures.md). ``RefSource``: bench/refsource.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+GLANCE_PACKAGES = ["glance==33.0.0", "python-glanceclient==4.13.0", "uwsgi"]
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    name = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir.resolve()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "server.log"
+
+    # lifecycle
+    def prepare(self) -> list[str]:
+        """Write the configuration; return the command line."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def __enter__(self) -> "Server":
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        try:
+            cmd = self.prepare()
+            with open(self.log, "wb") as log:
+                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                             cwd=self.workdir, start_new_session=True)
+            deadline = time.monotonic() + 120
+            while not self.ready():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)  # the session we started, workers included
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # Images API
+    def api(self, method: str, path: str, body: object = None) -> object:
+        request = urllib.request.Request(self.url + path, method=method)
+        if body is not None:
+            request.data = json.dumps(body).encode()
+            request.add_header("Content-Type", "application/json")
+        with _opener.open(request, timeout=60) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+    def create_image(self, name: str) -> str:
+        image = self.api("POST", "/v2/images", {"name": name, "disk_format": "raw", "container_format": "bare"})
+        return image["id"]
+
+    def delete_image(self, image_id: str) -> None:
+        self.api("DELETE", f"/v2/images/{image_id}")
+
+    def file_url(self, image_id: str) -> str:
+        return f"{self.url}/v2/images/{image_id}/file"
+
+    def settle(self, image_ids: list[str]) -> None:
+        """Called after the first (cold) downloads, before the second ones."""
+
+    def new_log_errors(self) -> list[str]:
+        """Causes of failed requests the server logged since the last call."""
+        return []
+
+
+class Streamd(Server):
+    name = "streamd"
+
+    def prepare(self) -> list[str]:
+        config = self.workdir / "streamd.conf"
+        config.write_text(f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
+                          f"data_dir = {self.workdir / 'data'}\n")
+        return [str(REPO / ".venv/bin/streamd"), "serve", "--config", str(config)]
+
+    def ready(self) -> bool:
+        return "listening on" in self.log.read_text(errors="replace")
+
+
+GLANCE_API_CONF = """\
+[DEFAULT]
+enabled_backends = fs:file
+worker_self_reference_url = {url}
+image_cache_dir = {w}/cache
+[database]
+connection = sqlite:///{w}/glance.sqlite
+[glance_store]
+default_backend = fs
+[fs]
+filesystem_store_datadir = {w}/images
+[os_glance_staging_store]
+filesystem_store_datadir = {w}/staging
+[os_glance_tasks_store]
+filesystem_store_datadir = {w}/tasks
+[oslo_concurrency]
+lock_path = {w}/locks
+[paste_deploy]
+flavor = bench
+"""
+
+# Glance's own pipeline for keystone+caching, with our identity filter in place of authtoken.
+GLANCE_PASTE_INI = """\
+[composite:glance-api-bench]
+paste.composite_factory = glance.api:root_app_factory
+/: api
+
+[composite:api]
+paste.composite_factory = glance.api:pipeline_factory
+bench = cors http_proxy_to_wsgi versionnegotiation osprofiler identity context cache rootapp
+
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+
+[filter:identity]
+paste.filter_factory = glance_identity:filter_factory
+
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+
+[filter:cache]
+paste.filter_factory = glance.api.middleware.cache:CacheFilter.factory
+
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+
+[filter:osprofiler]
+paste.filter_factory = osprofiler.web:WsgiMiddleware.factory
+
+[filter:cors]
+paste.filter_factory = oslo_middleware.cors:filter_factory
+oslo_config_project = glance
+oslo_config_program = glance-api
+
+[filter:http_proxy_to_wsgi]
+paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
+"""
+
+UWSGI_INI = """\
+[uwsgi]
+http-socket = 127.0.0.1:{port}
+processes = 2
+threads = 2
+master = true
+enable-threads = true
+lazy-apps = true
+http-raw-body = true
+http-chunked-input = true
+http-auto-chunked = true
+buffer-size = 65535
+chunked-input-limit = 16777216
+home = {venv}
+pythonpath = {bench}
+module = glance.wsgi.api:application
+need-app = true
+die-on-term = true
+disable-logging = true
+"""
+
+
+class Glance(Server):
+    name = "glance"
+
+    def __init__(self, workdir: Path, venv: Path) -> None:
+        super().__init__(workdir)
+        self.venv = venv
+
+    @staticmethod
+    def ensure_venv(venv: Path) -> None:
+        if (venv / "bin/uwsgi").exists():
+            return
+        print(f"creating {venv} ({' '.join(GLANCE_PACKAGES)}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", *GLANCE_PACKAGES], check=True)
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, OS_GLANCE_CONFIG_DIR=str(self.workdir / "etc"))
+
+    def prepare(self) -> list[str]:
+        self.ensure_venv(self.venv)
+        w = self.workdir
+        for sub in ("etc", "images", "cache", "staging", "tasks", "locks"):
+            (w / sub).mkdir()
+        (w / "etc/glance-api.conf").write_text(GLANCE_API_CONF.format(url=self.url, w=w))
+        (w / "etc/glance-api-paste.ini").write_text(GLANCE_PASTE_INI)
+        (w / "uwsgi.ini").write_text(UWSGI_INI.format(port=self.port, venv=self.venv, bench=BENCH))
+        subprocess.run([str(self.venv / "bin/glance-manage"), "--config-file", str(w / "etc/glance-api.conf"),
+                        "db_sync"], check=True, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return [str(self.venv / "bin/uwsgi"), "--ini", str(w / "uwsgi.ini")]
+
+    def ready(self) -> bool:
+        # lazy-apps: each worker loads the app itself; wait for both.
+        if self.log.read_text(errors="replace").count("WSGI app 0 (mountpoint='') ready") < 2:
+            return False
+        try:
+            self.api("GET", "/v2/images")
+            return True
+        except OSError:
+            return False
+
+    _log_offset = 0
+
+    def new_log_errors(self) -> list[str]:
+        with open(self.log, "rb") as f:
+            f.seek(self._log_offset)
+            text = f.read().decode(errors="replace")
+            self._log_offset = f.tell()
+        return [m.group(1)[:200] for m in re.finditer(r" ERROR glance\.api\.v2\.image_data \[[^\]]*\] (.*)", text)]
+
+    def settle(self, image_ids: list[str]) -> None:
+        """Wait until the cold downloads have been committed to the cache."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cached = {entry["image_id"] for entry in self.api("GET", "/v2/cache")["cached_images"]}
+            if cached >= set(image_ids):
+                return
+            time.sleep(0.1)
+        print(f"warning: glance did not cache {sorted(set(image_ids) - cached)} within 30 s", flush=True)
+
+
+class RefSource(Server):
+    """bench/refsource.py serving the data directory (no Images API: URL is /NAME)."""
+
+    def __init__(self, workdir: Path, mode: str, root: Path) -> None:
+        super().__init__(workdir)
+        self.name, self.mode, self.root = f"ref-{mode}", mode, root
+
+    def prepare(self) -> list[str]:
+        return [sys.executable, str(BENCH / "refsource.py"), self.mode, str(self.root)]
+
+    def ready(self) -> bool:
+        text = self.log.read_text().strip()
+        if text.isdigit():
+            self.port = int(text)
+            self.url = f"http://127.0.0.1:{self.port}"
+            return True
+        return False
