@@ -339,28 +339,25 @@ async def delete_image(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def deactivate_image(request: web.Request) -> web.Response:
+async def _toggle_active(request: web.Request, action: str, source: str, target: str) -> web.Response:
+    """deactivate (active -> deactivated) and reactivate (the reverse): a no-op when already there."""
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "deactivate")
-    if image.status == "deactivated":
+    policy.require_modify(ctx, image, action)
+    if image.status == target:
         return web.Response(status=204)
-    if image.status != "active":
-        raise Forbidden(f"Not allowed to deactivate image in status '{image.status}'")
-    await request.app[CATALOG].transition(image.id, "active", "deactivated")
+    if image.status != source:
+        raise Forbidden(f"Not allowed to {action} image in status '{image.status}'")
+    await request.app[CATALOG].transition(image.id, source, target)
     return web.Response(status=204)
+
+
+async def deactivate_image(request: web.Request) -> web.Response:
+    return await _toggle_active(request, "deactivate", "active", "deactivated")
 
 
 async def reactivate_image(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "reactivate")
-    if image.status == "active":
-        return web.Response(status=204)
-    if image.status != "deactivated":
-        raise Forbidden(f"Not allowed to reactivate image in status '{image.status}'")
-    await request.app[CATALOG].transition(image.id, "deactivated", "active")
-    return web.Response(status=204)
+    return await _toggle_active(request, "reactivate", "deactivated", "active")
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
