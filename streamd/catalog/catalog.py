@@ -299,7 +299,7 @@ class Catalog:
 
     async def finish_upload(self, image_id: str, *, size: int, checksum: str, os_hash_algo: str,
                             os_hash_value: str, store: str, url: str, metadata: Mapping[str, Any] | None = None,
-                            from_status: str = "saving") -> ImageRecord:
+                            virtual_size: int | None = None, from_status: str = "saving") -> ImageRecord:
         """CAS ``saving -> active`` with the data's size, digests and location.
 
         Raises NotFound if the image was deleted meanwhile: the caller then removes the data.
@@ -308,8 +308,8 @@ class Catalog:
             now = utcnow()
             result = await conn.execute(m.images.update().where(
                 m.images.c.id == image_id, m.images.c.status == from_status, m.images.c.deleted.is_(False)
-            ).values(status="active", size=size, checksum=checksum, os_hash_algo=os_hash_algo,
-                     os_hash_value=os_hash_value, updated_at=now))
+            ).values(status="active", size=size, virtual_size=virtual_size, checksum=checksum,
+                     os_hash_algo=os_hash_algo, os_hash_value=os_hash_value, updated_at=now))
             if result.rowcount != 1:
                 current = await conn.scalar(sa.select(m.images.c.status).where(
                     m.images.c.id == image_id, m.images.c.deleted.is_(False)))
