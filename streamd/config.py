@@ -193,6 +193,22 @@ class DefaultOptions:
         None, _opt_str,
         "Name of this node in a shared catalogue, used to recover its own interrupted uploads after a "
         "crash (default: <hostname>:<data_dir>).")
+    image_cache_dir: str | None = opt(
+        "", _opt_str,
+        "Directory of the on-disk image cache (default: <data_dir>/cache). Set it to 'none' to run "
+        "without a cache.")
+    image_cache_max_size: int = opt(
+        10737418240, _size, "Bytes the cache may hold; least recently used images are evicted past it.")
+    image_cache_stall_time: float = opt(
+        86400.0, _float_range(0.0), "Seconds after which a partial fill that is not in progress is removed.")
+    cache_prefetcher_interval: float = opt(
+        300.0, _float_range(0.0), "Seconds between runs of the prefetcher over the cache queue (0: never).")
+    image_cache_maintenance_interval: float = opt(
+        60.0, _float_range(0.0),
+        "Seconds between runs of the in-daemon pruner and cleaner (0: only after fills and on request).")
+    admin_socket_path: str | None = opt(
+        None, _opt_str,
+        "Unix socket for streamd-cache-manage (default: <data_dir>/run/admin.sock; mode 0600 in a 0700 directory).")
     auth_strategy: str = opt(
         "noauth", _str,
         "How callers are identified. noauth: identity from X-Project-Id, X-User-Id and X-Roles, "
@@ -318,6 +334,17 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.connection or f"sqlite+aiosqlite:///{self.data_dir / 'streamd.sqlite'}"
+
+    @property
+    def cache_dir(self) -> Path | None:
+        value = self.default.image_cache_dir
+        if value and value.lower() == "none":
+            return None
+        return Path(value).absolute() if value else self.data_dir / "cache"
+
+    @property
+    def admin_socket(self) -> Path:
+        return Path(self.default.admin_socket_path or self.data_dir / "run" / "admin.sock").absolute()
 
     @property
     def host_id(self) -> str:

@@ -17,7 +17,7 @@ async def test_versions_documents(api: ApiClient) -> None:
     explicit = await api.call("GET", "/versions")
     assert explicit.status == 200
     versions = {v["id"]: v["status"] for v in explicit.json["versions"]}
-    assert [v for v, s in versions.items() if s == "CURRENT"] == ["v2.17"]
+    assert [v for v, s in versions.items() if s == "CURRENT"] == ["v2.18"]
     assert {"v2.0", "v2.9", "v2.12", "v2.13", "v2.15"} <= set(versions)
     assert explicit.json["versions"][0]["links"][0]["href"].endswith("/v2/")
     # A listed minor version works as a URL prefix; an unknown one answers with the versions document.

@@ -7,12 +7,17 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+import asyncio
+import contextlib
+
+from ..cache import ImageCache
 from ..catalog import Catalog
 from ..config import Config
+from ..pipeline import ImageDelivery, Prefetcher, run_periodically
 from ..stores import StoreRegistry
 from . import image_data, images, members, schemas, tags, versions
 from .inflight import InflightUploads
-from .keys import CATALOG, CONFIG, INFLIGHT_UPLOADS, STORES
+from .keys import CACHE, CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER, STORES
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ def create_app(config: Config) -> web.Application:
         module.add_routes(app, V2_PREFIX)
     app.cleanup_ctx.append(_catalog_ctx)
     app.cleanup_ctx.append(_stores_ctx)
+    app.cleanup_ctx.append(_cache_ctx)
     return app
 
 
@@ -63,3 +69,43 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await stores.stop()
+
+
+async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    cache: ImageCache | None = None
+    directory = config.cache_dir
+    if directory is not None:
+        cache = ImageCache(directory, config.default.image_cache_max_size, config.default.image_cache_stall_time)
+        await cache.start()
+        app[CACHE] = cache
+    delivery = ImageDelivery(app[STORES], cache)
+    app[DELIVERY] = delivery
+    tasks: list[asyncio.Task[None]] = []
+    prefetcher: Prefetcher | None = None
+    if cache is not None:
+        prefetcher = Prefetcher(app[CATALOG], cache, delivery)
+        app[PREFETCHER] = prefetcher
+        if config.default.cache_prefetcher_interval > 0:
+            tasks.append(asyncio.create_task(run_periodically(
+                "prefetcher", config.default.cache_prefetcher_interval, prefetcher.run_once)))
+        if config.default.image_cache_maintenance_interval > 0:
+            async def maintain() -> None:
+                await cache.prune()
+                await cache.clean()
+
+            tasks.append(asyncio.create_task(run_periodically(
+                "cache maintenance", config.default.image_cache_maintenance_interval, maintain)))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if prefetcher is not None:
+            await prefetcher.stop()
+        await delivery.stop()
+        if cache is not None:
+            await cache.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import AsyncIterator
@@ -10,16 +9,14 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from ..catalog import ImageRecord, policy
-from ..errors import BadRequest, Forbidden, RangeNotSatisfiable, StoreError, UnsupportedMediaType
-from ..pipeline import UploadLimits, upload_image
-from ..stores import Reader
+from ..errors import BadRequest, Forbidden, RangeNotSatisfiable, UnsupportedMediaType
+from ..pipeline import ImageSource, UploadLimits, upload_image
 from .images import _get_visible
-from .keys import CATALOG, CONFIG, INFLIGHT_UPLOADS, STORES, context_of
+from .keys import CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, STORES, context_of
 
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK = 4 << 20
-DOWNLOAD_CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -101,29 +98,18 @@ async def download(request: web.Request) -> web.StreamResponse:
     image = await _get_visible(request, request.match_info["image_id"])
     if image.status == "deactivated" and not ctx.is_admin:
         raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-    stores = request.app[STORES]
-    locations = [loc for loc in image.locations if loc.status == "active" and stores.for_location(loc.store)]
-    if image.status not in ("active", "deactivated") or not locations:
+    delivery = request.app[DELIVERY]
+    if image.status not in ("active", "deactivated") or not delivery.has_data(image):
         return web.Response(status=204)
-    reader: Reader | None = None
-    for location in locations:
-        store = stores.for_location(location.store)
-        assert store is not None
-        try:
-            reader = await store.reader(location.url)
-            break
-        except StoreError as exc:
-            log.warning("image %s: location in store %s unreadable: %s", image.id, location.store, exc.message)
-    if reader is None:
-        raise StoreError(f"No readable location for image {image.id}")
+    source = await delivery.open(image)
     try:
-        return await _send(request, image, reader)
+        return await _send(request, image, source)
     finally:
-        reader.close()
+        source.close()
 
 
-async def _send(request: web.Request, image: ImageRecord, reader: Reader) -> web.StreamResponse:
-    size = reader.size
+async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -> web.StreamResponse:
+    size = source.size
     etag = _etag(image)
     byte_range = parse_range(request, size)
     if_range = request.headers.get("If-Range")
@@ -141,30 +127,10 @@ async def _send(request: web.Request, image: ImageRecord, reader: Reader) -> web
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
     await response.prepare(request)
-    await _stream(reader, response, first, length)
+    async for data in source.chunks(first, length):
+        await response.write(data)
     await response.write_eof()
     return response
-
-
-async def _stream(reader: Reader, response: web.StreamResponse, offset: int, length: int) -> None:
-    """Read ahead one chunk in a worker thread while the loop sends the previous one."""
-    loop = asyncio.get_running_loop()
-    end = offset + length
-    pending = loop.run_in_executor(None, reader.read, offset, min(DOWNLOAD_CHUNK, end - offset)) if length else None
-    try:
-        while pending is not None:
-            data = await pending
-            pending = None
-            if not data:
-                raise StoreError(f"image data ended early at byte {offset} of {end}")
-            offset += len(data)
-            if offset < end:
-                pending = loop.run_in_executor(None, reader.read, offset, min(DOWNLOAD_CHUNK, end - offset))
-            await response.write(data)
-    finally:
-        if pending is not None:
-            # The reader is closed by our caller: wait for the read in flight first.
-            await asyncio.shield(asyncio.wait([pending]))
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

@@ -7,6 +7,8 @@ from aiohttp import web
 from ..catalog import Catalog
 from ..config import Config
 from ..context import RequestContext
+from ..cache import ImageCache
+from ..pipeline import ImageDelivery, Prefetcher
 from ..stores import StoreRegistry
 from .inflight import InflightUploads
 
@@ -14,6 +16,10 @@ CONFIG = web.AppKey("config", Config)
 CATALOG = web.AppKey("catalog", Catalog)
 STORES = web.AppKey("stores", StoreRegistry)
 INFLIGHT_UPLOADS = web.AppKey("inflight_uploads", InflightUploads)
+DELIVERY = web.AppKey("delivery", ImageDelivery)
+# Absent when the cache is off.
+CACHE = web.AppKey("cache", ImageCache)
+PREFETCHER = web.AppKey("prefetcher", Prefetcher)
 
 # The identity of the request, set by the identity middleware.
 CONTEXT = web.RequestKey("context", RequestContext)

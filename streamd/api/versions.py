@@ -8,13 +8,14 @@ from ..config import Config
 from .keys import CONFIG
 
 
-def listed_versions(config: Config, *, cache_enabled: bool = False) -> list[tuple[str, str]]:
+def listed_versions(config: Config) -> list[tuple[str, str]]:
     """(version, status) in Glance's order for the same configuration.
 
     streamd always runs with ``enabled_backends``; the cache API (2.14-2.18)
     is listed once the image cache is configured.
     """
     versions: list[tuple[str, str]] = []
+    cache_enabled = config.cache_dir is not None
     if cache_enabled:
         versions += [("2.18", "CURRENT"), ("2.17", "SUPPORTED"), ("2.16", "SUPPORTED"),
                      ("2.15", "SUPPORTED"), ("2.14", "SUPPORTED")]

@@ -1,0 +1,303 @@
+"""Serving image data: from the cache when it is there, else from a store, filling the cache once.
+
+``ImageDelivery.open`` returns an ``ImageSource`` whatever the data comes from:
+
+- a cache hit: the cached file (its size always checked; its digests once);
+- a fill in flight: the partial cache file, read as it grows (single flight:
+  however many clients ask at once, the store is read once);
+- a new fill: a background task copies the store into the cache, hashing as
+  it goes, and the client reads the partial file like any other joiner;
+- no cache: the store directly.
+
+A cache fault never breaks a download: if the copy into the cache fails
+(disk full, I/O error), every reader of that fill carries on from the store
+at the offset it had reached.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import logging
+import os
+from typing import AsyncIterator, Awaitable, Callable
+
+from ..cache import Fill, ImageCache
+from ..catalog import ImageRecord
+from ..errors import StoreError, StreamdError
+from ..stores import Reader, StoreRegistry
+from .fanout import FanOut
+from .hashing import ImageHasher
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+FILL_CHUNK = 4 << 20
+
+
+class ImageSource(abc.ABC):
+    size: int
+    origin: str  # "cache", "fill", "store": for logs and tests
+
+    @abc.abstractmethod
+    def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        ...
+
+    def close(self) -> None:
+        return None
+
+
+class ReaderSource(ImageSource):
+    """Any blocking ``Reader``, read one chunk ahead in a worker thread while the loop sends."""
+
+    def __init__(self, reader: Reader, origin: str) -> None:
+        self.reader = reader
+        self.size = reader.size
+        self.origin = origin
+
+    async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        end = offset + length
+        pending = loop.run_in_executor(None, self.reader.read, offset, min(CHUNK, end - offset)) if length else None
+        try:
+            while pending is not None:
+                data = await pending
+                pending = None
+                if not data:
+                    raise StoreError(f"image data ended early at byte {offset} of {end}")
+                offset += len(data)
+                if offset < end:
+                    pending = loop.run_in_executor(None, self.reader.read, offset, min(CHUNK, end - offset))
+                yield data
+        finally:
+            if pending is not None:
+                # The reader is closed after us: let the read in flight finish first.
+                await asyncio.shield(asyncio.wait([pending]))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class FdReader(Reader):
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class FillSource(ImageSource):
+    """Reads a fill's partial file as it grows; falls back to the store if the fill's cache copy fails."""
+
+    origin = "fill"
+
+    def __init__(self, fill: Fill, open_store: Callable[[], Awaitable[Reader]]) -> None:
+        self.fill = fill
+        self.size = fill.size
+        self.open_store = open_store
+        # Our own descriptor: it stays valid when the file is renamed into place or moved away.
+        self.fd = os.open(fill.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        end = offset + length
+        fill = self.fill
+        while offset < end:
+            await fill.wait_past(offset)
+            if fill.source_failure is not None and fill.written <= offset:
+                raise StoreError(f"reading image {fill.image_id} failed: {fill.source_failure}")
+            if fill.written > offset:
+                want = min(CHUNK, end - offset, fill.written - offset)
+                data = await loop.run_in_executor(None, os.pread, self.fd, want, offset)
+                if not data:
+                    raise StoreError(f"cache file of {fill.image_id} ended early at {offset}")
+                offset += len(data)
+                yield data
+                continue
+            if fill.cache_failure is not None:
+                log.info("image %s: cache fill failed (%s); serving from the store at byte %d",
+                         fill.image_id, fill.cache_failure, offset)
+                source = ReaderSource(await self.open_store(), "store")
+                try:
+                    async for data in source.chunks(offset, end - offset):
+                        yield data
+                finally:
+                    source.close()
+                return
+            if fill.finished:
+                raise StoreError(f"cache file of {fill.image_id} is shorter than {end}")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class ImageDelivery:
+    def __init__(self, stores: StoreRegistry, cache: ImageCache | None) -> None:
+        self.stores = stores
+        self.cache = cache
+        self._fill_tasks: set[asyncio.Task[None]] = set()
+
+    async def open_store_reader(self, image: ImageRecord) -> Reader:
+        last: StreamdError | None = None
+        for location in image.locations:
+            store = self.stores.for_location(location.store)
+            if store is None or location.status != "active":
+                continue
+            try:
+                return await store.reader(location.url)
+            except StreamdError as exc:
+                log.warning("image %s: location in store %s unreadable: %s", image.id, location.store, exc.message)
+                last = exc
+        raise last or StoreError(f"No readable location for image {image.id}")
+
+    def has_data(self, image: ImageRecord) -> bool:
+        return any(loc.status == "active" and self.stores.for_location(loc.store) for loc in image.locations)
+
+    async def open(self, image: ImageRecord) -> ImageSource:
+        cache = self.cache
+        if cache is not None and image.status in ("active", "deactivated") and image.size is not None:
+            hit = await self._open_hit(image)
+            if hit is not None:
+                return hit
+            fill = cache.fills.get(image.id) or await self._start_fill(image)
+            if fill is not None:
+                return FillSource(fill, lambda: self.open_store_reader(image))
+        return ReaderSource(await self.open_store_reader(image), "store")
+
+    async def _open_hit(self, image: ImageRecord) -> ImageSource | None:
+        assert self.cache is not None
+        hit = await self.cache.open_hit(image.id, image.size)
+        if hit is None:
+            return None
+        fd, entry = hit
+        if entry.verified_at is None or entry.checksum != image.checksum or entry.os_hash_value != image.os_hash_value:
+            # Found on disk without digests (index rebuilt) or digests that disagree: check before serving.
+            if not await self._verify_fd(fd, image):
+                os.close(fd)
+                await self.cache.invalidate(image.id, "checksum does not match the image")
+                return None
+        return ReaderSource(FdReader(fd, entry.size), "cache")
+
+    async def _verify_fd(self, fd: int, image: ImageRecord) -> bool:
+        assert self.cache is not None
+        algo = image.os_hash_algo or "sha512"
+
+        def digest() -> tuple[str, str]:
+            md5, other = hashlib.md5(usedforsecurity=False), hashlib.new(algo)
+            offset = 0
+            while chunk := os.pread(fd, 8 << 20, offset):
+                md5.update(chunk)
+                other.update(chunk)
+                offset += len(chunk)
+            return md5.hexdigest(), other.hexdigest()
+
+        checksum, value = await asyncio.to_thread(digest)
+        ok = (image.checksum in (None, checksum)) and (image.os_hash_value in (None, value))
+        if ok:
+            await self.cache.mark_verified(image.id)
+        return ok
+
+    async def verify_cached(self, image: ImageRecord) -> bool:
+        """Re-hash a cached image (on demand or on a schedule); evict it if it is corrupt."""
+        assert self.cache is not None
+        hit = await self.cache.open_hit(image.id, image.size)
+        if hit is None:
+            return False
+        fd, _ = hit
+        try:
+            ok = await self._verify_fd(fd, image)
+        finally:
+            os.close(fd)
+        if not ok:
+            await self.cache.invalidate(image.id, "checksum does not match the image")
+        return ok
+
+    async def prefetch(self, image: ImageRecord) -> bool:
+        """Cache an image now (prefetch queue, PUT /v2/cache/{id}); True once it is cached."""
+        if self.cache is None or image.status != "active" or image.size is None:
+            return False
+        if (await self.cache.entry(image.id)) is not None:
+            return True
+        fill = self.cache.fills.get(image.id) or await self._start_fill(image)
+        if fill is None:
+            return False
+        await fill.wait_past(fill.size)
+        while not (fill.finished or fill.cache_failure or fill.source_failure):
+            await fill.wait_past(fill.written)
+        return fill.finished
+
+    async def _start_fill(self, image: ImageRecord) -> Fill | None:
+        assert self.cache is not None and image.size is not None
+        try:
+            reader = await self.open_store_reader(image)
+        except StreamdError:
+            raise
+        try:
+            fill = await self.cache.begin_fill(image.id, image.size)
+        except OSError as exc:
+            reader.close()
+            log.warning("image %s: cannot start a cache fill: %s", image.id, exc.strerror)
+            return None
+        if fill is None:
+            reader.close()
+            return None
+        task = asyncio.create_task(self._run_fill(fill, image, reader), name=f"cache-fill-{image.id}")
+        self._fill_tasks.add(task)
+        task.add_done_callback(self._fill_tasks.discard)
+        return fill
+
+    async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader) -> None:
+        assert self.cache is not None
+        cache = self.cache
+        loop = asyncio.get_running_loop()
+        hasher = ImageHasher(image.os_hash_algo or "sha512")
+        position = 0
+
+        def write(chunk: bytes) -> None:
+            nonlocal position
+            cache.write_fill(fill, chunk, position)
+            position += len(chunk)
+            loop.call_soon_threadsafe(fill.advance, len(chunk))
+
+        fanout = FanOut([hasher.update_md5, hasher.update_os_hash, write], name=f"fill-{image.id[:8]}")
+        source = ReaderSource(reader, "store")
+        try:
+            try:
+                async for chunk in source.chunks(0, fill.size):
+                    await fanout.feed(chunk)
+                await fanout.close()
+            except OSError as exc:
+                await fanout.abort()
+                await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}")
+                return
+            except StreamdError as exc:
+                await fanout.abort()
+                fill.fail_source(exc)
+                await cache.abort_fill(fill, f"reading the store failed: {exc.message}")
+                return
+            digests = hasher.digests()
+            if (image.checksum not in (None, digests.checksum)
+                    or image.os_hash_value not in (None, digests.os_hash_value)):
+                await cache.abort_fill(fill, "checksum does not match the image")
+                return
+            try:
+                await cache.commit_fill(fill, digests.checksum, digests.os_hash_algo, digests.os_hash_value)
+            except OSError as exc:
+                await cache.abort_fill(fill, f"committing the cache file failed: {exc.strerror or exc}")
+        except asyncio.CancelledError:
+            await fanout.abort()
+            await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
+            raise
+        finally:
+            source.close()
+
+    async def stop(self) -> None:
+        for task in list(self._fill_tasks):
+            task.cancel()
+        if self._fill_tasks:
+            await asyncio.wait(self._fill_tasks)
