@@ -17,7 +17,8 @@ from aiohttp import web
 
 from . import __version__, kernels
 from .api import create_app
-from .api.keys import INFLIGHT_UPLOADS
+from .admin import AdminServer
+from .api.keys import CACHE, CATALOG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER
 from .config import Config
 
 log = logging.getLogger("streamd")
@@ -34,6 +35,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         handle_signals=False,
     )
     await runner.setup()
+    admin = AdminServer(config.admin_socket, app[CATALOG], app.get(CACHE), app[DELIVERY], app.get(PREFETCHER))
+    try:
+        await admin.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, config.default.bind_host, config.default.bind_port, reuse_address=True)
     await site.start()
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
@@ -72,6 +79,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await admin.stop()
         await runner.cleanup()
         log.info("streamd stopped")
 

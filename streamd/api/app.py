@@ -15,6 +15,7 @@ from ..catalog import Catalog
 from ..config import Config
 from ..pipeline import ImageDelivery, Prefetcher, run_periodically
 from ..stores import StoreRegistry
+from . import cache as cache_routes
 from . import image_data, images, members, schemas, tags, versions
 from .inflight import InflightUploads
 from .keys import CACHE, CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER, STORES
@@ -35,7 +36,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[INFLIGHT_UPLOADS] = InflightUploads()
     versions.add_routes(app)
-    for module in (images, image_data, members, tags, schemas):
+    for module in (images, image_data, members, tags, schemas, cache_routes):
         module.add_routes(app, V2_PREFIX)
     app.cleanup_ctx.append(_catalog_ctx)
     app.cleanup_ctx.append(_stores_ctx)

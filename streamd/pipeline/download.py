@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import hashlib
 import logging
 import os
@@ -141,6 +142,8 @@ class ImageDelivery:
         self.stores = stores
         self.cache = cache
         self._fill_tasks: set[asyncio.Task[None]] = set()
+        # Reads opened per store: what single flight is measured by.
+        self.store_reads: collections.Counter[str] = collections.Counter()
 
     async def open_store_reader(self, image: ImageRecord) -> Reader:
         last: StreamdError | None = None
@@ -149,10 +152,13 @@ class ImageDelivery:
             if store is None or location.status != "active":
                 continue
             try:
-                return await store.reader(location.url)
+                reader = await store.reader(location.url)
             except StreamdError as exc:
                 log.warning("image %s: location in store %s unreadable: %s", image.id, location.store, exc.message)
                 last = exc
+                continue
+            self.store_reads[store.name] += 1
+            return reader
         raise last or StoreError(f"No readable location for image {image.id}")
 
     def has_data(self, image: ImageRecord) -> bool:

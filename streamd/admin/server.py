@@ -1,0 +1,193 @@
+"""The local admin socket: cache management for ``streamd-cache-manage``.
+
+One JSON object per line each way over a Unix socket that only the daemon's
+user can reach (mode 0600 in a 0700 directory). Requests are
+``{"command": ..., "image_id": ...}``; answers are ``{"ok": true, "result": ...}``
+or ``{"ok": false, "status": 404, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ..cache import ImageCache
+from ..catalog import Catalog
+from ..context import RequestContext
+from ..errors import BadRequest, NotFound, ServiceError, StreamdError
+from ..pipeline import ImageDelivery, Prefetcher
+
+log = logging.getLogger(__name__)
+MAX_LINE = 1 << 16
+
+
+class AdminSocketInUse(ServiceError):
+    """Another live daemon already answers on the admin socket."""
+
+
+class AdminServer:
+    def __init__(self, path: Path, catalog: Catalog, cache: ImageCache | None, delivery: ImageDelivery,
+                 prefetcher: Prefetcher | None) -> None:
+        self.path = path
+        self.catalog = catalog
+        self.cache = cache
+        self.delivery = delivery
+        self.prefetcher = prefetcher
+        self._server: asyncio.AbstractServer | None = None
+        self.commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "list-cached": self._list_cached,
+            "list-queued": self._list_queued,
+            "queue-image": self._queue_image,
+            "delete-cached-image": self._delete_cached,
+            "delete-all-cached-images": self._delete_all_cached,
+            "delete-queued-image": self._delete_queued,
+            "delete-all-queued-images": self._delete_all_queued,
+            "prune": self._prune,
+            "clean": self._clean,
+            "verify": self._verify,
+            "stats": self._stats,
+        }
+
+    async def start(self) -> None:
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise AdminSocketInUse(f"{self.path} exists and is not a socket; refusing to replace it")
+            if await _is_alive(self.path):
+                raise AdminSocketInUse(f"another streamd daemon is serving the admin socket {self.path}")
+            log.info("removing stale admin socket %s", self.path)
+            self.path.unlink()
+        old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=MAX_LINE)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        log.info("admin socket on %s", self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                answer = await self._answer(line)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise BadRequest("a request is a JSON object")
+            command = self.commands.get(str(request.get("command")))
+            if command is None:
+                raise BadRequest(f"unknown command {request.get('command')!r}; known: {', '.join(self.commands)}")
+            if self.cache is None and request.get("command") != "stats":
+                raise NotFound("the image cache is not enabled on this node")
+            return {"ok": True, "result": await command(request)}
+        except json.JSONDecodeError:
+            return {"ok": False, "status": 400, "error": "requests are JSON objects, one per line"}
+        except StreamdError as exc:
+            return {"ok": False, "status": exc.status, "error": exc.message}
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def _image_id(self, request: dict[str, Any]) -> str:
+        image_id = request.get("image_id")
+        if not isinstance(image_id, str) or not image_id:
+            raise BadRequest("this command needs an image_id")
+        return image_id
+
+    async def _list_cached(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.cache is not None
+        return [{"image_id": e.image_id, "size": e.size, "hits": e.hits, "last_accessed": e.last_accessed,
+                 "last_modified": e.last_modified, "checksum": e.checksum, "verified": e.verified_at is not None}
+                for e in await self.cache.entries()]
+
+    async def _list_queued(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.cache is not None
+        return [{"image_id": i, "queued_at": t} for i, t in await self.cache.queued()]
+
+    async def _queue_image(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None and self.prefetcher is not None
+        image_id = self._image_id(request)
+        image = await self.catalog.get_image(image_id, RequestContext.admin())
+        if image.status != "active":
+            raise BadRequest(f"Only images with status active can be queued (image {image_id} is {image.status})")
+        added = await self.cache.queue(image_id)
+        if request.get("now"):
+            cached = await self.prefetcher.fetch_soon(image_id)
+            return {"queued": added, "cached": cached}
+        return {"queued": added}
+
+    async def _delete_cached(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        await self.cache.delete(self._image_id(request))
+        return {"deleted": 1}
+
+    async def _delete_all_cached(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        return {"deleted": await self.cache.delete_all()}
+
+    async def _delete_queued(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        image_id = self._image_id(request)
+        if not await self.cache.dequeue(image_id):
+            raise NotFound(f"Image {image_id} is not queued")
+        return {"deleted": 1}
+
+    async def _delete_all_queued(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        return {"deleted": await self.cache.clear_queue()}
+
+    async def _prune(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        result = await self.cache.prune()
+        return {"files_pruned": result.removed, "bytes_pruned": result.freed, "size_after": result.size_after}
+
+    async def _clean(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
+        return {"files_cleaned": await self.cache.clean()}
+
+    async def _verify(self, request: dict[str, Any]) -> dict[str, Any]:
+        image = await self.catalog.get_image(self._image_id(request), RequestContext.admin())
+        return {"valid": await self.delivery.verify_cached(image)}
+
+    async def _stats(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"store_reads": dict(self.delivery.store_reads),
+                "fills_in_flight": sorted(self.cache.fills) if self.cache else []}
+
+
+async def _is_alive(path: Path) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def connect(path: Path, timeout: float = 10.0) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(str(path))
+    return sock

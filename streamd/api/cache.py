@@ -1,0 +1,144 @@
+"""The cache over HTTP: ``/v2/cache`` (API 2.14-2.18) and the legacy ``/v2/cached_images``,
+``/v2/queued_images`` routes, with Glance's quirks. Admin only; 404 when the cache is off."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiohttp import web
+
+from ..cache import ImageCache
+from ..catalog.query import is_uuid_like
+from ..context import RequestContext
+from ..errors import BadRequest, Forbidden, NotFound
+from .keys import CACHE, CATALOG, PREFETCHER, context_of
+
+
+def _cache(request: web.Request) -> ImageCache:
+    ctx = context_of(request)
+    if not ctx.is_admin:
+        raise Forbidden("You are not authorized to manage the image cache.")
+    cache = request.app.get(CACHE)
+    if cache is None:
+        raise NotFound("The image cache is not enabled on this node")
+    return cache
+
+
+async def cached_images_view(cache: ImageCache) -> list[dict[str, Any]]:
+    return [{"image_id": e.image_id, "hits": e.hits, "last_accessed": e.last_accessed,
+             "last_modified": e.last_modified, "size": e.size} for e in await cache.entries()]
+
+
+async def get_cache_state(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    return web.json_response({"cached_images": await cached_images_view(cache),
+                              "queued_images": [i for i, _ in await cache.queued()]})
+
+
+async def clear_cache(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    target = request.headers.get("x-image-cache-clear-target", "").lower()
+    if target not in ("", "cache", "queue"):
+        # Glance refuses 'both' here too: the header is absent for both.
+        raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
+    if target in ("", "cache"):
+        await cache.delete_all()
+    if target in ("", "queue"):
+        await cache.clear_queue()
+    return web.Response(status=204)
+
+
+async def queue_image(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    image_id = request.match_info["image_id"]
+    image = await request.app[CATALOG].get_image(image_id, RequestContext.admin()) if is_uuid_like(image_id) \
+        else None
+    if image is None:
+        raise NotFound(f"Image {image_id} not found.")
+    if image.status != "active":
+        raise BadRequest("Only images with status active can be targeted for queueing")
+    await cache.queue(image_id)
+    request.app[PREFETCHER].fetch_soon(image_id)  # Glance 2.16+: cached right away, not at the next run
+    return web.Response(status=202)
+
+
+async def delete_cache_entry(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    image_id = request.match_info["image_id"]
+    removed = await cache.dequeue(image_id)
+    with contextlib.suppress(NotFound):
+        removed = await cache.delete(image_id) or removed
+    if not removed:
+        raise NotFound(f"Image {image_id} not found.")
+    return web.Response(status=204)
+
+
+async def clean_cache(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    cleaned = await cache.clean()
+    return web.json_response({"total_files_cleaned": cleaned})
+
+
+async def prune_cache(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    result = await cache.prune()
+    return web.json_response({"total_files_pruned": result.removed, "total_bytes_pruned": result.freed})
+
+
+# -- legacy routes (Glance's cachemanagement middleware) -----------------------------------------
+
+async def legacy_list_cached(request: web.Request) -> web.Response:
+    return web.json_response({"cached_images": await cached_images_view(_cache(request))})
+
+
+async def legacy_delete_cached(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    await cache.delete(request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+async def legacy_delete_all_cached(request: web.Request) -> web.Response:
+    return web.json_response({"num_deleted": await _cache(request).delete_all()})
+
+
+async def legacy_list_queued(request: web.Request) -> web.Response:
+    return web.json_response({"queued_images": [i for i, _ in await _cache(request).queued()]})
+
+
+async def legacy_queue(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    image_id = request.match_info["image_id"]
+    if not is_uuid_like(image_id):
+        raise NotFound(f"Image {image_id} not found.")
+    await request.app[CATALOG].get_image(image_id, RequestContext.admin())
+    await cache.queue(image_id)
+    return web.Response(status=200)
+
+
+async def legacy_dequeue(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    if not await cache.dequeue(request.match_info["image_id"]):
+        raise NotFound(f"Image {request.match_info['image_id']} is not queued")
+    return web.Response(status=200)
+
+
+async def legacy_clear_queue(request: web.Request) -> web.Response:
+    return web.json_response({"num_deleted": await _cache(request).clear_queue()})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_get(prefix + "/cache", get_cache_state)
+    r.add_delete(prefix + "/cache", clear_cache)
+    r.add_post(prefix + "/cache/clean", clean_cache)
+    r.add_post(prefix + "/cache/prune", prune_cache)
+    r.add_put(prefix + "/cache/{image_id}", queue_image)
+    r.add_delete(prefix + "/cache/{image_id}", delete_cache_entry)
+    r.add_get(prefix + "/cached_images", legacy_list_cached)
+    r.add_delete(prefix + "/cached_images", legacy_delete_all_cached)
+    r.add_delete(prefix + "/cached_images/{image_id}", legacy_delete_cached)
+    r.add_get(prefix + "/queued_images", legacy_list_queued)
+    r.add_delete(prefix + "/queued_images", legacy_clear_queue)
+    r.add_put(prefix + "/queued_images/{image_id}", legacy_queue)
+    r.add_delete(prefix + "/queued_images/{image_id}", legacy_dequeue)
