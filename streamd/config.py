@@ -206,6 +206,16 @@ class DefaultOptions:
     image_cache_maintenance_interval: float = opt(
         60.0, _float_range(0.0),
         "Seconds between runs of the in-daemon pruner and cleaner (0: only after fills and on request).")
+    image_cache_verify_interval: float = opt(
+        86400.0, _float_range(0.0),
+        "Seconds after which a cached image is re-hashed against the catalogue by the maintenance job "
+        "(one image per run; 0: only on fill and on demand).")
+    peer_url: str | None = opt(
+        None, _opt_str,
+        "URL at which other streamd nodes sharing this catalogue reach this node to fetch images from its "
+        "cache (e.g. http://10.0.0.5:9292). Unset: this node neither serves nor asks peers.")
+    peer_token: str | None = opt(
+        None, _opt_str, "Shared secret that nodes present to each other's peer route; required with peer_url.")
     admin_socket_path: str | None = opt(
         None, _opt_str,
         "Unix socket for streamd-cache-manage (default: <data_dir>/run/admin.sock; mode 0600 in a 0700 directory).")
@@ -434,6 +444,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     if glance_store.default_backend is not None and glance_store.default_backend not in store_names:
         problems.append(f"[glance_store] default_backend = {glance_store.default_backend!r}: "
                         f"not one of enabled_backends ({', '.join(sorted(store_names))})")
+    if default.peer_url and not default.peer_token:
+        problems.append("[DEFAULT] peer_url: needs peer_token, the secret peers present to each other")
     if default.limit_param_default > default.api_limit_max:
         problems.append("[DEFAULT] limit_param_default: must not exceed api_limit_max")
     if default.auth_strategy not in ("noauth",):

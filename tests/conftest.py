@@ -184,8 +184,8 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def start_daemon(tmp_path: Path, extra_config: str = "", env: dict[str, str] | None = None,
-                 timeout: float = 20.0) -> Daemon:
-    port = free_port()
+                 timeout: float = 20.0, port: int | None = None) -> Daemon:
+    port = port or free_port()
     data_dir = tmp_path / "data"
     config_path = write_config(tmp_path / "streamd.conf", (
         f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\ndata_dir = {data_dir}\n{extra_config}\n"))

@@ -13,10 +13,11 @@ import contextlib
 from ..cache import ImageCache
 from ..catalog import Catalog
 from ..config import Config
-from ..pipeline import ImageDelivery, Prefetcher, run_periodically
+from ..pipeline import ImageDelivery, Prefetcher, run_periodically, verify_stale_entry
+from ..pipeline.peers import PeerClient
 from ..stores import StoreRegistry
 from . import cache as cache_routes
-from . import image_data, images, members, schemas, tags, versions
+from . import image_data, images, members, peer, schemas, tags, versions
 from .inflight import InflightUploads
 from .keys import CACHE, CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER, STORES
 from .middleware import errors_middleware, identity_middleware, version_middleware
@@ -36,6 +37,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[INFLIGHT_UPLOADS] = InflightUploads()
     versions.add_routes(app)
+    peer.add_routes(app)
     for module in (images, image_data, members, tags, schemas, cache_routes):
         module.add_routes(app, V2_PREFIX)
     app.cleanup_ctx.append(_catalog_ctx)
@@ -80,7 +82,18 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
         cache = ImageCache(directory, config.default.image_cache_max_size, config.default.image_cache_stall_time)
         await cache.start()
         app[CACHE] = cache
-    delivery = ImageDelivery(app[STORES], cache)
+    peers: PeerClient | None = None
+    if cache is not None and config.default.peer_url and config.default.peer_token:
+        catalog = app[CATALOG]
+        node = config.host_id
+        await catalog.register_cache_node(node, config.default.peer_url, [e.image_id for e in await cache.entries()])
+
+        async def announce(image_id: str, cached: bool) -> None:
+            await catalog.set_node_caches(node, image_id, cached)
+
+        cache.listeners.append(announce)
+        peers = PeerClient(catalog, node, config.default.peer_token)
+    delivery = ImageDelivery(app[STORES], cache, peers)
     app[DELIVERY] = delivery
     tasks: list[asyncio.Task[None]] = []
     prefetcher: Prefetcher | None = None
@@ -94,6 +107,7 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
             async def maintain() -> None:
                 await cache.prune()
                 await cache.clean()
+                await verify_stale_entry(app[CATALOG], cache, delivery, config.default.image_cache_verify_interval)
 
             tasks.append(asyncio.create_task(run_periodically(
                 "cache maintenance", config.default.image_cache_maintenance_interval, maintain)))

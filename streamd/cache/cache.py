@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from ..errors import NotFound
 from .index import CacheEntry, CacheIndex
@@ -47,6 +47,10 @@ class Fill:
         self.source_failure: BaseException | None = None
         self._changed = asyncio.Event()
         self.fd: int | None = None
+        # Bytes readers may not see before the fill is verified: a peer's copy is not trusted until
+        # its digests match, so the end of the image is held back and a bad copy never completes.
+        self.holdback = 0
+        self.origin = "store"
 
     def advance(self, n: int) -> None:
         self.written += n
@@ -68,6 +72,16 @@ class Fill:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    async def wait_change(self) -> None:
+        """Wait for the next step of the fill (call right after checking its state: no await between)."""
+        await self._changed.wait()
+
+    def readable(self) -> int:
+        """Bytes readers may be given now."""
+        if self.finished:
+            return self.written
+        return min(self.written, self.size - self.holdback)
 
     async def wait_past(self, offset: int) -> None:
         """Return once bytes beyond ``offset`` exist, or the fill ended one way or another."""
@@ -93,6 +107,12 @@ class ImageCache:
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="cache")
         self.index: CacheIndex | None = None
         self._prune_lock = asyncio.Lock()
+        # Told (image_id, cached) whenever an image enters or leaves the cache (peer announcements).
+        self.listeners: list[Callable[[str, bool], Awaitable[None]]] = []
+
+    async def _notify(self, image_id: str, cached: bool) -> None:
+        for listener in self.listeners:
+            await listener(image_id, cached)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -197,6 +217,7 @@ class ImageCache:
             self.fills.pop(fill.image_id, None)
         fill.finish()
         log.info("cache: %s cached (%d bytes)", fill.image_id, fill.written)
+        await self._notify(fill.image_id, True)
         await self.prune()
 
     async def abort_fill(self, fill: Fill, reason: str) -> None:
@@ -238,6 +259,7 @@ class ImageCache:
                 pass
 
         await self._run(move)
+        await self._notify(image_id, False)
 
     async def delete(self, image_id: str) -> bool:
         assert self.index is not None
@@ -254,6 +276,7 @@ class ImageCache:
 
         if not await self._run(remove):
             raise NotFound(f"Image {image_id} is not cached")
+        await self._notify(image_id, False)
         return True
 
     async def delete_all(self) -> int:
@@ -281,6 +304,7 @@ class ImageCache:
                 if total <= budget:
                     break
                 await self._run(self._evict, entry.image_id)
+                await self._notify(entry.image_id, False)
                 total -= entry.size
                 freed += entry.size
                 removed += 1

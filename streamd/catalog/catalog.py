@@ -343,6 +343,36 @@ class Catalog:
             await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.host == host))
             return ids
 
+    # -- cache peers ------------------------------------------------------------------------
+
+    async def register_cache_node(self, node_id: str, url: str, image_ids: Iterable[str]) -> None:
+        """(Re)announce this node and the full list of what it caches."""
+        async with self._write() as conn:
+            now = utcnow()
+            await conn.execute(m.node_cached_images.delete().where(m.node_cached_images.c.node_id == node_id))
+            await conn.execute(m.cache_nodes.delete().where(m.cache_nodes.c.node_id == node_id))
+            await conn.execute(m.cache_nodes.insert().values(node_id=node_id, url=url, updated_at=now))
+            rows = [{"node_id": node_id, "image_id": i} for i in dict.fromkeys(image_ids)]
+            if rows:
+                await conn.execute(m.node_cached_images.insert(), rows)
+
+    async def set_node_caches(self, node_id: str, image_id: str, cached: bool) -> None:
+        async with self._write() as conn:
+            await conn.execute(m.node_cached_images.delete().where(
+                m.node_cached_images.c.node_id == node_id, m.node_cached_images.c.image_id == image_id))
+            if cached:
+                await conn.execute(m.node_cached_images.insert().values(node_id=node_id, image_id=image_id))
+
+    async def cache_peers(self, image_id: str, exclude: str) -> list[str]:
+        """URLs of the other nodes that cache ``image_id``, most recently announced first."""
+        n, c = m.cache_nodes.c, m.node_cached_images.c
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(n.url).join_from(m.cache_nodes, m.node_cached_images,
+                                                                 n.node_id == c.node_id)
+                                      .where(c.image_id == image_id, n.node_id != exclude)
+                                      .order_by(n.updated_at.desc()))
+            return [r.url for r in rows]
+
     # -- listing -----------------------------------------------------------------------
 
     async def list_images(self, ctx: RequestContext, query: ImageQuery) -> tuple[list[ImageRecord], bool]:

@@ -88,3 +88,17 @@ image_uploads = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Index("ix_image_uploads_host", "host"),
 )
+
+cache_nodes = sa.Table(
+    "cache_nodes", metadata,
+    sa.Column("node_id", sa.String(255), primary_key=True),
+    sa.Column("url", sa.String(1024), nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+node_cached_images = sa.Table(
+    "node_cached_images", metadata,
+    sa.Column("node_id", sa.String(255), sa.ForeignKey("cache_nodes.node_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("image_id", sa.String(36), primary_key=True),
+    sa.Index("ix_node_cached_images_image_id", "image_id"),
+)

@@ -79,3 +79,23 @@ async def run_periodically(name: str, interval: float, job) -> None:  # type: ig
             log.warning("%s failed: %s", name, exc.message)
         except OSError as exc:
             log.warning("%s failed: %s", name, exc)
+
+
+async def verify_stale_entry(catalog: Catalog, cache: ImageCache, delivery: ImageDelivery, max_age: float) -> str | None:
+    """Re-hash the cached image verified longest ago, if that was more than ``max_age`` seconds ago."""
+    import time
+
+    entries = [e for e in await cache.entries() if e.image_id not in cache.fills]
+    if not entries or max_age <= 0:
+        return None
+    oldest = min(entries, key=lambda e: e.verified_at or 0.0)
+    if oldest.verified_at is not None and time.time() - oldest.verified_at < max_age:
+        return None
+    try:
+        image = await catalog.get_image(oldest.image_id, RequestContext.admin())
+    except NotFound:
+        await cache.delete(oldest.image_id)
+        return oldest.image_id
+    if not await delivery.verify_cached(image):
+        log.warning("cache: %s failed its scheduled verification and was evicted", image.id)
+    return image.id

@@ -24,12 +24,15 @@ import logging
 import os
 from typing import AsyncIterator, Awaitable, Callable
 
+import aiohttp
+
 from ..cache import Fill, ImageCache
 from ..catalog import ImageRecord
 from ..errors import StoreError, StreamdError
 from ..stores import Reader, StoreRegistry
 from .fanout import FanOut
 from .hashing import ImageHasher
+from .peers import PeerClient, PeerSource
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +112,21 @@ class FillSource(ImageSource):
         end = offset + length
         fill = self.fill
         while offset < end:
-            await fill.wait_past(offset)
-            if fill.source_failure is not None and fill.written <= offset:
-                raise StoreError(f"reading image {fill.image_id} failed: {fill.source_failure}")
-            if fill.written > offset:
-                want = min(CHUNK, end - offset, fill.written - offset)
+            available = fill.readable()
+            if offset < available:
+                want = min(CHUNK, end - offset, available - offset)
                 data = await loop.run_in_executor(None, os.pread, self.fd, want, offset)
                 if not data:
                     raise StoreError(f"cache file of {fill.image_id} ended early at {offset}")
                 offset += len(data)
                 yield data
                 continue
+            if fill.source_failure is not None:
+                raise StoreError(f"reading image {fill.image_id} failed: {fill.source_failure}")
             if fill.cache_failure is not None:
+                if fill.origin != "store":
+                    # What we sent came from an unverified peer copy: never complete it from elsewhere.
+                    raise StoreError(f"fetching image {fill.image_id} from a peer failed: {fill.cache_failure}")
                 log.info("image %s: cache fill failed (%s); serving from the store at byte %d",
                          fill.image_id, fill.cache_failure, offset)
                 source = ReaderSource(await self.open_store(), "store")
@@ -132,18 +138,21 @@ class FillSource(ImageSource):
                 return
             if fill.finished:
                 raise StoreError(f"cache file of {fill.image_id} is shorter than {end}")
+            await fill.wait_change()
 
     def close(self) -> None:
         os.close(self.fd)
 
 
 class ImageDelivery:
-    def __init__(self, stores: StoreRegistry, cache: ImageCache | None) -> None:
+    def __init__(self, stores: StoreRegistry, cache: ImageCache | None, peers: PeerClient | None = None) -> None:
         self.stores = stores
         self.cache = cache
+        self.peers = peers
         self._fill_tasks: set[asyncio.Task[None]] = set()
         # Reads opened per store: what single flight is measured by.
         self.store_reads: collections.Counter[str] = collections.Counter()
+        self.peer_reads: collections.Counter[str] = collections.Counter()
 
     async def open_store_reader(self, image: ImageRecord) -> Reader:
         last: StreamdError | None = None
@@ -163,6 +172,12 @@ class ImageDelivery:
 
     def has_data(self, image: ImageRecord) -> bool:
         return any(loc.status == "active" and self.stores.for_location(loc.store) for loc in image.locations)
+
+    async def open_cached(self, image: ImageRecord) -> ImageSource | None:
+        """Only a whole, verified cached copy (what peers are served): never the store."""
+        if self.cache is None:
+            return None
+        return await self._open_hit(image)
 
     async def open(self, image: ImageRecord) -> ImageSource:
         cache = self.cache
@@ -232,32 +247,38 @@ class ImageDelivery:
         fill = self.cache.fills.get(image.id) or await self._start_fill(image)
         if fill is None:
             return False
-        await fill.wait_past(fill.size)
         while not (fill.finished or fill.cache_failure or fill.source_failure):
-            await fill.wait_past(fill.written)
+            await fill.wait_change()
         return fill.finished
 
     async def _start_fill(self, image: ImageRecord) -> Fill | None:
         assert self.cache is not None and image.size is not None
-        try:
+        peer = await self.peers.open(image) if self.peers is not None else None
+        reader: Reader | None = None
+        if peer is None:
             reader = await self.open_store_reader(image)
-        except StreamdError:
-            raise
         try:
             fill = await self.cache.begin_fill(image.id, image.size)
         except OSError as exc:
-            reader.close()
             log.warning("image %s: cannot start a cache fill: %s", image.id, exc.strerror)
-            return None
+            fill = None
         if fill is None:
-            reader.close()
+            if reader is not None:
+                reader.close()
+            if peer is not None:
+                await peer.close()
             return None
-        task = asyncio.create_task(self._run_fill(fill, image, reader), name=f"cache-fill-{image.id}")
+        if peer is not None:
+            fill.origin = "peer"
+            fill.holdback = min(CHUNK, image.size)
+            self.peer_reads[peer.url] += 1
+        task = asyncio.create_task(self._run_fill(fill, image, reader, peer), name=f"cache-fill-{image.id}")
         self._fill_tasks.add(task)
         task.add_done_callback(self._fill_tasks.discard)
         return fill
 
-    async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader) -> None:
+    async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader | None,
+                        peer: PeerSource | None) -> None:
         assert self.cache is not None
         cache = self.cache
         loop = asyncio.get_running_loop()
@@ -271,24 +292,41 @@ class ImageDelivery:
             loop.call_soon_threadsafe(fill.advance, len(chunk))
 
         fanout = FanOut([hasher.update_md5, hasher.update_os_hash, write], name=f"fill-{image.id[:8]}")
-        source = ReaderSource(reader, "store")
+        store_source = ReaderSource(reader, "store") if reader is not None else None
+        if store_source is not None:
+            chunks = store_source.chunks(0, fill.size)
+        else:
+            assert peer is not None
+            chunks = peer.chunks()
+        source_name = f"peer {peer.url}" if peer is not None else "store"
+        received = 0
         try:
             try:
-                async for chunk in source.chunks(0, fill.size):
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > fill.size:
+                        raise StoreError(f"the {source_name} sent more than the image's {fill.size} bytes")
                     await fanout.feed(chunk)
                 await fanout.close()
+                if received != fill.size:
+                    raise StoreError(f"the {source_name} stopped after {received} of {fill.size} bytes")
             except OSError as exc:
                 await fanout.abort()
                 await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}")
                 return
-            except StreamdError as exc:
+            except (StreamdError, aiohttp.ClientError, TimeoutError) as exc:
                 await fanout.abort()
                 fill.fail_source(exc)
-                await cache.abort_fill(fill, f"reading the store failed: {exc.message}")
+                if peer is not None and self.peers is not None:
+                    self.peers.mark_bad(peer.url, image.id)
+                await cache.abort_fill(fill, f"reading the {source_name} failed: {exc}")
                 return
             digests = hasher.digests()
             if (image.checksum not in (None, digests.checksum)
                     or image.os_hash_value not in (None, digests.os_hash_value)):
+                if peer is not None and self.peers is not None:
+                    self.peers.mark_bad(peer.url, image.id)
+                    fill.fail_source(StoreError(f"{source_name} served bytes that do not match the image"))
                 await cache.abort_fill(fill, "checksum does not match the image")
                 return
             try:
@@ -300,7 +338,10 @@ class ImageDelivery:
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
             raise
         finally:
-            source.close()
+            if store_source is not None:
+                store_source.close()
+            if peer is not None:
+                await peer.close()
 
     async def stop(self) -> None:
         for task in list(self._fill_tasks):
