@@ -6,6 +6,7 @@ from setuptools import Extension, setup
 # Compiled module -> Cython source. Add a row here to build another kernel.
 NATIVE_MODULES = {
     "streamd.kernels._zeroscan_c": "_native/zeroscan.pyx",
+    "streamd.kernels._qcow2_c": "_native/qcow2.pyx",
 }
 
 setup(

@@ -19,7 +19,7 @@ Consumer = Callable[[bytes], None]
 
 
 class FanOut:
-    def __init__(self, consumers: list[Consumer], *, max_inflight: int = 64 << 20, name: str = "fanout") -> None:
+    def __init__(self, consumers: list[Consumer], *, max_inflight: int = 16 << 20, name: str = "fanout") -> None:
         self._consumers = consumers
         self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{n}") for n in range(len(consumers))]
         self._pending: collections.deque[tuple[int, asyncio.Future[list[None]]]] = collections.deque()

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class UploadLimits:
     size_cap: int
     hashing_algorithm: str
-    max_inflight: int = 64 << 20
+    # A few chunks in flight keep every consumer busy; more would only cost memory per upload.
+    max_inflight: int = 16 << 20
 
 
 async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: AsyncIterator[bytes], *,
