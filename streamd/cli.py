@@ -120,7 +120,8 @@ def cache_manage(argv: list[str] | None = None) -> int:
                         help="; ".join(f"{k}: {v}" for k, v in CACHE_VERBS.items()))
     parser.add_argument("image_ids", nargs="*", metavar="IMAGE_ID")
     parser.add_argument("--now", action="store_true", help="with queue-image: cache right away")
-    args = parser.parse_args(argv)
+    # Intermixed: options may come after the verb and between image ids (queue-image --now ID).
+    args = parser.parse_intermixed_args(argv)
 
     needs_ids = args.verb in ("queue-image", "delete-cached-image", "delete-queued-image", "verify")
     if needs_ids and not args.image_ids:

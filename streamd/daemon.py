@@ -18,6 +18,7 @@ from aiohttp import web
 from . import __version__, kernels
 from .api import create_app
 from .admin import AdminServer
+from .admin.server import claim
 from .api.keys import CACHE, CATALOG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER
 from .config import Config
 
@@ -34,6 +35,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         access_log=logging.getLogger("streamd.access"),
         handle_signals=False,
     )
+    # Before anything touches the data directory: a live daemon may own it (its uploads, its fills).
+    await claim(config.admin_socket)
     await runner.setup()
     admin = AdminServer(config.admin_socket, app[CATALOG], app.get(CACHE), app[DELIVERY], app.get(PREFETCHER))
     try:

@@ -56,16 +56,7 @@ class AdminServer:
         }
 
     async def start(self) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise AdminSocketInUse(f"{self.path} exists and is not a socket; refusing to replace it")
-            if await _is_alive(self.path):
-                raise AdminSocketInUse(f"another streamd daemon is serving the admin socket {self.path}")
-            log.info("removing stale admin socket %s", self.path)
-            self.path.unlink()
+        await claim(self.path)
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
             self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=MAX_LINE)
@@ -169,12 +160,37 @@ class AdminServer:
         return {"files_cleaned": await self.cache.clean()}
 
     async def _verify(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.cache is not None
         image = await self.catalog.get_image(self._image_id(request), RequestContext.admin())
-        return {"valid": await self.delivery.verify_cached(image)}
+        if await self.cache.entry(image.id) is None:
+            # Not "valid: false": that answer means a corrupt copy was found and evicted.
+            raise NotFound(f"Image {image.id} is not cached")
+        valid = await self.delivery.verify_cached(image)
+        return {"valid": valid, "evicted": not valid}
 
     async def _stats(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"store_reads": dict(self.delivery.store_reads),
                 "fills_in_flight": sorted(self.cache.fills) if self.cache else []}
+
+
+async def claim(path: Path) -> None:
+    """Make ``path`` free for this daemon's admin socket: its directory 0700, a stale socket removed.
+    Raises AdminSocketInUse if another live daemon answers there (or something else is in the way).
+    Call it before touching anything a live daemon could own (the data directory), then ``start``."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.stat().st_mode & stat.S_ISVTX:
+        # A shared directory such as /tmp: making it 0700 would lock everyone else out of it.
+        raise AdminSocketInUse(f"{directory} is a shared directory (sticky bit): put admin_socket_path "
+                               "in a directory of its own")
+    os.chmod(directory, 0o700)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise AdminSocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+        if await _is_alive(path):
+            raise AdminSocketInUse(f"another streamd daemon is serving the admin socket {path}")
+        log.info("removing stale admin socket %s", path)
+        path.unlink()
 
 
 async def _is_alive(path: Path) -> bool:

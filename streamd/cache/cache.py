@@ -47,6 +47,12 @@ class Fill:
         self.source_failure: BaseException | None = None
         self._changed = asyncio.Event()
         self.fd: int | None = None
+        # Open for reading while the fill runs: readers dup it (a path may already be renamed away).
+        # Closed on the loop when the fill leaves ``ImageCache.fills``.
+        self.read_fd: int | None = None
+        # Set when the image is deleted from the cache (or the catalogue) while it is being filled:
+        # the fill still serves its readers, but is dropped instead of committed.
+        self.discarded = False
         # Bytes readers may not see before the fill is verified: a peer's copy is not trusted until
         # its digests match, so the end of the image is held back and a bad copy never completes.
         self.holdback = 0
@@ -158,8 +164,9 @@ class ImageCache:
         assert self.index is not None
         return await self._run(self.index.get, image_id)
 
-    async def open_hit(self, image_id: str, size: int | None) -> tuple[int, CacheEntry] | None:
-        """An open fd on the cached file and its entry, if it is there whole; the size is always checked."""
+    async def open_hit(self, image_id: str, size: int | None, touch: bool = True) -> tuple[int, CacheEntry] | None:
+        """An open fd on the cached file and its entry, if it is there whole; the size is always checked.
+        ``touch``: count a hit and make it the most recently used (not for a verification)."""
         assert self.index is not None
         entry = await self._run(self.index.get, image_id)
         if entry is None:
@@ -175,7 +182,8 @@ class ImageCache:
             log.warning("cache: %s has %d bytes, expected %s: evicted", image_id, actual, size or entry.size)
             await self.invalidate(image_id, f"size {actual} does not match {size or entry.size}")
             return None
-        await self._run(self.index.touch, image_id)
+        if touch:
+            await self._run(self.index.touch, image_id)
         return fd, entry
 
     # -- fills -----------------------------------------------------------------------------------
@@ -187,8 +195,22 @@ class ImageCache:
         await self.prune(reserve=size)
         fill = Fill(image_id, size, self.incomplete / image_id)
         fill.fd = os.open(fill.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            fill.read_fd = os.open(fill.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(fill.fd)
+            fill.path.unlink(missing_ok=True)
+            raise
         self.fills[image_id] = fill
         return fill
+
+    def _release(self, fill: Fill) -> None:
+        """The fill is over: it leaves ``fills`` and its read descriptor is closed (on the loop)."""
+        if self.fills.get(fill.image_id) is fill:
+            del self.fills[fill.image_id]
+        if fill.read_fd is not None:
+            os.close(fill.read_fd)
+            fill.read_fd = None
 
     def write_fill(self, fill: Fill, chunk: bytes, offset: int) -> None:
         """Blocking, from the fill's writer thread."""
@@ -207,6 +229,9 @@ class ImageCache:
             os.fsync(fill.fd)
             os.close(fill.fd)
             fill.fd = None
+            if fill.discarded:
+                fill.path.unlink(missing_ok=True)
+                return
             os.rename(fill.path, self.path_of(fill.image_id))
             assert self.index is not None
             self.index.add(fill.image_id, fill.written, checksum, algo, value, verified=True)
@@ -214,15 +239,19 @@ class ImageCache:
         try:
             await self._run(finish)
         finally:
-            self.fills.pop(fill.image_id, None)
+            self._release(fill)
         fill.finish()
+        if fill.discarded:
+            log.info("cache: %s was deleted during its fill: not cached", fill.image_id)
+            return
         log.info("cache: %s cached (%d bytes)", fill.image_id, fill.written)
         await self._notify(fill.image_id, True)
         await self.prune()
 
-    async def abort_fill(self, fill: Fill, reason: str) -> None:
-        """The fill failed: its partial file goes to invalid/ with the reason, never to be served."""
-        self.fills.pop(fill.image_id, None)
+    async def abort_fill(self, fill: Fill, reason: str, keep: bool = True) -> None:
+        """The fill failed: its partial file goes to invalid/ with the reason, never to be served.
+        With ``keep`` false (the disk is full) the partial file is dropped at once to give the space back."""
+        self._release(fill)
         fill.fail_cache(reason)
 
         def move() -> None:
@@ -230,16 +259,20 @@ class ImageCache:
                 os.close(fill.fd)
                 fill.fd = None
             target = self.invalid / fill.image_id
+            reason_path = self.invalid / f"{fill.image_id}.reason"
+            if not keep:
+                fill.path.unlink(missing_ok=True)
+                return
             try:
                 os.rename(fill.path, target)
-                (self.invalid / f"{fill.image_id}.reason").write_text(f"{time.ctime()}: {reason}\n")
+                reason_path.write_text(f"{time.ctime()}: {reason}\n")
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 # Even the reason cannot be written (the disk is full): just drop the partial file.
                 log.warning("cache: could not keep %s in invalid/: %s", fill.image_id, exc.strerror)
-                target.unlink(missing_ok=True)
-                fill.path.unlink(missing_ok=True)
+                for path in (target, reason_path, fill.path):
+                    path.unlink(missing_ok=True)
 
         await self._run(move)
         log.warning("cache: fill of %s failed: %s", fill.image_id, reason)
@@ -274,7 +307,10 @@ class ImageCache:
                 return known
             return True
 
-        if not await self._run(remove):
+        fill = self.fills.get(image_id)
+        if fill is not None:
+            fill.discarded = True  # being filled: it will not be committed
+        if not await self._run(remove) and fill is None:
             raise NotFound(f"Image {image_id} is not cached")
         await self._notify(image_id, False)
         return True
@@ -359,9 +395,10 @@ class ImageCache:
         assert self.index is not None
         return await self._run(self.index.entries)
 
-    async def mark_verified(self, image_id: str) -> None:
+    async def mark_verified(self, image_id: str, checksum: str | None = None, algo: str | None = None,
+                            value: str | None = None) -> None:
         assert self.index is not None
-        await self._run(self.index.mark_verified, image_id)
+        await self._run(self.index.mark_verified, image_id, checksum, algo, value)
 
     def is_disk_full(self, exc: OSError) -> bool:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -91,9 +91,15 @@ class CacheIndex:
             self._db.execute("UPDATE cached_images SET hits = hits + 1, last_accessed = ? WHERE image_id = ?",
                              (time.time(), image_id))
 
-    def mark_verified(self, image_id: str) -> None:
+    def mark_verified(self, image_id: str, checksum: str | None = None, algo: str | None = None,
+                      value: str | None = None) -> None:
+        """Record a successful check, and the digests it found (an entry rebuilt from disk has none yet:
+        without them every later hit would be re-hashed)."""
         with self._lock:
-            self._db.execute("UPDATE cached_images SET verified_at = ? WHERE image_id = ?", (time.time(), image_id))
+            self._db.execute(
+                "UPDATE cached_images SET verified_at = ?, checksum = COALESCE(?, checksum), "
+                "os_hash_algo = COALESCE(?, os_hash_algo), os_hash_value = COALESCE(?, os_hash_value) "
+                "WHERE image_id = ?", (time.time(), checksum, algo, value, image_id))
 
     def remove(self, image_id: str) -> None:
         with self._lock:

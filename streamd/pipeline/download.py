@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import errno
 import hashlib
 import logging
 import os
@@ -105,7 +106,9 @@ class FillSource(ImageSource):
         self.size = fill.size
         self.open_store = open_store
         # Our own descriptor: it stays valid when the file is renamed into place or moved away.
-        self.fd = os.open(fill.path, os.O_RDONLY | os.O_CLOEXEC)
+        # Taken from the fill's own, not by path: the path may be renamed away at any moment.
+        assert fill.read_fd is not None
+        self.fd = os.dup(fill.read_fd)
 
     async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -150,6 +153,9 @@ class ImageDelivery:
         self.cache = cache
         self.peers = peers
         self._fill_tasks: set[asyncio.Task[None]] = set()
+        # Fills being started (peer or store opened, space reserved): callers arriving meanwhile wait
+        # for the same one instead of starting their own (single flight).
+        self._starting: dict[str, asyncio.Task[Fill | None]] = {}
         # Reads opened per store: what single flight is measured by.
         self.store_reads: collections.Counter[str] = collections.Counter()
         self.peer_reads: collections.Counter[str] = collections.Counter()
@@ -182,13 +188,41 @@ class ImageDelivery:
     async def open(self, image: ImageRecord) -> ImageSource:
         cache = self.cache
         if cache is not None and image.status in ("active", "deactivated") and image.size is not None:
-            hit = await self._open_hit(image)
-            if hit is not None:
-                return hit
-            fill = cache.fills.get(image.id) or await self._start_fill(image)
-            if fill is not None:
-                return FillSource(fill, lambda: self.open_store_reader(image))
+            for _ in range(3):
+                hit = await self._open_hit(image)
+                if hit is not None:
+                    return hit
+                fill = await self._join_or_start_fill(image)
+                if fill is None:
+                    if image.size > cache.max_size or await cache.entry(image.id) is None:
+                        break  # not cacheable now: straight from the store
+                    continue  # cached meanwhile: a hit
+                if fill.read_fd is not None:  # still running: join it
+                    return FillSource(fill, lambda: self.open_store_reader(image))
+                if not fill.finished:
+                    break  # it failed meanwhile
         return ReaderSource(await self.open_store_reader(image), "store")
+
+    async def _join_or_start_fill(self, image: ImageRecord) -> Fill | None:
+        """The fill of this image in flight, or a new one: however many callers ask at once, one is started."""
+        assert self.cache is not None
+        fill = self.cache.fills.get(image.id)
+        if fill is not None:
+            return fill
+        starting = self._starting.get(image.id)
+        if starting is None:
+            starting = asyncio.create_task(self._start_fill(image), name=f"cache-start-{image.id}")
+            self._starting[image.id] = starting
+
+            def done(task: asyncio.Task[Fill | None], image_id: str = image.id) -> None:
+                if self._starting.get(image_id) is task:
+                    del self._starting[image_id]
+                if not task.cancelled():
+                    task.exception()  # retrieved here too: its callers may all have gone
+
+            starting.add_done_callback(done)
+        # Shielded: a caller that goes away does not cancel the start for the others.
+        return await asyncio.shield(starting)
 
     async def _open_hit(self, image: ImageRecord) -> ImageSource | None:
         assert self.cache is not None
@@ -220,13 +254,13 @@ class ImageDelivery:
         checksum, value = await asyncio.to_thread(digest)
         ok = (image.checksum in (None, checksum)) and (image.os_hash_value in (None, value))
         if ok:
-            await self.cache.mark_verified(image.id)
+            await self.cache.mark_verified(image.id, checksum, algo, value)
         return ok
 
     async def verify_cached(self, image: ImageRecord) -> bool:
         """Re-hash a cached image (on demand or on a schedule); evict it if it is corrupt."""
         assert self.cache is not None
-        hit = await self.cache.open_hit(image.id, image.size)
+        hit = await self.cache.open_hit(image.id, image.size, touch=False)
         if hit is None:
             return False
         fd, _ = hit
@@ -244,15 +278,17 @@ class ImageDelivery:
             return False
         if (await self.cache.entry(image.id)) is not None:
             return True
-        fill = self.cache.fills.get(image.id) or await self._start_fill(image)
+        fill = await self._join_or_start_fill(image)
         if fill is None:
-            return False
+            return (await self.cache.entry(image.id)) is not None
         while not (fill.finished or fill.cache_failure or fill.source_failure):
             await fill.wait_change()
         return fill.finished
 
     async def _start_fill(self, image: ImageRecord) -> Fill | None:
         assert self.cache is not None and image.size is not None
+        if await self.cache.entry(image.id) is not None:
+            return None  # a fill finished while this caller was on its way here
         peer = await self.peers.open(image) if self.peers is not None else None
         reader: Reader | None = None
         if peer is None:
@@ -284,10 +320,19 @@ class ImageDelivery:
         loop = asyncio.get_running_loop()
         hasher = ImageHasher(image.os_hash_algo or "sha512")
         position = 0
+        failed = False
 
         def write(chunk: bytes) -> None:
-            nonlocal position
-            cache.write_fill(fill, chunk, position)
+            # Chunks already queued behind a failed write must not land at its offset (readers would
+            # be served them as the bytes there): after one failure, every later write fails too.
+            nonlocal position, failed
+            if failed:
+                raise OSError(errno.EIO, "an earlier write to the cache file failed")
+            try:
+                cache.write_fill(fill, chunk, position)
+            except BaseException:
+                failed = True
+                raise
             position += len(chunk)
             loop.call_soon_threadsafe(fill.advance, len(chunk))
 
@@ -312,7 +357,8 @@ class ImageDelivery:
                     raise StoreError(f"the {source_name} stopped after {received} of {fill.size} bytes")
             except OSError as exc:
                 await fanout.abort()
-                await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}")
+                await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}",
+                                       keep=not cache.is_disk_full(exc))
                 return
             except (StreamdError, aiohttp.ClientError, TimeoutError) as exc:
                 await fanout.abort()
@@ -344,6 +390,10 @@ class ImageDelivery:
                 await peer.close()
 
     async def stop(self) -> None:
+        for start in list(self._starting.values()):
+            start.cancel()
+        if self._starting:
+            await asyncio.wait(list(self._starting.values()))
         for task in list(self._fill_tasks):
             task.cancel()
         if self._fill_tasks:
