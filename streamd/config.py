@@ -199,6 +199,11 @@ class DefaultOptions:
         "without a cache.")
     image_cache_max_size: int = opt(
         10737418240, _size, "Bytes the cache may hold; least recently used images are evicted past it.")
+    image_cache_local_stores: bool = opt(
+        False, _bool,
+        "Also copy images whose data is in a local file store into the cache on first download. Off: "
+        "they are served straight from the store (as fast, and no second copy on the same node); the "
+        "cache then holds images of remote stores (RBD) and of peers, and what is queued explicitly.")
     image_cache_stall_time: float = opt(
         86400.0, _float_range(0.0), "Seconds after which a partial fill that is not in progress is removed.")
     cache_prefetcher_interval: float = opt(
@@ -264,6 +269,12 @@ class ImageFormatOptions:
         tuple(GLANCE_DISK_FORMATS.split(",")), _list, "Disk formats an image may declare.")
     container_formats: tuple[str, ...] = opt(
         tuple(GLANCE_CONTAINER_FORMATS.split(",")), _list, "Container formats an image may declare.")
+    require_image_format_match: bool = opt(
+        True, _bool,
+        "Refuse (415) image data of container_format bare whose content does not match its disk_format, "
+        "as soon as the first bytes show it (Glance's option). Safety checks run either way.")
+    gpt_safety_checks_nonfatal: tuple[str, ...] = opt(
+        (), _list, "GPT/MBR safety checks (mbr) whose failure is only logged, as in Glance.")
 
 
 @dataclass(frozen=True)

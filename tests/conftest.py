@@ -79,7 +79,10 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 def make_config(tmp_path: Path, database_url: str | None = None, **sections: dict[str, str]) -> Config:
-    overrides: dict[str, dict[str, str]] = {"DEFAULT": {"data_dir": str(tmp_path / "data")}}
+    # The tests exercise the cache with the file store behind it: let it cache local images too
+    # (the product default serves them straight from the store).
+    overrides: dict[str, dict[str, str]] = {"DEFAULT": {"data_dir": str(tmp_path / "data"),
+                                                        "image_cache_local_stores": "true"}}
     if database_url:
         overrides["database"] = {"connection": database_url}
     for section, values in sections.items():
@@ -188,7 +191,8 @@ def start_daemon(tmp_path: Path, extra_config: str = "", env: dict[str, str] | N
     port = port or free_port()
     data_dir = tmp_path / "data"
     config_path = write_config(tmp_path / "streamd.conf", (
-        f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\ndata_dir = {data_dir}\n{extra_config}\n"))
+        f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\ndata_dir = {data_dir}\n"
+        f"image_cache_local_stores = true\n{extra_config}\n"))
     log_path = tmp_path / "daemon.log"
     log_file = open(log_path, "wb")
     process = subprocess.Popen([PYTHON, "-m", "streamd", "serve", "--config", str(config_path)],

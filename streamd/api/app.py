@@ -93,7 +93,8 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
         cache.listeners.append(announce)
         peers = PeerClient(catalog, node, config.default.peer_token)
-    delivery = ImageDelivery(app[STORES], cache, peers)
+    delivery = ImageDelivery(app[STORES], cache, peers,
+                             cache_local_stores=config.default.image_cache_local_stores)
     app[DELIVERY] = delivery
     tasks: list[asyncio.Task[None]] = []
     prefetcher: Prefetcher | None = None

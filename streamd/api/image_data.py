@@ -54,7 +54,10 @@ async def upload(request: web.Request) -> web.Response:
         await upload_image(
             request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
             limits=UploadLimits(size_cap=config.default.image_size_cap,
-                                hashing_algorithm=config.default.hashing_algorithm),
+                                hashing_algorithm=config.default.hashing_algorithm,
+                                require_image_format_match=config.image_format.require_image_format_match,
+                                gpt_safety_checks_nonfatal=frozenset(
+                                    config.image_format.gpt_safety_checks_nonfatal)),
             host=config.host_id)
     return web.Response(status=204)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Iterable
 
 from .base import FormatRejected, Inspector
 from .inspectors import ALL_FORMATS, ALL_INSPECTORS
@@ -231,11 +231,12 @@ class ImageInspection:
         raise FormatRejected(",".join(names), detail, format=inspector.NAME)
 
 
-def detect_stream(chunks: "list[bytes] | object", disk_format: str | None = None, *,
+def detect_stream(chunks: Iterable[bytes], disk_format: str | None = None, *,
                   require_match: bool = True) -> Verdict:
-    """Judge an iterable of chunks (all of them are consumed)."""
+    """Judge an iterable of chunks (all of them are consumed) as an image declaring disk_format
+    (default raw, which accepts any content that passes its safety checks)."""
     inspection = ImageInspection(InspectionPolicy(disk_format or "raw", require_match=require_match))
-    for chunk in chunks:  # type: ignore[attr-defined]
+    for chunk in chunks:
         inspection.feed(chunk)
     return inspection.finish()
 

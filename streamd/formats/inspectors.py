@@ -10,6 +10,7 @@ section 5, and the LUKS on-disk format.
 from __future__ import annotations
 
 import struct
+from typing import Iterator
 
 from ..kernels import qcow2 as qcow2_kernel
 from .base import Inspector, Malformed, Violation
@@ -318,6 +319,17 @@ class VhdxInspector(Inspector):
 VMDK_SUBFORMATS = ("monolithicsparse", "streamoptimized")
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of text one at a time: a 1 MiB descriptor must not become a million-item list."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        yield text[start:end]
+        start = end + 1
+
+
 class VmdkInspector(Inspector):
     """VMware VMDK: a sparse extent with an embedded descriptor, or a bare text descriptor.
 
@@ -371,20 +383,22 @@ class VmdkInspector(Inspector):
                 del desc.data[nul:]
                 desc.length = nul
             if desc.complete and self.desc_text is None:
-                self._parse_descriptor(bytes(desc.data))
+                self._parse_descriptor(desc.data)
+                desc.data, desc.length = bytearray(), 0   # the text is kept; the bytes are not
 
     def _at_eof(self) -> None:
         if self.matched is None and not self.text:
             header = self.region("header").data
             if len(header) >= 4 and self._looks_like_text(header):
                 self.text = True
+                self.region("header").length = len(header)  # a short file: all of it was seen
                 desc = self.add_region("descriptor", 0, 0)
                 desc.data = bytearray(header.split(b"\x00", 1)[0])
                 desc.length = len(desc.data)
         if self.text and self.desc_text is None:
             desc = self.region("descriptor")
-            desc.length = len(desc.data)
-            self._parse_descriptor(bytes(desc.data))
+            self._parse_descriptor(desc.data)
+            desc.data, desc.length = bytearray(), 0
 
     @staticmethod
     def _looks_like_text(data: bytes | bytearray) -> bool:
@@ -408,7 +422,7 @@ class VmdkInspector(Inspector):
         if gd_offset == self.GD_AT_END:
             self.needs_footer = True
 
-    def _parse_descriptor(self, raw: bytes) -> None:
+    def _parse_descriptor(self, raw: bytes | bytearray) -> None:
         try:
             text = raw.decode("ascii").lower()
         except UnicodeDecodeError:
@@ -433,7 +447,7 @@ class VmdkInspector(Inspector):
             else:
                 # streamd reads a bare descriptor's size from its extents (oslo reads none).
                 sectors = 0
-                for line in text.splitlines():
+                for line in _lines(text):
                     parts = line.split()
                     if len(parts) >= 2 and parts[0] in ("rw", "rdonly", "noaccess") and parts[1].isdigit():
                         sectors += int(parts[1])
@@ -453,21 +467,22 @@ class VmdkInspector(Inspector):
             raise Violation("no descriptor found")
         if self.subformat not in VMDK_SUBFORMATS:
             raise Violation(f"unsupported subformat {self.subformat or 'none'!r}")
-        extents = []
-        for line in (raw.strip() for raw in self.desc_text.split("\n")):
+        extents = 0
+        unsafe = False
+        for line in (raw.strip() for raw in _lines(self.desc_text)):
             if not line or line.startswith("#") or line.startswith("ddb"):
                 continue
-            if "=" in line and " " not in line.split("=")[0]:
+            if "=" in line and " " not in line.split("=", 1)[0]:
                 continue
-            if line.split(" ")[0] in ("rw", "rdonly", "noaccess"):
-                extents.append(line)
+            if line.split(" ", 1)[0] in ("rw", "rdonly", "noaccess"):
+                extents += 1
+                unsafe = unsafe or "/" in line
                 continue
             raise Violation(f"invalid descriptor line {line[:40]!r}")
         if not extents:
             raise Violation("no extents found")
-        for line in extents:
-            if "/" in line:
-                raise Violation("extent line names a path")
+        if unsafe:
+            raise Violation("extent line names a path")
 
     def check_footer(self) -> None:
         if not self.needs_footer:

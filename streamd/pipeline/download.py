@@ -148,10 +148,12 @@ class FillSource(ImageSource):
 
 
 class ImageDelivery:
-    def __init__(self, stores: StoreRegistry, cache: ImageCache | None, peers: PeerClient | None = None) -> None:
+    def __init__(self, stores: StoreRegistry, cache: ImageCache | None, peers: PeerClient | None = None,
+                 *, cache_local_stores: bool = False) -> None:
         self.stores = stores
         self.cache = cache
         self.peers = peers
+        self.cache_local_stores = cache_local_stores
         self._fill_tasks: set[asyncio.Task[None]] = set()
         # Fills being started (peer or store opened, space reserved): callers arriving meanwhile wait
         # for the same one instead of starting their own (single flight).
@@ -185,6 +187,16 @@ class ImageDelivery:
             return None
         return await self._open_hit(image)
 
+    def _worth_filling(self, image: ImageRecord) -> bool:
+        """Copy into the cache on a miss only what is slower to read than the cache itself."""
+        if self.cache_local_stores:
+            return True
+        for location in image.locations:
+            store = self.stores.for_location(location.store)
+            if store is not None and location.status == "active":
+                return not store.local
+        return True
+
     async def open(self, image: ImageRecord) -> ImageSource:
         cache = self.cache
         if cache is not None and image.status in ("active", "deactivated") and image.size is not None:
@@ -192,6 +204,8 @@ class ImageDelivery:
                 hit = await self._open_hit(image)
                 if hit is not None:
                     return hit
+                if not self._worth_filling(image):
+                    break  # a local store: straight from it
                 fill = await self._join_or_start_fill(image)
                 if fill is None:
                     if image.size > cache.max_size or await cache.entry(image.id) is None:

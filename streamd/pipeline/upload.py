@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
 from ..errors import BadRequest, Gone, ImageSizeLimitExceeded, NotFound
+from ..formats import ImageInspection, InspectionPolicy
 from ..stores import Store, Writer
 from .fanout import FanOut
 from .hashing import ImageHasher
@@ -29,6 +30,17 @@ class UploadLimits:
     hashing_algorithm: str
     # A few chunks in flight keep every consumer busy; more would only cost memory per upload.
     max_inflight: int = 16 << 20
+    # Format inspection of container_format=bare images ([image_format] options).
+    require_image_format_match: bool = True
+    gpt_safety_checks_nonfatal: frozenset[str] = frozenset()
+
+
+def inspection_for(image: ImageRecord, limits: UploadLimits) -> ImageInspection | None:
+    """Glance inspects the data of ``bare`` images only (glance/location.py ``set_data``)."""
+    if image.container_format != "bare" or not image.disk_format:
+        return None
+    return ImageInspection(InspectionPolicy(image.disk_format, limits.require_image_format_match,
+                                            limits.gpt_safety_checks_nonfatal))
 
 
 async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: AsyncIterator[bytes], *,
@@ -36,7 +48,10 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
     if declared_size is not None and declared_size > limits.size_cap:
         raise ImageSizeLimitExceeded(
             f"Image size {declared_size} exceeds the maximum of {limits.size_cap} bytes (image_size_cap)")
-    await catalog.begin_upload(image_id, host)
+    image = await catalog.begin_upload(image_id, host)
+    # Sees each chunk on the loop before it is stored: cheap (only the first bytes are
+    # parsed; after that it counts) and it refuses a bad image (415) before more is written.
+    inspection = inspection_for(image, limits)
     writer: Writer | None = None
     fanout: FanOut | None = None
     try:
@@ -54,9 +69,12 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
                     f"Image exceeds the maximum size of {limits.size_cap} bytes (image_size_cap)")
             if declared_size is not None and received > declared_size:
                 raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
+            if inspection is not None:
+                inspection.feed(chunk)
             await fanout.feed(chunk)
         if declared_size is not None and received != declared_size:
             raise BadRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
+        virtual_size = inspection.finish().virtual_size if inspection is not None else None
         await fanout.close()
         stored = await writer.commit()
         if stored.size != received:
@@ -66,7 +84,8 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
         try:
             return await catalog.finish_upload(
                 image_id, size=received, checksum=digests.checksum, os_hash_algo=digests.os_hash_algo,
-                os_hash_value=digests.os_hash_value, store=store.name, url=stored.url, metadata=stored.metadata)
+                os_hash_value=digests.os_hash_value, store=store.name, url=stored.url, metadata=stored.metadata,
+                virtual_size=virtual_size)
         except NotFound:
             await store.delete(stored.url)
             raise Gone(f"Image {image_id} was deleted during its upload; its data has been removed") from None

@@ -45,6 +45,8 @@ class Reader(abc.ABC):
 class Store(abc.ABC):
     name: str
     type: str
+    # Local stores (files on this node) read as fast as the cache would: no need to copy them.
+    local: bool = False
 
     async def start(self) -> None:
         """Connect, create directories, and clear what an earlier crash left half-written."""

@@ -27,6 +27,7 @@ INCOMING = ".incoming"
 
 class FileStore(Store):
     type = "file"
+    local = True
 
     def __init__(self, name: str, options: FileStoreOptions, default_dir: Path) -> None:
         self.name = name
