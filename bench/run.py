@@ -7,9 +7,8 @@ its venv is created under OUT on first use) and, for each file (half zeros in
 alternating 4 MiB runs; random) and each repetition, measures with curl clients:
 
 - upload (PUT /file) and download (GET /file) MiB/s, 1 client and 4 concurrent clients
-  on 4 different images. The first download after the upload is "cold" (Glance: cache
-  miss, which fills its cache), the second "warm" (Glance: cache hit; streamd has no
-  cache, so both are store reads);
+  on 4 different images. The first download after the upload is "cold" (a cache miss,
+  which fills the cache), the second, once GET /v2/cache lists the image, "warm" (a hit);
 - server CPU-seconds per GiB (utime+stime of the server's process tree, before/after)
   and peak server RSS (sum over the tree, sampled every 50 ms);
 - failed requests (Glance on SQLite loses some concurrent uploads: "database is locked");
@@ -202,8 +201,13 @@ def environment() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     streamd_version = subprocess.run([str(REPO / ".venv/bin/streamd"), "--version"],
                                      capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run([*git, "status", "--porcelain", "--", "streamd"], capture_output=True, text=True).stdout:
+        commit += " with uncommitted changes in streamd/"
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "streamd": streamd_version, "glance": "33.0.0 (uWSGI, 2 processes x 2 threads, file store, SQLite, cache)",
+            "streamd": f"{streamd_version}, {commit}",
+            "glance": "33.0.0 (uWSGI, 2 processes x 2 threads, file store, SQLite, cache)",
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()}
 
 

@@ -113,7 +113,23 @@ class Server:
         return f"{self.url}/v2/images/{image_id}/file"
 
     def settle(self, image_ids: list[str]) -> None:
-        """Called after the first (cold) downloads, before the second ones."""
+        """After the cold downloads: wait until the cache (GET /v2/cache) lists the images."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cached = {entry["image_id"] for entry in self.api("GET", "/v2/cache")["cached_images"]}
+            if cached >= set(image_ids):
+                return
+            time.sleep(0.1)
+        print(f"warning: {self.name} did not cache {sorted(set(image_ids) - cached)} within 30 s", flush=True)
+
+    _log_offset = 0
+
+    def _new_log(self) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(self._log_offset)
+            text = f.read().decode(errors="replace")
+            self._log_offset = f.tell()
+        return text
 
     def new_log_errors(self) -> list[str]:
         """Causes of failed requests the server logged since the last call."""
@@ -131,6 +147,12 @@ class Streamd(Server):
 
     def ready(self) -> bool:
         return "listening on" in self.log.read_text(errors="replace")
+
+    def new_log_errors(self) -> list[str]:
+        """Each logged ERROR with the last line of its traceback."""
+        blocks = re.split(r"\n(?=\d{4}-\d\d-\d\d )", self._new_log())
+        return [(lines[0].split(" ERROR ", 1)[1] + (": " + lines[-1] if len(lines) > 1 else ""))[:300]
+                for lines in (b.strip().splitlines() for b in blocks if " ERROR " in b.split("\n", 1)[0])]
 
 
 GLANCE_API_CONF = """\
@@ -261,24 +283,9 @@ class Glance(Server):
         except OSError:
             return False
 
-    _log_offset = 0
-
     def new_log_errors(self) -> list[str]:
-        with open(self.log, "rb") as f:
-            f.seek(self._log_offset)
-            text = f.read().decode(errors="replace")
-            self._log_offset = f.tell()
-        return [m.group(1)[:200] for m in re.finditer(r" ERROR glance\.api\.v2\.image_data \[[^\]]*\] (.*)", text)]
-
-    def settle(self, image_ids: list[str]) -> None:
-        """Wait until the cold downloads have been committed to the cache."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            cached = {entry["image_id"] for entry in self.api("GET", "/v2/cache")["cached_images"]}
-            if cached >= set(image_ids):
-                return
-            time.sleep(0.1)
-        print(f"warning: glance did not cache {sorted(set(image_ids) - cached)} within 30 s", flush=True)
+        return [m.group(1)[:200] for m in re.finditer(r" ERROR glance\.api\.v2\.image_data \[[^\]]*\] (.*)",
+                                                      self._new_log())]
 
 
 class RefSource(Server):
