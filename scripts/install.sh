@@ -146,7 +146,7 @@ say "pip install -e '$target' (builds the Cython extension)"
 # --- 4. the compiled zero-scan kernel ----------------------------------------------
 check_ext() {  # imports it from outside the source tree, as an installed user would
     (cd / && env -u STREAMD_NO_EXTENSIONS "$VPY" -c \
-        'import streamd.kernels._zeroscan_c as m; print(m.__file__)')
+        'import streamd.kernels._qcow2_c, streamd.kernels._zeroscan_c as m; print(m.__file__)')
 }
 if [ -f "$ROOT/_native/zeroscan.pyx" ]; then
     if ! so="$(check_ext 2>/dev/null)"; then
