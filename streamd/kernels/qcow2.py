@@ -7,26 +7,12 @@ Otherwise a failed native import is not fatal: the twin is used and
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from . import _qcow2_py
+from ._select import Implementation, select
 
-Implementation = Literal["native", "python"]
-
-
-def _select() -> tuple[ModuleType, Implementation, str | None]:
-    if os.environ.get("STREAMD_NO_EXTENSIONS", "") not in ("", "0"):
-        return _qcow2_py, "python", "forced by STREAMD_NO_EXTENSIONS"
-    try:
-        from . import _qcow2_c
-    except ImportError as exc:
-        return _qcow2_py, "python", f"native import failed: {exc}"
-    return _qcow2_c, "native", None
-
-
-_impl, IMPLEMENTATION, FALLBACK_REASON = _select()
+_impl, IMPLEMENTATION, FALLBACK_REASON = select("_qcow2_c", _qcow2_py)
 
 HEADER_FIELDS = _qcow2_py.HEADER_FIELDS
 MAGIC = _qcow2_py.MAGIC

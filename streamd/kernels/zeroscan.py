@@ -8,26 +8,12 @@ can report it at startup.
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from . import _zeroscan_py
+from ._select import Implementation, select
 
-Implementation = Literal["native", "python"]
-
-
-def _select() -> tuple[ModuleType, Implementation, str | None]:
-    if os.environ.get("STREAMD_NO_EXTENSIONS", "") not in ("", "0"):
-        return _zeroscan_py, "python", "forced by STREAMD_NO_EXTENSIONS"
-    try:
-        from . import _zeroscan_c
-    except ImportError as exc:
-        return _zeroscan_py, "python", f"native import failed: {exc}"
-    return _zeroscan_c, "native", None
-
-
-_impl, IMPLEMENTATION, FALLBACK_REASON = _select()
+_impl, IMPLEMENTATION, FALLBACK_REASON = select("_zeroscan_c", _zeroscan_py)
 
 if TYPE_CHECKING:
     # Both implementations share one API; the twin carries the type hints.
