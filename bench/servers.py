@@ -148,6 +148,11 @@ class Streamd(Server):
     def ready(self) -> bool:
         return "listening on" in self.log.read_text(errors="replace")
 
+    def settle(self, image_ids: list[str]) -> None:
+        # With its defaults streamd serves file-store images straight from the store
+        # (image_cache_local_stores = false): there is no fill to wait for.
+        return None
+
     def new_log_errors(self) -> list[str]:
         """Each logged ERROR with the last line of its traceback."""
         blocks = re.split(r"\n(?=\d{4}-\d\d-\d\d )", self._new_log())
