@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import Meter, cpu_seconds  # noqa: E402
+from procs import Meter, cpu_seconds, md5_of  # noqa: E402
 from run import busy_cpu_seconds, read_through, transfer  # noqa: E402
 from servers import REPO, Glance, RefSource, Streamd, free_port  # noqa: E402
 
@@ -121,17 +121,6 @@ def make_random(data_dir: Path, size: int) -> Path:
         tmp.rename(path)
         os.sync()
     return path
-
-
-def md5_of(path: Path, start: int = 0, length: int | None = None) -> str:
-    h = hashlib.md5()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        left = os.fstat(f.fileno()).st_size - start if length is None else length
-        while left > 0 and (data := f.read(min(8 * MiB, left))):
-            h.update(data)
-            left -= len(data)
-    return h.hexdigest()
 
 
 def loadavg() -> str:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import cpu_seconds  # noqa: E402
+from procs import cpu_seconds, md5_of  # noqa: E402
 from run import busy_cpu_seconds, hash_mib_s, make_files, read_through, transfer  # noqa: E402
 from servers import REPO, Glance, Streamd  # noqa: E402
 
@@ -166,20 +166,6 @@ def link_glance_bindings(venv: Path) -> str | None:
 
 
 # ---------------------------------------------------------------- measurements
-
-def md5_of(path: Path, start: int = 0, length: int | None = None) -> str:
-    h = hashlib.md5()
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        left = os.fstat(f.fileno()).st_size - start if length is None else length
-        while left > 0:
-            data = f.read(min(8 * MiB, left))
-            if not data:
-                break
-            h.update(data)
-            left -= len(data)
-    return h.hexdigest()
-
 
 def nonzero_mib(path: Path, block: int = 4 * MiB) -> float:
     """Bytes of the file in `block`-aligned blocks that are not all zero: what a perfectly
