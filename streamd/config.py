@@ -109,6 +109,43 @@ def _backends(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(result)
 
 
+def _oslo_list(raw: str) -> tuple[str, ...]:
+    """A list as oslo.config's bounded ListOpt writes it (``['a', 'b']``) or plain ``a,b``."""
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return tuple(item.strip().strip("'\"") for item in text.split(",") if item.strip().strip("'\""))
+
+
+def _ports(raw: str) -> tuple[int, ...]:
+    ports = tuple(int(item) for item in _list(raw))
+    for port in ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not in 1-65535")
+    return ports
+
+
+def _dict(raw: str) -> tuple[tuple[str, str], ...]:
+    """oslo.config's DictOpt: ``key:value,key2:value2``."""
+    result: list[tuple[str, str]] = []
+    for item in _list(raw):
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not of the form key:value")
+        result.append((key.strip(), value.strip()))
+    return tuple(result)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 def _hash_algorithm(raw: str) -> str:
     name = raw.strip().lower()
     if name not in hashlib.algorithms_available:
@@ -233,6 +270,11 @@ class DefaultOptions:
         "Seconds a SIGTERM waits for in-flight requests (uploads included) before aborting them.")
     client_socket_timeout: float = opt(
         900.0, _float_range(0.0), "Seconds an idle client connection is kept open.")
+    node_staging_uri: str | None = opt(
+        "", _opt_str,
+        "file:// URI of the directory where PUT /stage and web-download keep data before import "
+        "(default: <data_dir>/staging). On the filesystem of a file store, a glance-direct import "
+        "into that store is a rename.")
 
 
 @dataclass(frozen=True)
@@ -312,6 +354,56 @@ class RbdStoreOptions:
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
 
 
+@dataclass(frozen=True)
+class ImportFilteringOptions:
+    allowed_schemes: tuple[str, ...] = opt(
+        ("http", "https"), _list, "Schemes web-download may fetch from (empty: any scheme not disallowed).")
+    disallowed_schemes: tuple[str, ...] = opt(
+        (), _list, "Schemes web-download refuses; ignored when allowed_schemes is set.")
+    allowed_hosts: tuple[str, ...] = opt(
+        (), _list, "Hosts web-download may fetch from (empty: any host not disallowed).")
+    disallowed_hosts: tuple[str, ...] = opt(
+        (), _list, "Hosts web-download refuses; ignored when allowed_hosts is set.")
+    allowed_ports: tuple[int, ...] = opt(
+        (80, 443), _ports,
+        "Ports web-download may fetch from when the URI names one (a URI with no port is not checked).")
+    disallowed_ports: tuple[int, ...] = opt(
+        (), _ports, "Ports web-download refuses when the URI names one; ignored when allowed_ports is set.")
+    allow_private_networks: bool = opt(
+        False, _bool,
+        "Let web-download reach loopback, link-local, private and other non-global addresses "
+        "(checked on the address the host name resolves to, at every redirect). streamd's option.")
+
+
+@dataclass(frozen=True)
+class ImageImportOptions:
+    image_import_plugins: tuple[str, ...] = opt(
+        (), _oslo_list,
+        "Plugins run on imported data before it is stored (never for copy-image): image_decompression, "
+        "image_conversion, inject_image_metadata, in the order given.")
+    import_lock_timeout: float = opt(
+        60.0, _float_range(5.0),
+        "Seconds without a heartbeat after which an import's lock (os_glance_import_task) is taken "
+        "as dead and may be broken by another import. streamd's option: Glance waits 60-120 minutes.")
+    web_download_stall_timeout: float = opt(
+        60.0, _float_range(1.0), "Seconds a web-download source may send nothing before the import fails.")
+    web_download_max_redirects: int = opt(5, _int_range(0, 20), "Redirects a web-download follows at most.")
+
+
+@dataclass(frozen=True)
+class ImageConversionOptions:
+    output_format: str = opt(
+        "raw", _choice("raw", "qcow2", "vmdk"), "Disk format the image_conversion plugin converts imports to.")
+
+
+@dataclass(frozen=True)
+class InjectMetadataOptions:
+    inject: tuple[tuple[str, str], ...] = opt(
+        (), _dict, "Properties the inject_image_metadata plugin sets on imported images, as key:value pairs.")
+    ignore_user_roles: tuple[str, ...] = opt(
+        ("admin",), _list, "Callers with any of these roles get nothing injected.")
+
+
 STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions}
 
 # Sections of glance-api.conf that streamd has no use for: accepted and ignored so that
@@ -325,7 +417,7 @@ IGNORED_SECTIONS = frozenset({
 IGNORED_DEFAULT_OPTIONS = frozenset({
     "debug", "verbose", "log_file", "log_dir", "use_syslog", "use_stderr", "workers",
     "show_image_direct_url", "show_multiple_locations", "transport_url", "registry_host",
-    "worker_self_reference_url", "node_staging_uri", "delayed_delete", "scrub_time",
+    "worker_self_reference_url", "delayed_delete", "scrub_time",
     "use_keystone_limits", "enforce_secure_rbac", "lock_path",
 })
 
@@ -344,6 +436,10 @@ class Config:
     database: DatabaseOptions
     glance_store: GlanceStoreOptions
     image_format: ImageFormatOptions
+    import_filtering_opts: ImportFilteringOptions
+    image_import_opts: ImageImportOptions
+    image_conversion: ImageConversionOptions
+    inject_metadata_properties: InjectMetadataOptions
     stores: tuple[StoreConfig, ...]
     source: str | None = None
 
@@ -362,6 +458,13 @@ class Config:
         if value and value.lower() == "none":
             return None
         return Path(value).absolute() if value else self.data_dir / "cache"
+
+    @property
+    def staging_dir(self) -> Path:
+        value = self.default.node_staging_uri
+        if value:
+            return Path(value[len("file://"):]).absolute()
+        return self.data_dir / "staging"
 
     @property
     def admin_socket(self) -> Path:
@@ -390,7 +493,13 @@ _SECTION_CLASSES: dict[str, type] = {
     "database": DatabaseOptions,
     "glance_store": GlanceStoreOptions,
     "image_format": ImageFormatOptions,
+    "import_filtering_opts": ImportFilteringOptions,
+    "image_import_opts": ImageImportOptions,
+    "image_conversion": ImageConversionOptions,
+    "inject_metadata_properties": InjectMetadataOptions,
 }
+
+IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata", "no_op")
 
 
 def _parse_section(cls: type, section: str, raw: Mapping[str, str], problems: list[str],
@@ -466,6 +575,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         problems.append("[image_format] disk_formats: must name at least one format")
     if not fmt.container_formats:
         problems.append("[image_format] container_formats: must name at least one format")
+    if default.node_staging_uri and not default.node_staging_uri.startswith("file:///"):
+        problems.append(f"[DEFAULT] node_staging_uri = {default.node_staging_uri!r}: must be a file:/// URI")
+    for plugin in parsed["image_import_opts"].image_import_plugins:
+        if plugin not in IMPORT_PLUGINS:
+            problems.append(f"[image_import_opts] image_import_plugins: unknown plugin {plugin!r} "
+                            f"(known: {', '.join(IMPORT_PLUGINS)})")
     for method in default.enabled_import_methods:
         if method not in ("glance-direct", "web-download", "copy-image"):
             problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")
@@ -473,7 +588,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     if problems:
         raise ConfigError(problems)
     return Config(default=default, noauth=parsed["noauth"], database=parsed["database"],
-                  glance_store=glance_store, image_format=fmt, stores=tuple(stores),
+                  glance_store=glance_store, image_format=fmt,
+                  import_filtering_opts=parsed["import_filtering_opts"], image_import_opts=parsed["image_import_opts"],
+                  image_conversion=parsed["image_conversion"],
+                  inject_metadata_properties=parsed["inject_metadata_properties"], stores=tuple(stores),
                   source=str(path) if path is not None else None)
 
 

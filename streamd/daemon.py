@@ -19,7 +19,7 @@ from . import __version__, kernels
 from .api import create_app
 from .admin import AdminServer
 from .admin.server import claim
-from .api.keys import CACHE, CATALOG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER
+from .api.keys import CACHE, CATALOG, DELIVERY, IMPORTER, INFLIGHT_UPLOADS, PREFETCHER
 from .config import Config
 
 log = logging.getLogger("streamd")
@@ -74,11 +74,17 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         await site.stop()  # no new connections; requests in flight go on
         uploads = app[INFLIGHT_UPLOADS]
+        deadline = loop.time() + config.default.graceful_shutdown_timeout
         if uploads.count:
             log.info("waiting for %d upload(s) in flight", uploads.count)
             if not await uploads.wait_idle(config.default.graceful_shutdown_timeout):
                 log.warning("%d upload(s) still running after %.0f s: aborting them", uploads.count,
                             config.default.graceful_shutdown_timeout)
+        importer = app[IMPORTER]
+        if importer.running:
+            log.info("waiting for %d import(s) in flight", importer.running)
+            # What is still running at the deadline is aborted cleanly: its image queued again.
+            await importer.stop(max(0.0, deadline - loop.time()))
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

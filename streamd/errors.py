@@ -127,3 +127,16 @@ class ConfigError(StreamdError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+# -- web-download (streamd.imports) ----------------------------------------------------
+
+class DisallowedAddress(BadRequest):
+    """web-download would reach a loopback, private, link-local or other non-global address."""
+
+
+class ImportSourceError(ServiceError):
+    """The source of an import failed: refused, broke off, stalled, or sent other than it declared."""
+
+    status = 502
+    title = "Bad Gateway"

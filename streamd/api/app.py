@@ -15,11 +15,12 @@ from ..catalog import Catalog
 from ..config import Config
 from ..pipeline import ImageDelivery, Prefetcher, run_periodically, verify_stale_entry
 from ..pipeline.peers import PeerClient
+from ..imports import Importer, StagingArea
 from ..stores import StoreRegistry
 from . import cache as cache_routes
-from . import image_data, images, members, peer, schemas, tags, versions
+from . import image_data, images, imports, members, peer, schemas, tags, versions
 from .inflight import InflightUploads
-from .keys import CACHE, CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, PREFETCHER, STORES
+from .keys import CACHE, CATALOG, CONFIG, DELIVERY, IMPORTER, INFLIGHT_UPLOADS, PREFETCHER, STORES
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,28 @@ def create_app(config: Config) -> web.Application:
     app[INFLIGHT_UPLOADS] = InflightUploads()
     versions.add_routes(app)
     peer.add_routes(app)
-    for module in (images, image_data, members, tags, schemas, cache_routes):
+    for module in (images, image_data, imports, members, tags, schemas, cache_routes):
         module.add_routes(app, V2_PREFIX)
     app.cleanup_ctx.append(_catalog_ctx)
     app.cleanup_ctx.append(_stores_ctx)
     app.cleanup_ctx.append(_cache_ctx)
+    app.cleanup_ctx.append(_imports_ctx)
     return app
+
+
+async def _imports_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    staging = StagingArea(config.staging_dir)
+    await staging.start()
+    importer = Importer(app[CATALOG], app[STORES], staging, config)
+    # Imports this node ran when it last stopped died with it: fail their tasks, release their
+    # locks, queue their images again, and clear the staging area of what no import will use.
+    await importer.recover()
+    app[IMPORTER] = importer
+    try:
+        yield
+    finally:
+        await importer.stop(0)
 
 
 async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -14,7 +15,7 @@ from ..catalog import policy
 from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
 from ..errors import BadRequest, ConflictError as Conflict, Forbidden, NotFound, QuotaExceeded, UnsupportedMediaType
-from .keys import CACHE, CATALOG, CONFIG, STORES, context_of
+from .keys import CACHE, CATALOG, CONFIG, IMPORTER, STORES, context_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
 
@@ -333,6 +334,7 @@ async def delete_image(request: web.Request) -> web.Response:
         if store is not None:
             await store.check_deletable(location.url)  # 409 while RBD clones depend on it
     deleted = await request.app[CATALOG].delete_image(image.id)
+    await asyncio.to_thread(request.app[IMPORTER].staging.remove, image.id)
     cache = request.app.get(CACHE)
     if cache is not None:
         with contextlib.suppress(NotFound):

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..catalog import Catalog
 from ..config import Config
 from ..context import RequestContext
+from ..imports import Importer
 from ..cache import ImageCache
 from ..pipeline import ImageDelivery, Prefetcher
 from ..stores import StoreRegistry
@@ -20,6 +21,7 @@ DELIVERY = web.AppKey("delivery", ImageDelivery)
 # Absent when the cache is off.
 CACHE = web.AppKey("cache", ImageCache)
 PREFETCHER = web.AppKey("prefetcher", Prefetcher)
+IMPORTER = web.AppKey("importer", Importer)
 
 # The identity of the request, set by the identity middleware.
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -143,6 +143,39 @@ def member_schema() -> dict[str, Any]:
     return {"name": "member", "properties": copy.deepcopy(_MEMBER_PROPERTIES), "additionalProperties": False}
 
 
+# Glance's task schema (glance/api/v2/tasks.py ``_TASK_SCHEMA``), with the fields API 2.12 added
+# (image_id, request_id, user_id). glanceclient's task-list/task-show validate every task against
+# it (warlock), so the fields streamd may leave null are nullable here.
+_TASK_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "pattern": _UUID_PATTERN, "description": "An identifier for the task"},
+    "type": {"type": "string", "enum": ["import", "api_image_import", "location_import"],
+             "description": "The type of task represented by this content"},
+    "status": {"type": "string", "enum": ["pending", "processing", "success", "failure"],
+               "description": "The current status of this task"},
+    "input": {"type": _nullable("object"), "description": "The parameters required by task, JSON blob"},
+    "result": {"type": _nullable("object"), "description": "The result of current task, JSON blob"},
+    "owner": {"type": _nullable("string"), "description": "An identifier for the owner of this task"},
+    "message": {"type": _nullable("string"), "description": "Human-readable informative message only included "
+                                                            "when appropriate (usually on failure)"},
+    "image_id": {"type": _nullable("string"), "description": "Image associated with the task"},
+    "request_id": {"type": _nullable("string"), "description": "Request ID of the request that created the task"},
+    "user_id": {"type": _nullable("string"), "description": "User associated with the task"},
+    "expires_at": {"type": _nullable("string"), "description": "Datetime when this resource would be subject to removal"},
+    "created_at": {"type": "string", "description": "Datetime when this resource was created"},
+    "updated_at": {"type": "string", "description": "Datetime when this resource was updated"},
+    "self": {"type": "string"},
+    "schema": {"type": "string"},
+}
+
+
+def task_schemas() -> dict[str, dict[str, Any]]:
+    task = {"name": "task", "properties": copy.deepcopy(_TASK_PROPERTIES)}
+    # The list shows tasks without input, result and message (Glance's partial task schema).
+    partial = {"name": "task", "properties": {k: copy.deepcopy(v) for k, v in _TASK_PROPERTIES.items()
+                                              if k not in ("input", "result", "message")}}
+    return {"task": task, "tasks": _collection("tasks", partial)}
+
+
 def _metadef_schemas() -> dict[str, dict[str, Any]]:
     """Metadata definitions are not served by streamd, but glanceclient builds its
     ``md-*`` options from these schemas at start-up, so they must exist."""
@@ -182,6 +215,7 @@ def all_schemas(config: Config) -> dict[str, dict[str, Any]]:
     member = member_schema()
     return {
         **_metadef_schemas(),
+        **task_schemas(),
         "image": image,
         "images": _collection("images", image),
         "member": member,

@@ -2,6 +2,6 @@
 
 from .catalog import Catalog
 from .query import ImageQuery, parse_list_params
-from .records import ImageRecord, Location, MemberRecord
+from .records import ImageRecord, Location, MemberRecord, TaskRecord
 
-__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "parse_list_params"]
+__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "TaskRecord", "parse_list_params"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import uuid
@@ -28,11 +29,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..context import RequestContext
-from ..errors import BadRequest, Duplicate, Forbidden, InvalidStatusTransition, NotFound, QuotaExceeded
+from ..errors import (BadRequest, ConflictError, Duplicate, Forbidden, InvalidStatusTransition, NotFound,
+                      QuotaExceeded)
 from . import models as m
 from .policy import can_see
 from .query import ImageQuery
-from .records import CORE_ATTRIBUTES, ImageRecord, Location, MemberRecord, utcnow
+from .records import CORE_ATTRIBUTES, ImageRecord, Location, MemberRecord, TaskRecord, utcnow
 from .status import NEEDS_FORMATS, check_transition
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,29 @@ _SORT_EXPR = {
     "updated_at": m.images.c.updated_at,
 }
 _NULL_STANDIN = {"name": "", "container_format": "", "disk_format": "", "size": -1}
+
+# Glance's reserved properties that track an import while it runs.
+IMPORT_LOCK = "os_glance_import_task"
+IMPORTING_TO = "os_glance_importing_to_stores"
+FAILED_IMPORT = "os_glance_failed_import"
+STAGE_HOST = "os_glance_stage_host"
+# Glance keeps finished tasks visible for 48 hours (task_time_to_live).
+TASK_TIME_TO_LIVE = dt.timedelta(hours=48)
+
+
+def store_list(value: str | None) -> list[str]:
+    return [s for s in (value or "").split(",") if s]
+
+
+def _with_store_lists(props: dict[str, str], *, importing: list[str], failed: list[str]) -> dict[str, str]:
+    """Set (or drop, when empty) the two comma-separated store lists, as Glance shows them."""
+    props = dict(props)
+    for key, stores in ((IMPORTING_TO, importing), (FAILED_IMPORT, failed)):
+        if stores:
+            props[key] = ",".join(dict.fromkeys(stores))
+        else:
+            props.pop(key, None)
+    return props
 
 
 class Catalog:
@@ -213,15 +238,7 @@ class Catalog:
             result = await conn.execute(stmt)
             if result.rowcount != 1:
                 raise InvalidStatusTransition(f"Image {image_id} changed while it was being updated")
-            for key in set(image.properties) - set(new_props):
-                await conn.execute(m.image_properties.delete().where(
-                    m.image_properties.c.image_id == image_id, m.image_properties.c.name == key))
-            for key, value in new_props.items():
-                if key not in image.properties:
-                    await conn.execute(m.image_properties.insert().values(image_id=image_id, name=key, value=value))
-                elif image.properties[key] != value:
-                    await conn.execute(m.image_properties.update().where(
-                        m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
+            await _write_properties(conn, image_id, image.properties, new_props)
             if tags is not None:
                 wanted = list(dict.fromkeys(tags))
                 if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
@@ -286,7 +303,7 @@ class Catalog:
             if image.status != from_status:
                 raise InvalidStatusTransition(
                     f"Image {image_id} is {image.status}; data can only be uploaded to a {from_status} image")
-            if not (image.disk_format and image.container_format):
+            if to_status in NEEDS_FORMATS and not (image.disk_format and image.container_format):
                 raise BadRequest("Properties disk_format, container_format must be set prior to saving data.")
             result = await conn.execute(m.images.update().where(
                 m.images.c.id == image_id, m.images.c.status == from_status
@@ -322,6 +339,24 @@ class Catalog:
             await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
             return await self._load(conn, image_id)
 
+    async def finish_stage(self, image_id: str, *, size: int, host: str) -> ImageRecord:
+        """The staged data is whole: the image stays ``uploading`` (awaiting import) with its size."""
+        async with self._write() as conn:
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.status == "uploading", m.images.c.deleted.is_(False)
+            ).values(size=size, updated_at=utcnow()))
+            if result.rowcount != 1:
+                current = await conn.scalar(sa.select(m.images.c.status).where(
+                    m.images.c.id == image_id, m.images.c.deleted.is_(False)))
+                if current is None:
+                    raise NotFound(f"Image {image_id} was deleted during staging")
+                raise InvalidStatusTransition(f"Image {image_id} is {current}, not uploading")
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
+            image = await self._load(conn, image_id)
+            props = dict(image.properties, **{STAGE_HOST: host})
+            await _write_properties(conn, image_id, image.properties, props)
+            return await self._load(conn, image_id)
+
     async def abort_upload(self, image_id: str, from_status: str = "saving") -> bool:
         """Put an image whose upload failed back to ``queued``; False if it is gone or moved on."""
         async with self._write() as conn:
@@ -342,6 +377,225 @@ class Catalog:
                     m.images.c.deleted.is_(False)).values(status="queued", updated_at=utcnow()))
             await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.host == host))
             return ids
+
+    # -- imports and tasks ----------------------------------------------------------------
+
+    async def begin_import(self, image_id: str, *, task_id: str, owner: str | None, user_id: str | None,
+                           request_id: str | None, host: str, task_input: Mapping[str, Any], stores: list[str],
+                           from_status: str, to_status: str | None, lock_timeout: float) -> tuple[ImageRecord, TaskRecord]:
+        """Take the import lock and record the task, in one transaction.
+
+        The lock is Glance's ``os_glance_import_task`` property. A lock whose task stopped
+        beating for ``lock_timeout`` seconds (its node died) is broken; a live one is a 409.
+        """
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            if image.status != from_status:
+                raise InvalidStatusTransition(
+                    f"Image {image_id} is {image.status}; this import needs it to be {from_status}")
+            if to_status is not None:
+                check_transition(image_id, image.status, to_status)
+            props = dict(image.properties)
+            held = props.get(IMPORT_LOCK)
+            if held:
+                props = await self._break_stale_lock(conn, image_id, held, props, lock_timeout)
+            now = utcnow()
+            await conn.execute(m.tasks.insert().values(
+                id=task_id, type="api_image_import", status="processing", owner=owner, user_id=user_id,
+                request_id=request_id, image_id=image_id, host=host, input_json=json.dumps(dict(task_input)),
+                result_json=None, message="", created_at=now, updated_at=now, expires_at=None))
+            importing = store_list(props.get(IMPORTING_TO)) + stores
+            failed = [s for s in store_list(props.get(FAILED_IMPORT)) if s not in stores]
+            props = _with_store_lists(props, importing=importing, failed=failed)
+            props[IMPORT_LOCK] = task_id
+            props.pop(STAGE_HOST, None)
+            await _write_properties(conn, image_id, image.properties, props)
+            values: dict[str, Any] = {"updated_at": now}
+            if to_status is not None:
+                values["status"] = to_status
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.status == from_status).values(**values))
+            if result.rowcount != 1:
+                raise InvalidStatusTransition(f"Image {image_id} changed status during the request")
+            return await self._load(conn, image_id), await self._load_task(conn, task_id)
+
+    async def _break_stale_lock(self, conn: AsyncConnection, image_id: str, task_id: str, props: dict[str, str],
+                                lock_timeout: float) -> dict[str, str]:
+        row = (await conn.execute(sa.select(m.tasks).where(m.tasks.c.id == task_id))).mappings().first()
+        if row is not None and row["status"] in ("pending", "processing"):
+            idle = (utcnow() - row["updated_at"]).total_seconds()
+            if idle < lock_timeout:
+                raise ConflictError(f"Image {image_id} has an active import task {task_id}: "
+                                    "the prior operation is still in progress")
+            log.warning("breaking the import lock of image %s: task %s sent no heartbeat for %.0f s",
+                        image_id, task_id, idle)
+            await conn.execute(m.tasks.update().where(m.tasks.c.id == task_id).values(
+                status="failure", message="Expired lock preempted", updated_at=utcnow(),
+                expires_at=utcnow() + TASK_TIME_TO_LIVE))
+        # What the dead task was importing to is neither importing nor known to have failed.
+        dead_stores = set(json.loads(row["input_json"]).get("stores") or []) if row is not None else set()
+        props = _with_store_lists(
+            props, importing=[s for s in store_list(props.get(IMPORTING_TO)) if s not in dead_stores],
+            failed=[s for s in store_list(props.get(FAILED_IMPORT)) if s not in dead_stores])
+        props.pop(IMPORT_LOCK, None)
+        return props
+
+    async def task_heartbeat(self, task_id: str, message: str) -> bool:
+        """Keep the task's lock alive; False once the task no longer runs (its lock was broken)."""
+        async with self._write() as conn:
+            result = await conn.execute(m.tasks.update().where(
+                m.tasks.c.id == task_id, m.tasks.c.status == "processing").values(
+                updated_at=utcnow(), message=message))
+            return bool(result.rowcount == 1)
+
+    async def record_import(self, image_id: str, locations: Mapping[str, tuple[str, Mapping[str, Any]]], *,
+                            activate: Mapping[str, Any] | None = None) -> ImageRecord:
+        """Record the stores an import wrote (store -> (url, metadata)), in one transaction;
+        ``activate`` (size, digests, formats) also makes the image active."""
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            now = utcnow()
+            for store, (url, metadata) in locations.items():
+                await conn.execute(m.image_locations.delete().where(
+                    m.image_locations.c.image_id == image_id, m.image_locations.c.store == store))
+                await conn.execute(m.image_locations.insert().values(
+                    image_id=image_id, store=store, url=url, metadata_json=json.dumps(dict(metadata)),
+                    status="active", created_at=now))
+            props = _with_store_lists(
+                image.properties,
+                importing=[s for s in store_list(image.properties.get(IMPORTING_TO)) if s not in locations],
+                failed=[s for s in store_list(image.properties.get(FAILED_IMPORT)) if s not in locations])
+            await _write_properties(conn, image_id, image.properties, props)
+            values: dict[str, Any] = {"updated_at": now}
+            stmt = m.images.update().where(m.images.c.id == image_id)
+            if activate is not None and image.status != "active":
+                check_transition(image_id, image.status, "active")
+                values.update(activate, status="active")
+                stmt = stmt.where(m.images.c.status == image.status)
+            result = await conn.execute(stmt.values(**values))
+            if result.rowcount != 1:
+                raise InvalidStatusTransition(f"Image {image_id} changed while its import finished")
+            return await self._load(conn, image_id)
+
+    async def import_store_failed(self, image_id: str, store: str) -> None:
+        """Move ``store`` from os_glance_importing_to_stores to os_glance_failed_import."""
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            props = _with_store_lists(
+                image.properties, importing=[s for s in store_list(image.properties.get(IMPORTING_TO)) if s != store],
+                failed=store_list(image.properties.get(FAILED_IMPORT)) + [store])
+            await _write_properties(conn, image_id, image.properties, props)
+
+    async def remove_location(self, image_id: str, store: str) -> Location:
+        """Drop the image's location in ``store``; with the last one go its size and digests (Glance)."""
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            found = [loc for loc in image.locations if loc.store == store]
+            if not found:
+                raise NotFound(f"Image {image_id} has no data in store {store}")
+            await conn.execute(m.image_locations.delete().where(
+                m.image_locations.c.image_id == image_id, m.image_locations.c.store == store))
+            values: dict[str, Any] = {"updated_at": utcnow()}
+            if len(image.locations) == len(found):
+                values.update(size=None, virtual_size=None, checksum=None, os_hash_algo=None, os_hash_value=None)
+            await conn.execute(m.images.update().where(m.images.c.id == image_id).values(**values))
+            return found[0]
+
+    async def finish_import(self, image_id: str, task_id: str, *, success: bool, message: str,
+                            result: Mapping[str, Any] | None = None, revert_to_queued: bool = False) -> None:
+        """End the task, release the lock if it is still this task's, and (on failure) queue the image again."""
+        async with self._write() as conn:
+            now = utcnow()
+            await conn.execute(m.tasks.update().where(m.tasks.c.id == task_id).values(
+                status="success" if success else "failure", message=message, updated_at=now,
+                result_json=json.dumps(dict(result)) if result is not None else None,
+                expires_at=now + TASK_TIME_TO_LIVE))
+            try:
+                image = await self._load(conn, image_id, for_update=True)
+            except NotFound:
+                return  # deleted meanwhile: nothing left to unlock
+            task = await self._load_task(conn, task_id)
+            props = dict(image.properties)
+            if props.get(IMPORT_LOCK) == task_id:
+                props.pop(IMPORT_LOCK)
+                # Stores still listed as importing were never reached: they failed with the task.
+                ours = set(task.input.get("stores") or [])  # type: ignore[call-overload]
+                left = [s for s in store_list(props.get(IMPORTING_TO)) if s in ours]
+                props = _with_store_lists(
+                    props, importing=[s for s in store_list(props.get(IMPORTING_TO)) if s not in ours],
+                    failed=store_list(props.get(FAILED_IMPORT)) + ([] if success else left))
+            await _write_properties(conn, image_id, image.properties, props)
+            values: dict[str, Any] = {"updated_at": now}
+            if revert_to_queued and image.status in ("importing", "uploading") and not image.locations:
+                values.update(status="queued", size=None, virtual_size=None, checksum=None, os_hash_algo=None,
+                              os_hash_value=None)
+            await conn.execute(m.images.update().where(m.images.c.id == image_id).values(**values))
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        async with self._read() as conn:
+            return await self._load_task(conn, task_id)
+
+    async def _load_task(self, conn: AsyncConnection, task_id: str) -> TaskRecord:
+        row = (await conn.execute(sa.select(m.tasks).where(m.tasks.c.id == task_id))).mappings().first()
+        if row is None:
+            raise NotFound(f"Task with the given id {task_id} not found")
+        return _task_record(row)
+
+    async def list_tasks(self, *, image_id: str | None = None, owner: str | None = None,
+                         limit: int = 1000) -> list[TaskRecord]:
+        """Newest first; ``owner`` restricts to one project (non-admin callers)."""
+        t = m.tasks.c
+        stmt = sa.select(m.tasks).order_by(t.created_at.desc(), t.id).limit(limit)
+        if image_id is not None:
+            stmt = stmt.where(t.image_id == image_id)
+        if owner is not None:
+            stmt = stmt.where(t.owner == owner)
+        async with self._read() as conn:
+            return [_task_record(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def recover_imports(self, host: str) -> list[TaskRecord]:
+        """At start-up: imports this node ran died with it. Fail their tasks, release their locks, and
+        put their images back where the import found them (queued, or active for a copy)."""
+        async with self._read() as conn:
+            rows = list((await conn.execute(sa.select(m.tasks).where(
+                m.tasks.c.host == host, m.tasks.c.status.in_(("pending", "processing"))))).mappings())
+        dead = [_task_record(r) for r in rows]
+        for task in dead:
+            if task.image_id is not None:
+                await self.finish_import(task.image_id, task.id, success=False,
+                                         message="The node running this import stopped; it was abandoned",
+                                         revert_to_queued=True)
+        return dead
+
+    async def staged_image_ids(self) -> dict[str, str]:
+        """Status of every image that exists, for the staging cleaner."""
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(m.images.c.id, m.images.c.status).where(m.images.c.deleted.is_(False)))
+            return {r.id: r.status for r in rows}
+
+    async def running_import_images(self) -> set[str]:
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(m.tasks.c.image_id).where(m.tasks.c.status.in_(("pending", "processing"))))
+            return {r.image_id for r in rows if r.image_id}
+
+    # -- fast data digests -------------------------------------------------------------------
+
+    async def data_digest(self, image_id: str, os_hash_value: str) -> str | None:
+        """The BLAKE3 of the image's data, if recorded for this very data (same os_hash_value)."""
+        d = m.image_data_digests.c
+        async with self._read() as conn:
+            return await conn.scalar(sa.select(d.blake3).where(d.image_id == image_id,
+                                                                d.os_hash_value == os_hash_value))
+
+    async def set_data_digest(self, image_id: str, os_hash_value: str, blake3: str) -> None:
+        d = m.image_data_digests.c
+        async with self._write() as conn:
+            exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == image_id))
+            if exists is None:
+                return
+            await conn.execute(m.image_data_digests.delete().where(d.image_id == image_id))
+            await conn.execute(m.image_data_digests.insert().values(
+                image_id=image_id, os_hash_value=os_hash_value, blake3=blake3))
 
     # -- cache peers ------------------------------------------------------------------------
 
@@ -569,6 +823,28 @@ def _after_marker(sort: list[tuple[str, str]], marker: Mapping[str, Any]) -> sa.
 def _marker_value(marker: Mapping[str, Any], key: str) -> Any:
     value = marker[key]
     return _NULL_STANDIN.get(key) if value is None else value
+
+
+async def _write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
+                            after: Mapping[str, str]) -> None:
+    for key in set(before) - set(after):
+        await conn.execute(m.image_properties.delete().where(
+            m.image_properties.c.image_id == image_id, m.image_properties.c.name == key))
+    for key, value in after.items():
+        if key not in before:
+            await conn.execute(m.image_properties.insert().values(image_id=image_id, name=key, value=value))
+        elif before[key] != value:
+            await conn.execute(m.image_properties.update().where(
+                m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
+
+
+def _task_record(row: Mapping[str, Any]) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"], type=row["type"], status=row["status"], owner=row["owner"], user_id=row["user_id"],
+        request_id=row["request_id"], image_id=row["image_id"], host=row["host"],
+        input=json.loads(row["input_json"]), result=json.loads(row["result_json"]) if row["result_json"] else None,
+        message=row["message"], created_at=row["created_at"], updated_at=row["updated_at"],
+        expires_at=row["expires_at"])
 
 
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:

@@ -72,3 +72,21 @@ class MemberRecord:
     status: str
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    type: str
+    status: str
+    owner: str | None
+    user_id: str | None
+    request_id: str | None
+    image_id: str | None
+    host: str
+    input: dict[str, object]
+    result: dict[str, object] | None
+    message: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime | None

@@ -2,6 +2,10 @@
 
 from .cache_tasks import Prefetcher, run_periodically, verify_stale_entry
 from .download import ImageDelivery, ImageSource
-from .upload import UploadLimits, upload_image
+from .hashing import Digests
+from .ingest import Ingested, Progress, file_chunks, reader_chunks, write_to_stores
+from .upload import UploadLimits, inspection_for, upload_image
 
-__all__ = ["ImageDelivery", "ImageSource", "Prefetcher", "UploadLimits", "run_periodically", "upload_image", "verify_stale_entry"]
+__all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "UploadLimits",
+           "file_chunks", "inspection_for", "reader_chunks", "run_periodically", "upload_image", "verify_stale_entry",
+           "write_to_stores"]

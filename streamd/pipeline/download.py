@@ -26,6 +26,7 @@ import os
 from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import blake3
 
 from ..cache import Fill, ImageCache
 from ..catalog import ImageRecord
@@ -321,21 +322,31 @@ class ImageDelivery:
             if peer is not None:
                 await peer.close()
             return None
+        expected: str | None = None
         if peer is not None:
             fill.origin = "peer"
             fill.holdback = min(PEER_HOLDBACK, image.size)
             self.peer_reads[peer.url] += 1
-        task = asyncio.create_task(self._run_fill(fill, image, reader, peer), name=f"cache-fill-{image.id}")
+            assert self.peers is not None
+            expected = await self.peers.expected_digest(image)
+        task = asyncio.create_task(self._run_fill(fill, image, reader, peer, expected),
+                                   name=f"cache-fill-{image.id}")
         self._fill_tasks.add(task)
         task.add_done_callback(self._fill_tasks.discard)
         return fill
 
     async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader | None,
-                        peer: PeerSource | None) -> None:
+                        peer: PeerSource | None, expected_blake3: str | None = None) -> None:
+        """Copy into the cache, hashing on the way. A store's copy is checked against the image's md5
+        and os_hash_value, and its BLAKE3 recorded; a peer's copy only against that BLAKE3 when one
+        is recorded (cheap: the peer's fill was checked the long way), else the long way too."""
         assert self.cache is not None
         cache = self.cache
         loop = asyncio.get_running_loop()
         hasher = ImageHasher(image.os_hash_algo or "sha512")
+        fast = blake3.blake3()
+        # A peer's copy with a recorded BLAKE3 is checked against it alone.
+        quick_check = expected_blake3 is not None
         position = 0
         failed = False
 
@@ -353,7 +364,10 @@ class ImageDelivery:
             position += len(chunk)
             loop.call_soon_threadsafe(fill.advance, len(chunk))
 
-        fanout = FanOut([hasher.update_md5, hasher.update_os_hash, write], name=f"fill-{image.id[:8]}")
+        consumers: list[Callable[[bytes], object]] = [fast.update, write]
+        if not quick_check:
+            consumers += [hasher.update_md5, hasher.update_os_hash]
+        fanout = FanOut(consumers, name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
         store_source = ReaderSource(reader, "store") if reader is not None else None
         if store_source is not None:
             chunks = store_source.chunks(0, fill.size)
@@ -384,18 +398,31 @@ class ImageDelivery:
                     self.peers.mark_bad(peer.url, image.id)
                 await cache.abort_fill(fill, f"reading the {source_name} failed: {exc}")
                 return
-            digests = hasher.digests()
-            if (image.checksum not in (None, digests.checksum)
-                    or image.os_hash_value not in (None, digests.os_hash_value)):
+            fast_digest = fast.hexdigest()
+            if quick_check:
+                matches = fast_digest == expected_blake3
+                checksum, algo, value = image.checksum, image.os_hash_algo, image.os_hash_value
+            else:
+                digests = hasher.digests()
+                matches = (image.checksum in (None, digests.checksum)
+                           and image.os_hash_value in (None, digests.os_hash_value))
+                checksum, algo, value = digests.checksum, digests.os_hash_algo, digests.os_hash_value
+            if not matches:
                 if peer is not None and self.peers is not None:
                     self.peers.mark_bad(peer.url, image.id)
                     fill.fail_source(StoreError(f"{source_name} served bytes that do not match the image"))
                 await cache.abort_fill(fill, "checksum does not match the image")
                 return
             try:
-                await cache.commit_fill(fill, digests.checksum, digests.os_hash_algo, digests.os_hash_value)
+                await cache.commit_fill(fill, checksum, algo, value)
             except OSError as exc:
                 await cache.abort_fill(fill, f"committing the cache file failed: {exc.strerror or exc}")
+                return
+            if not quick_check and self.peers is not None and image.os_hash_value:
+                try:
+                    await self.peers.record_digest(image, fast_digest)
+                except StreamdError as exc:
+                    log.warning("image %s: cannot record its BLAKE3: %s", image.id, exc)
         except asyncio.CancelledError:
             await fanout.abort()
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))

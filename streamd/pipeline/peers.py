@@ -69,3 +69,14 @@ class PeerClient:
 
     def mark_bad(self, url: str, image_id: str) -> None:
         self.bad.add((url, image_id))
+
+    async def expected_digest(self, image: ImageRecord) -> str | None:
+        """The BLAKE3 a peer's copy of ``image`` must have, when a node has recorded one."""
+        if not image.os_hash_value:
+            return None
+        return await self.catalog.data_digest(image.id, image.os_hash_value)
+
+    async def record_digest(self, image: ImageRecord, blake3: str) -> None:
+        """After a copy was verified against the image's own digests: let peers check theirs cheaply."""
+        if image.os_hash_value:
+            await self.catalog.set_data_digest(image.id, image.os_hash_value, blake3)

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
-from ..errors import BadRequest, Gone, ImageSizeLimitExceeded, NotFound
+from ..errors import Gone, ImageSizeLimitExceeded, NotFound
 from ..formats import ImageInspection, InspectionPolicy
-from ..stores import Store, Writer
-from .fanout import FanOut
-from .hashing import ImageHasher
+from ..stores import Store
+from .ingest import write_to_stores
 
 log = logging.getLogger(__name__)
 
@@ -49,56 +48,26 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
         raise ImageSizeLimitExceeded(
             f"Image size {declared_size} exceeds the maximum of {limits.size_cap} bytes (image_size_cap)")
     image = await catalog.begin_upload(image_id, host)
-    # Sees each chunk on the loop before it is stored: cheap (only the first bytes are
-    # parsed; after that it counts) and it refuses a bad image (415) before more is written.
-    inspection = inspection_for(image, limits)
-    writer: Writer | None = None
-    fanout: FanOut | None = None
     try:
-        writer = await store.writer(image_id, declared_size)
-        hasher = ImageHasher(limits.hashing_algorithm)
-        fanout = FanOut([hasher.update_md5, hasher.update_os_hash, writer.write],
-                        max_inflight=limits.max_inflight, name=f"upload-{image_id[:8]}")
-        received = 0
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            received += len(chunk)
-            if received > limits.size_cap:
-                raise ImageSizeLimitExceeded(
-                    f"Image exceeds the maximum size of {limits.size_cap} bytes (image_size_cap)")
-            if declared_size is not None and received > declared_size:
-                raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
-            if inspection is not None:
-                inspection.feed(chunk)
-            await fanout.feed(chunk)
-        if declared_size is not None and received != declared_size:
-            raise BadRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
-        virtual_size = inspection.finish().virtual_size if inspection is not None else None
-        await fanout.close()
-        stored = await writer.commit()
-        if stored.size != received:
-            # Every store's result is checked here, in one place.
-            raise BadRequest(f"Store {store.name} wrote {stored.size} bytes of {received}")
-        digests = hasher.digests()
+        # The inspection sees each chunk on the loop before it is stored: cheap (only the first
+        # bytes are parsed; after that it counts) and it refuses a bad image (415) before more is written.
+        ingested = await write_to_stores(
+            [store], image_id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
+            hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits),
+            max_inflight=limits.max_inflight)
+        stored = ingested.stored[store.name]
+        digests = ingested.digests
+        assert digests is not None
         try:
             return await catalog.finish_upload(
-                image_id, size=received, checksum=digests.checksum, os_hash_algo=digests.os_hash_algo,
+                image_id, size=ingested.size, checksum=digests.checksum, os_hash_algo=digests.os_hash_algo,
                 os_hash_value=digests.os_hash_value, store=store.name, url=stored.url, metadata=stored.metadata,
-                virtual_size=virtual_size)
+                virtual_size=ingested.virtual_size)
         except NotFound:
             await store.delete(stored.url)
             raise Gone(f"Image {image_id} was deleted during its upload; its data has been removed") from None
     except BaseException:
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
-        await asyncio.shield(_undo(catalog, image_id, fanout, writer))
+        if await asyncio.shield(catalog.abort_upload(image_id)):
+            log.info("upload of image %s failed; image is queued again", image_id)
         raise
-
-
-async def _undo(catalog: Catalog, image_id: str, fanout: FanOut | None, writer: Writer | None) -> None:
-    if fanout is not None:
-        await fanout.abort()
-    if writer is not None:
-        await writer.abort()
-    if await catalog.abort_upload(image_id):
-        log.info("upload of image %s failed; image is queued again", image_id)

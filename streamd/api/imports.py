@@ -1,0 +1,291 @@
+"""Interoperable import: ``/stage``, ``/import``, the tasks API, discovery and per-store delete.
+
+Glance's answers where clients can see them (``glance/api/v2/images.py``
+``import_image`` and ``delete_from_store``, ``image_data.stage``,
+``discovery.py``); the import itself runs in ``imports.Importer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..catalog import TaskRecord, policy
+from ..catalog.records import isotime
+from ..config import Config
+from ..errors import BadRequest, ConflictError, Forbidden, NotFound, UnsupportedMediaType
+from ..imports import ImportPlan
+from ..imports.staging import StagedMeta
+from ..pipeline import inspection_for, write_to_stores
+from ..pipeline.upload import UploadLimits
+from ..stores import FileStore
+from .image_data import _body_chunks, _declared_size
+from .images import _get_visible
+from .keys import CACHE, CATALOG, CONFIG, IMPORTER, INFLIGHT_UPLOADS, STORES, context_of
+
+# -- PUT /stage ---------------------------------------------------------------------------------
+
+
+async def stage(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    if "glance-direct" not in config.default.enabled_import_methods:
+        raise NotFound("The glance-direct import method is not enabled")
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    policy.require_modify(ctx, image, "upload_image")
+    if request.content_type != "application/octet-stream":
+        raise UnsupportedMediaType(f"Unsupported Content-Type {request.content_type}: "
+                                   "image data must be application/octet-stream")
+    importer = request.app[IMPORTER]
+    staging = importer.staging
+    if staging.has_data(image.id) or image.status == "uploading":
+        raise ConflictError(f"Image {image.id} already has data on staging")
+    declared = _declared_size(request)
+    limits = _limits(config)
+    catalog = request.app[CATALOG]
+    async with request.app[INFLIGHT_UPLOADS].track():
+        image = await catalog.begin_upload(image.id, config.host_id, from_status="queued", to_status="uploading")
+        try:
+            ingested = await write_to_stores(
+                [staging.store], image.id, _body_chunks(request), declared_size=declared, size_cap=limits.size_cap,
+                hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits))
+            digests = ingested.digests
+            assert digests is not None
+            await asyncio.to_thread(staging.record, image.id, StagedMeta(
+                ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value, ingested.virtual_size))
+            await catalog.finish_stage(image.id, size=ingested.size,
+                                       host=config.default.peer_url or config.default.public_endpoint or config.host_id)
+        except BaseException:
+            await asyncio.shield(_unstage(request, image.id))
+            raise
+    return web.Response(status=204)
+
+
+async def _unstage(request: web.Request, image_id: str) -> None:
+    await asyncio.to_thread(request.app[IMPORTER].staging.remove, image_id)
+    await request.app[CATALOG].abort_upload(image_id, from_status="uploading")
+
+
+def _limits(config: Config) -> UploadLimits:
+    return UploadLimits(size_cap=config.default.image_size_cap, hashing_algorithm=config.default.hashing_algorithm,
+                        require_image_format_match=config.image_format.require_image_format_match,
+                        gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal))
+
+
+# -- POST /import -----------------------------------------------------------------------------------
+
+
+async def import_image(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    ctx = context_of(request)
+    image = await _get_visible(request, request.match_info["image_id"])
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("Malformed JSON in request body") from None
+    if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
+        raise BadRequest("Import request requires a 'method' object")
+    method = body["method"].get("name")
+    if method not in config.default.enabled_import_methods:
+        raise BadRequest(f"Import method {method} is not valid or not enabled at this site "
+                         f"(enabled: {', '.join(config.default.enabled_import_methods)})")
+    if method == "copy-image":
+        if not ctx.is_admin:
+            raise Forbidden("You are not authorized to complete copy_image action.")
+    else:
+        policy.require_modify(ctx, image, "modify_image")
+    must_succeed = body.get("all_stores_must_succeed", True)
+    if not isinstance(must_succeed, bool):
+        raise BadRequest("all_stores_must_succeed must be a boolean")
+    stores = _target_stores(request, body, image.stores if method == "copy-image" else ())
+    if method == "copy-image" and not stores:
+        return web.Response(status=202)  # every store already holds the image (all_stores)
+
+    if image.status == "active" and method != "copy-image":
+        raise ConflictError(f"Image {image.id} is active: only copy-image applies to it")
+    if method == "copy-image" and image.status != "active":
+        raise ConflictError(f"Image {image.id} is {image.status}: copy-image needs an active image")
+    if method == "web-download" and image.status != "queued":
+        raise ConflictError(f"Image {image.id} is {image.status}: web-download needs a queued image")
+    if method == "glance-direct" and image.status != "uploading":
+        raise ConflictError(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
+    if not (image.disk_format and image.container_format):
+        raise ConflictError("'disk_format' and 'container_format' must be set prior to import")
+    importer = request.app[IMPORTER]
+    uri = None
+    if method == "web-download":
+        uri = body["method"].get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise BadRequest("web-download needs a 'uri'")
+        importer.uri_filter.check(uri)
+        if uri.split(":", 1)[0].lower() not in ("http", "https"):
+            raise BadRequest("web-download fetches http and https URIs only")
+    if method == "glance-direct" and importer.staging.load(image.id) is None:
+        raise ConflictError(f"Image {image.id} has no staged data on this node")
+    await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles)),
+                         owner=ctx.project_id, user_id=ctx.user_id,
+                         request_id=request.headers.get("X-Openstack-Request-Id"))
+    return web.Response(status=202)
+
+
+def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[str, ...]) -> list[str]:
+    """Glance's rules: the header, ``stores`` or ``all_stores`` (never two of them), else the default."""
+    registry = request.app[STORES]
+    header = request.headers.get("X-Image-Meta-Store")
+    stores = body.get("stores")
+    all_stores = body.get("all_stores", False)
+    if not isinstance(all_stores, bool):
+        raise BadRequest("all_stores must be a boolean")
+    if header is not None and stores is not None:
+        raise BadRequest("Both the X-Image-Meta-Store header and the stores parameter are given")
+    if all_stores and (stores is not None or header is not None):
+        raise BadRequest("all_stores cannot be combined with stores or the X-Image-Meta-Store header")
+    if all_stores:
+        return [name for name in registry.by_name if name not in holding]
+    if stores is None:
+        names = [header] if header is not None else [registry.default]
+    elif isinstance(stores, list) and stores and all(isinstance(s, str) for s in stores):
+        names = list(dict.fromkeys(stores))
+    else:
+        raise BadRequest("stores must be a non-empty list of store names")
+    for name in names:
+        registry.get(name)  # 400 for an unknown store
+        if name in holding:
+            raise BadRequest(f"Image is already present at store '{name}'")
+    return names
+
+
+# -- DELETE /stores/{store}/{image} -------------------------------------------------------------------
+
+
+async def delete_from_store(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    store_id = request.match_info["store_id"]
+    store = request.app[STORES].for_location(store_id)
+    if store is None:
+        raise ConflictError(f"The selected store {store_id} is not available on this node.")
+    image = await _get_visible(request, request.match_info["image_id"])
+    if not ctx.is_admin:
+        raise Forbidden("You are not authorized to complete delete_image_location action.")
+    if image.status != "active":
+        raise ConflictError("It's not allowed to remove image data from store if image status is not 'active'")
+    if store_id not in image.stores:
+        raise NotFound(f"Image {image.id} is not stored in store {store_id}.")
+    if len(image.locations) == 1:
+        raise Forbidden("Cannot delete image data from the only store containing it. "
+                        "Consider deleting the image instead.")
+    location = next(loc for loc in image.locations if loc.store == store_id)
+    await store.check_deletable(location.url)  # 409 while RBD clones depend on it
+    await request.app[CATALOG].remove_location(image.id, store_id)
+    await store.delete(location.url)
+    cache = request.app.get(CACHE)
+    if cache is not None and isinstance(store, FileStore):
+        pass  # the cache keeps its own verified copy; it is not tied to one store
+    return web.Response(status=204)
+
+
+# -- tasks ------------------------------------------------------------------------------------------------
+
+
+def task_view(task: TaskRecord, *, full: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": task.id, "type": task.type, "status": task.status, "owner": task.owner,
+        "expires_at": isotime(task.expires_at), "created_at": isotime(task.created_at),
+        "updated_at": isotime(task.updated_at), "self": f"/v2/tasks/{task.id}", "schema": "/v2/schemas/task",
+    }
+    if full:
+        view.update(input=task.input, result=task.result, message=task.message, image_id=task.image_id,
+                    request_id=task.request_id, user_id=task.user_id)
+    return view
+
+
+async def image_tasks(request: web.Request) -> web.Response:
+    image = await _get_visible(request, request.match_info["image_id"])
+    tasks = await request.app[CATALOG].list_tasks(image_id=image.id)
+    return web.json_response({"tasks": [task_view(t) for t in tasks]})
+
+
+def _require_tasks_access(request: web.Request) -> None:
+    if not context_of(request).is_admin:
+        raise Forbidden("You are not authorized to complete tasks_api_access action.")
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    _require_tasks_access(request)
+    tasks = await request.app[CATALOG].list_tasks()
+    # Glance's filters (glance task-list --status/--type send them).
+    for name in ("status", "type"):
+        wanted = request.query.get(name)
+        if wanted is not None:
+            tasks = [t for t in tasks if getattr(t, name) == wanted]
+    return web.json_response({"tasks": [task_view(t, full=False) for t in tasks], "first": "/v2/tasks",
+                              "schema": "/v2/schemas/tasks"})
+
+
+async def show_task(request: web.Request) -> web.Response:
+    _require_tasks_access(request)
+    return web.json_response(task_view(await request.app[CATALOG].get_task(request.match_info["task_id"])))
+
+
+# -- discovery ---------------------------------------------------------------------------------------------
+
+
+async def info_import(request: web.Request) -> web.Response:
+    methods = request.app[CONFIG].default.enabled_import_methods
+    return web.json_response({"import-methods": {
+        "description": "Import methods available.", "type": "array", "value": list(methods)}})
+
+
+def _stores_info(config: Config) -> list[dict[str, Any]]:
+    found = []
+    for entry in config.stores:
+        info: dict[str, Any] = {"id": entry.name}
+        if entry.options.store_description:
+            info["description"] = entry.options.store_description
+        if entry.name == config.default_store:
+            info["default"] = "true"
+        found.append(info)
+    return found
+
+
+async def info_stores(request: web.Request) -> web.Response:
+    return web.json_response({"stores": _stores_info(request.app[CONFIG])})
+
+
+async def info_stores_detail(request: web.Request) -> web.Response:
+    if not context_of(request).is_admin:
+        raise Forbidden("You are not authorized to complete stores_info_detail action.")
+    config = request.app[CONFIG]
+    registry = request.app[STORES]
+    stores = _stores_info(config)
+    for info in stores:
+        entry = config.store(info["id"])
+        store = registry.by_name[entry.name]
+        info["type"] = entry.type
+        info["weight"] = 0
+        o = entry.options
+        if entry.type == "file":
+            assert isinstance(store, FileStore)
+            info["properties"] = {"data_dir": str(store.directory), "chunk_size": o.filesystem_store_chunk_size,
+                                  "thin_provisioning": o.filesystem_thin_provisioning}
+        else:
+            info["properties"] = {"chunk_size": o.rbd_store_chunk_size, "pool": o.rbd_store_pool,
+                                  "thin_provisioning": o.rbd_thin_provisioning,
+                                  "fsid": getattr(store, "fsid", None) or ""}
+    return web.json_response({"stores": stores})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_put(prefix + "/images/{image_id}/stage", stage)
+    r.add_post(prefix + "/images/{image_id}/import", import_image)
+    r.add_get(prefix + "/images/{image_id}/tasks", image_tasks)
+    r.add_delete(prefix + "/stores/{store_id}/{image_id}", delete_from_store)
+    r.add_get(prefix + "/tasks", list_tasks)
+    r.add_get(prefix + "/tasks/{task_id}", show_task)
+    r.add_get(prefix + "/info/import", info_import)
+    r.add_get(prefix + "/info/stores", info_stores)
+    r.add_get(prefix + "/info/stores/detail", info_stores_detail)

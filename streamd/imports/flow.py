@@ -1,0 +1,342 @@
+"""Running an import: glance-direct, web-download and copy-image into one or several stores.
+
+Glance's contract, kept where clients see it (``os_glance_import_task``,
+``os_glance_importing_to_stores``, ``os_glance_failed_import``, the task and its
+"Copied N MiB" message, ``all_stores_must_succeed``), with what it gets wrong
+fixed:
+
+- the data is read once and fanned out to every target store at once (Glance
+  re-reads, re-hashes and re-inspects the staged file per store);
+- staged data was hashed and inspected while it arrived; unless a plugin
+  changed it, the import does not hash again, and into a file store on the
+  staging filesystem it is a rename, not a copy;
+- the lock is kept alive by a heartbeat every few seconds, so the lock of a
+  crashed import is broken after ``import_lock_timeout`` (a minute), not after
+  the 60-120 minutes of Glance;
+- staging is cleaned after failures as well as after success.
+
+Nothing here speaks HTTP: the API validates the request and calls ``start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..catalog import Catalog, ImageRecord, TaskRecord
+from ..config import Config
+from ..errors import BadRequest, ServiceUnavailable, StreamdError
+from ..pipeline import Progress, UploadLimits, file_chunks, inspection_for, reader_chunks, write_to_stores
+from ..stores import FileStore, StoredData, Store, StoreRegistry
+from .filtering import UriFilter
+from .staging import StagedMeta, StagingArea
+
+log = logging.getLogger(__name__)
+
+# Where each method finds the image, and where it leaves it while it runs.
+FROM_STATUS = {"glance-direct": "uploading", "web-download": "queued", "copy-image": "active"}
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    image_id: str
+    method: str
+    stores: tuple[str, ...]
+    all_stores_must_succeed: bool
+    uri: str | None
+    roles: tuple[str, ...]
+
+
+class ImportFailed(StreamdError):
+    """Some target stores failed (all of them, or one when all had to succeed)."""
+
+
+class Importer:
+    def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config) -> None:
+        self.catalog = catalog
+        self.stores = stores
+        self.staging = staging
+        self.config = config
+        self.host = config.host_id
+        self.lock_timeout = config.image_import_opts.import_lock_timeout
+        # A heartbeat several times per timeout: one late beat never loses the lock.
+        self.heartbeat_interval = max(0.5, self.lock_timeout / 6)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.uri_filter = UriFilter(config.import_filtering_opts)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def recover(self) -> None:
+        """At start-up: fail the imports that died with this node, then clean the staging area."""
+        dead = await self.catalog.recover_imports(self.host)
+        if dead:
+            log.warning("abandoned %d import(s) interrupted by the last stop: %s",
+                        len(dead), ", ".join(t.image_id or t.id for t in dead))
+        self.staging.clean(await self.catalog.staged_image_ids(), await self.catalog.running_import_images())
+
+    async def start(self, plan: ImportPlan, *, owner: str | None, user_id: str | None,
+                    request_id: str | None) -> TaskRecord:
+        """Take the lock, record the task, and run the import in the background (the API answers 202)."""
+        task_id = str(uuid.uuid4())
+        task_input = {"image_id": plan.image_id, "import_req": {"method": {"name": plan.method, "uri": plan.uri}},
+                      "stores": list(plan.stores), "all_stores_must_succeed": plan.all_stores_must_succeed,
+                      "backend": list(plan.stores)}
+        image, task = await self.catalog.begin_import(
+            plan.image_id, task_id=task_id, owner=owner, user_id=user_id, request_id=request_id, host=self.host,
+            task_input=task_input, stores=list(plan.stores), from_status=FROM_STATUS[plan.method],
+            to_status=None if plan.method == "copy-image" else "importing", lock_timeout=self.lock_timeout)
+        runner = asyncio.create_task(self._run(plan, image, task_id), name=f"import-{plan.image_id}")
+        self._running[task_id] = runner
+        runner.add_done_callback(lambda _: self._running.pop(task_id, None))
+        return task
+
+    async def stop(self, timeout: float) -> None:
+        """Let running imports finish for up to ``timeout`` seconds, then abort them cleanly."""
+        runners = list(self._running.values())
+        if not runners:
+            return
+        _, pending = await asyncio.wait(runners, timeout=timeout)
+        for runner in pending:
+            runner.cancel()
+        for runner in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    # -- one import ---------------------------------------------------------------------
+
+    async def _run(self, plan: ImportPlan, image: ImageRecord, task_id: str) -> None:
+        progress = Progress()
+        me = asyncio.current_task()
+        assert me is not None
+        lost_lock = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(task_id, progress, me, lost_lock))
+        try:
+            await self._import(plan, image, progress)
+        except asyncio.CancelledError:
+            reason = ("another import broke this import's lock" if lost_lock.is_set()
+                      else "the daemon stopped during the import")
+            await asyncio.shield(self._finish(plan, task_id, success=False, message=f"Import aborted: {reason}"))
+            if not lost_lock.is_set():
+                raise
+        except StreamdError as exc:
+            log.warning("import of image %s (%s) failed: %s", plan.image_id, plan.method, exc)
+            await self._finish(plan, task_id, success=False, message=str(exc))
+        else:
+            await self._finish(plan, task_id, success=True, message=f"Copied {progress.bytes >> 20} MiB",
+                               result={"image_id": plan.image_id})
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _finish(self, plan: ImportPlan, task_id: str, *, success: bool, message: str,
+                      result: Mapping[str, Any] | None = None) -> None:
+        if plan.method != "copy-image":
+            await asyncio.to_thread(self.staging.remove, plan.image_id)
+        await self.catalog.finish_import(plan.image_id, task_id, success=success, message=message, result=result,
+                                         revert_to_queued=plan.method != "copy-image")
+
+    async def _heartbeat(self, task_id: str, progress: Progress, runner: asyncio.Task[None],
+                         lost_lock: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                alive = await self.catalog.task_heartbeat(task_id, f"Copied {progress.bytes >> 20} MiB")
+            except StreamdError as exc:
+                log.warning("heartbeat of import task %s failed: %s", task_id, exc)
+                continue
+            if not alive:
+                lost_lock.set()
+                runner.cancel()
+                return
+
+    async def _import(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> None:
+        targets = [self.stores.get(name) for name in plan.stores]
+        if plan.method == "copy-image":
+            await self._copy(plan, image, targets, progress)
+            return
+        if plan.method == "web-download":
+            meta = await self._download(plan, image, progress)
+        else:
+            found = self.staging.load(plan.image_id)
+            if found is None:
+                raise BadRequest(f"Image {plan.image_id} has no staged data to import")
+            meta = found
+        path = self.staging.path_of(plan.image_id)
+        attributes: dict[str, Any] = {}
+        properties: dict[str, str] = {}
+        plugins = self.config.image_import_opts.image_import_plugins
+        if plugins:
+            from .plugins import StagedImage, run_import_plugins
+
+            outcome = await run_import_plugins(
+                plugins, StagedImage(path, image.disk_format, image.container_format), roles=plan.roles,
+                config=self.config)
+            attributes, properties = dict(outcome.attributes), dict(outcome.properties)
+            if outcome.staged.path != path:
+                path = outcome.staged.path
+                meta = None  # the data changed: it is hashed again on its way to the stores
+            if properties:
+                await self.catalog.update_image(plan.image_id, set_properties=properties)
+        await self._store_staged(plan, path, meta, attributes, targets, progress)
+
+    def _limits(self, image: ImageRecord) -> UploadLimits:
+        d = self.config.default
+        return UploadLimits(size_cap=d.image_size_cap, hashing_algorithm=d.hashing_algorithm,
+                            require_image_format_match=self.config.image_format.require_image_format_match,
+                            gpt_safety_checks_nonfatal=frozenset(self.config.image_format.gpt_safety_checks_nonfatal))
+
+    async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> StagedMeta:
+        """web-download: the source streamed into staging, hashed and inspected on the way."""
+        from .web import open_web_source
+
+        assert plan.uri is not None
+        opts = self.config.image_import_opts
+        limits = self._limits(image)
+        # Leftovers of an earlier failed attempt would otherwise block the rename into place.
+        await asyncio.to_thread(self.staging.remove, plan.image_id)
+        source = await open_web_source(plan.uri, self.uri_filter,
+                                       stall_timeout=opts.web_download_stall_timeout,
+                                       max_redirects=opts.web_download_max_redirects)
+        try:
+            ingested = await write_to_stores(
+                [self.staging.store], plan.image_id, source.chunks(), declared_size=source.size,
+                size_cap=limits.size_cap, hashing_algorithm=limits.hashing_algorithm,
+                inspection=inspection_for(image, limits), progress=progress)
+        finally:
+            await source.close()
+        digests = ingested.digests
+        assert digests is not None
+        meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,
+                          ingested.virtual_size)
+        await asyncio.to_thread(self.staging.record, plan.image_id, meta)
+        return meta
+
+    async def _store_staged(self, plan: ImportPlan, path: Path, meta: StagedMeta | None, attributes: dict[str, Any],
+                            targets: list[Store], progress: Progress) -> None:
+        """Staged data into every target store: one rename where possible, one read for all the rest."""
+        must_all = plan.all_stores_must_succeed
+        stored: dict[str, StoredData] = {}
+        failed: dict[str, StreamdError] = {}
+        recorded: set[str] = set()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            # File stores on the staging filesystem take the staged file itself: hard links, and a
+            # rename for the last. The open descriptor still reads the data for the other stores.
+            adopters = [t for t in targets if isinstance(t, FileStore) and t.can_adopt(path)]
+            for n, adopter in enumerate(adopters):
+                try:
+                    stored[adopter.name] = await adopter.adopt(plan.image_id, path, link=n < len(adopters) - 1)
+                    progress.bytes = size
+                except StreamdError as exc:
+                    if must_all:
+                        raise
+                    failed[adopter.name] = exc
+            if not must_all and stored and meta is not None:
+                # Active after the first store: the copies to the others go on behind.
+                await self._record(plan, dict(stored), meta, attributes, activate=True)
+                recorded.update(stored)
+            others = [t for t in targets if t.name not in stored and t.name not in failed]
+            if others or meta is None:
+                try:
+                    ingested = await write_to_stores(
+                        others, plan.image_id, file_chunks(fd), declared_size=size,
+                        size_cap=self.config.default.image_size_cap,
+                        hashing_algorithm=self.config.default.hashing_algorithm if meta is None else None,
+                        isolate=not must_all, progress=progress)
+                except StreamdError as exc:
+                    if must_all or not stored:
+                        raise
+                    failed.update({t.name: exc for t in others})
+                else:
+                    stored.update(ingested.stored)
+                    failed.update(ingested.failed)
+                    if meta is None:
+                        assert ingested.digests is not None
+                        d = ingested.digests
+                        meta = StagedMeta(ingested.size, d.checksum, d.os_hash_algo, d.os_hash_value, None)
+            await self._settle(plan, stored, failed, meta, attributes, recorded)
+        except BaseException:
+            await asyncio.shield(self._rollback(plan, {k: v for k, v in stored.items() if k not in recorded}))
+            raise
+        finally:
+            os.close(fd)
+
+    async def _settle(self, plan: ImportPlan, stored: dict[str, StoredData], failed: dict[str, StreamdError],
+                      meta: StagedMeta | None, attributes: dict[str, Any], recorded: set[str]) -> None:
+        """Record what the stores hold; fail (the caller rolls back) when all had to succeed and one did not."""
+        for name, exc in failed.items():
+            log.warning("import of image %s into store %s failed: %s", plan.image_id, name, exc)
+            await self.catalog.import_store_failed(plan.image_id, name)
+        if failed and (plan.all_stores_must_succeed or not stored):
+            raise ImportFailed("Import into store(s) " + "; ".join(f"{n}: {e}" for n, e in sorted(failed.items()))
+                               + " failed")
+        new = {k: v for k, v in stored.items() if k not in recorded}
+        activate = plan.method != "copy-image"
+        if new or activate:
+            await self._record(plan, new, meta, attributes, activate=activate)
+            recorded.update(new)
+
+    async def _record(self, plan: ImportPlan, stored: Mapping[str, StoredData], meta: StagedMeta | None,
+                      attributes: Mapping[str, Any], *, activate: bool) -> None:
+        values: dict[str, Any] | None = None
+        if activate and meta is not None:
+            values = {"size": meta.size, "checksum": meta.checksum, "os_hash_algo": meta.os_hash_algo,
+                      "os_hash_value": meta.os_hash_value, "virtual_size": meta.virtual_size}
+            values.update({k: v for k, v in attributes.items()
+                           if k in ("disk_format", "container_format", "virtual_size", "size")})
+            values["size"] = meta.size
+        await self.catalog.record_import(
+            plan.image_id, {name: (s.url, s.metadata) for name, s in stored.items()}, activate=values)
+
+    async def _rollback(self, plan: ImportPlan, stored: Mapping[str, StoredData]) -> None:
+        """Remove what this import wrote to ``stored`` and not recorded for good."""
+        for name, data in stored.items():
+            store = self.stores.for_location(name)
+            if store is None:
+                continue
+            try:
+                await store.delete(data.url)
+            except StreamdError as exc:
+                log.error("rollback of image %s: cannot remove its data from store %s: %s", plan.image_id, name, exc)
+            if plan.all_stores_must_succeed:
+                with contextlib.suppress(StreamdError):
+                    await self.catalog.import_store_failed(plan.image_id, name)
+
+    async def _copy(self, plan: ImportPlan, image: ImageRecord, targets: list[Store], progress: Progress) -> None:
+        """copy-image: from the image's own data (the default store's copy first) straight into the
+        targets, without staging; plugins never run."""
+        order = sorted(image.locations, key=lambda loc: loc.store != self.stores.default)
+        last_error: StreamdError | None = None
+        for location in order:
+            source = self.stores.for_location(location.store)
+            if source is None:
+                continue
+            try:
+                reader = await source.reader(location.url)
+            except StreamdError as exc:
+                last_error = exc
+                continue
+            try:
+                ingested = await write_to_stores(
+                    targets, plan.image_id, reader_chunks(reader), declared_size=reader.size,
+                    size_cap=self.config.default.image_size_cap, hashing_algorithm=None,
+                    isolate=not plan.all_stores_must_succeed, progress=progress)
+            finally:
+                reader.close()
+            try:
+                await self._settle(plan, ingested.stored, ingested.failed, None, {}, set())
+            except BaseException:
+                await asyncio.shield(self._rollback(plan, ingested.stored))
+                raise
+            return
+        raise last_error or ServiceUnavailable(f"Image {plan.image_id} has no readable data to copy")

@@ -1,0 +1,95 @@
+"""The staging area: image data that waits for an import, on this node's disk.
+
+``PUT /stage`` and web-download write here through the same pipeline as an
+upload (hashed and inspected while the bytes arrive), so that the import itself
+need not read the data twice. Beside each staged file ``<image>`` lies
+``<image>.json``: its size and digests, written (atomically) only once the data
+is whole, so a file without one is an interrupted staging and is never
+imported. Plugins write their outputs as ``<image>.<suffix>``.
+
+Staging is always cleaned: after an import succeeds or fails, and at start-up
+for anything whose image no longer waits for an import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import FileStoreOptions
+from ..stores import FileStore
+
+log = logging.getLogger(__name__)
+
+STAGING_STORE = "os_glance_staging_store"
+
+
+@dataclass(frozen=True)
+class StagedMeta:
+    size: int
+    checksum: str
+    os_hash_algo: str
+    os_hash_value: str
+    virtual_size: int | None
+
+
+class StagingArea:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.store = FileStore(STAGING_STORE, FileStoreOptions(filesystem_store_datadir=str(directory)), directory)
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    def path_of(self, image_id: str) -> Path:
+        return self.store.path_of(image_id)
+
+    def _meta_path(self, image_id: str) -> Path:
+        return self.directory / f"{image_id}.json"
+
+    def has_data(self, image_id: str) -> bool:
+        return self.path_of(image_id).exists()
+
+    def record(self, image_id: str, meta: StagedMeta) -> None:
+        """Mark the staged data whole (after the data file was fsynced and renamed into place)."""
+        final = self._meta_path(image_id)
+        temp = final.with_suffix(".json.tmp")
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(asdict(meta), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temp, final)
+
+    def load(self, image_id: str) -> StagedMeta | None:
+        try:
+            with open(self._meta_path(image_id), encoding="utf-8") as handle:
+                return StagedMeta(**json.load(handle))
+        except FileNotFoundError:
+            return None
+
+    def remove(self, image_id: str) -> None:
+        """The staged data, its record and every plugin output of the image."""
+        for path in self.directory.glob(f"{image_id}*"):
+            if path.is_file() and path.name.split(".", 1)[0] == image_id:
+                path.unlink(missing_ok=True)
+
+    def staged_ids(self) -> set[str]:
+        return {p.name.split(".", 1)[0] for p in self.directory.iterdir() if p.is_file()}
+
+    def clean(self, statuses: dict[str, str], busy: set[str]) -> list[str]:
+        """Remove what no import will ever use: files of images that are gone, or that do not
+        wait for an import (status ``uploading`` with a complete record) and have none running."""
+        removed = []
+        for image_id in sorted(self.staged_ids()):
+            if image_id in busy:
+                continue
+            if statuses.get(image_id) == "uploading" and self.load(image_id) is not None:
+                continue
+            self.remove(image_id)
+            removed.append(image_id)
+        if removed:
+            log.info("staging: removed leftovers of %d image(s): %s", len(removed), ", ".join(removed))
+        return removed

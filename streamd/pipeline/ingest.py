@@ -1,0 +1,196 @@
+"""One stream of image data into one or several stores at once: read once, hashed beside the writes.
+
+``write_to_stores`` is the core every way in shares: ``PUT /file`` (one store),
+``PUT /stage`` and web-download (the staging area), and an import to several
+stores (staged or copied data fanned out to all of them). The size cap and a
+declared size are enforced while streaming; the optional format inspection sees
+each chunk before it is stored; the md5 and ``os_hash_value`` hashes and every
+store writer run in their own threads beside the socket or file reads.
+
+With ``isolate`` a store that fails is dropped and the others go on (an import
+with ``all_stores_must_succeed = false``); without it the first failure aborts
+the whole write. Either way, whatever a failed store wrote is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
+
+from ..errors import BadRequest, ImageSizeLimitExceeded, StreamdError
+from ..formats import ImageInspection
+from ..stores import Reader, StoredData, Store, Writer
+from .fanout import FanOut
+from .hashing import Digests, ImageHasher
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+
+
+@dataclass
+class Ingested:
+    size: int
+    digests: Digests | None
+    virtual_size: int | None
+    stored: dict[str, StoredData] = field(default_factory=dict)   # store name -> what it wrote
+    failed: dict[str, StreamdError] = field(default_factory=dict)  # store name -> why it failed
+
+
+class _GuardedWriter:
+    """A store writer whose failure is recorded instead of raised, so the other stores go on."""
+
+    def __init__(self, store: Store, writer: Writer) -> None:
+        self.store = store
+        self.writer = writer
+        self.error: StreamdError | None = None
+
+    def write(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.writer.write(chunk)
+        except StreamdError as exc:
+            self.error = exc
+
+
+class Progress:
+    """Bytes moved so far, read by an import's heartbeat."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncIterator[bytes], *,
+                          declared_size: int | None, size_cap: int, hashing_algorithm: str | None,
+                          inspection: ImageInspection | None = None, isolate: bool = False,
+                          max_inflight: int = 16 << 20, progress: Progress | None = None) -> Ingested:
+    if declared_size is not None and declared_size > size_cap:
+        raise ImageSizeLimitExceeded(
+            f"Image size {declared_size} exceeds the maximum of {size_cap} bytes (image_size_cap)")
+    guarded: list[_GuardedWriter] = []
+    fanout: FanOut | None = None
+    committed: list[tuple[Store, StoredData]] = []
+    try:
+        for store in stores:
+            try:
+                guarded.append(_GuardedWriter(store, await store.writer(image_id, declared_size)))
+            except StreamdError as exc:
+                if not isolate:
+                    raise
+                log.warning("store %s cannot take image %s: %s", store.name, image_id, exc)
+                failed_early = _GuardedWriter(store, _NullWriter())
+                failed_early.error = exc
+                guarded.append(failed_early)
+        hasher = ImageHasher(hashing_algorithm) if hashing_algorithm else None
+        consumers = [hasher.update_md5, hasher.update_os_hash] if hasher else []
+        consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
+        fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
+        received = 0
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > size_cap:
+                raise ImageSizeLimitExceeded(f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
+            if declared_size is not None and received > declared_size:
+                raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
+            if inspection is not None:
+                inspection.feed(chunk)
+            await fanout.feed(chunk)
+            if progress is not None:
+                progress.bytes = received
+            if isolate and guarded and all(g.error is not None for g in guarded):
+                break  # every store failed: no point reading on
+        if declared_size is not None and received != declared_size and not _all_failed(guarded):
+            raise BadRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
+        virtual_size = inspection.finish().virtual_size if inspection is not None else None
+        await fanout.close()
+        result = Ingested(received, hasher.digests() if hasher else None, virtual_size)
+        outcomes = await asyncio.gather(*(_commit(g, received) for g in guarded), return_exceptions=True)
+        for g, outcome in zip(guarded, outcomes):
+            if isinstance(outcome, StoredData):
+                committed.append((g.store, outcome))
+                result.stored[g.store.name] = outcome
+            elif isinstance(outcome, StreamdError):
+                result.failed[g.store.name] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if result.failed and (not isolate or not result.stored):
+            raise next(iter(result.failed.values()))
+        return result
+    except BaseException:
+        # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
+        await asyncio.shield(_undo(fanout, guarded, committed))
+        raise
+
+
+def _all_failed(guarded: list[_GuardedWriter]) -> bool:
+    return bool(guarded) and all(g.error is not None for g in guarded)
+
+
+async def _commit(g: _GuardedWriter, received: int) -> StoredData:
+    if g.error is not None:
+        await g.writer.abort()
+        raise g.error
+    stored = await g.writer.commit()
+    if stored.size != received:
+        # Every store's result is checked here, in one place.
+        await g.store.delete(stored.url)
+        raise BadRequest(f"Store {g.store.name} wrote {stored.size} bytes of {received}")
+    return stored
+
+
+async def _undo(fanout: FanOut | None, guarded: list[_GuardedWriter],
+                committed: list[tuple[Store, StoredData]]) -> None:
+    if fanout is not None:
+        await fanout.abort()
+    for g in guarded:
+        await g.writer.abort()
+    for store, stored in committed:
+        await store.delete(stored.url)
+
+
+class _NullWriter(Writer):
+    def write(self, chunk: bytes) -> None:
+        return None
+
+    async def commit(self) -> StoredData:
+        raise AssertionError("a failed store is never committed")
+
+    async def abort(self) -> None:
+        return None
+
+
+async def file_chunks(fd: int, *, start: int = 0, length: int | None = None,
+                      chunk: int = CHUNK) -> AsyncIterator[bytes]:
+    """Read an open file in large chunks off the loop; the next read runs while the last chunk is fed."""
+    loop = asyncio.get_running_loop()
+    end = os.fstat(fd).st_size if length is None else start + length
+    offset = start
+    pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
+    while pending is not None:
+        data = await pending
+        if not data:
+            raise BadRequest(f"source ended at byte {offset} of {end}")
+        offset += len(data)
+        pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
+        yield data
+
+
+async def reader_chunks(reader: Reader, *, chunk: int = CHUNK) -> AsyncIterator[bytes]:
+    """A store reader's whole image, read ahead by one chunk."""
+    loop = asyncio.get_running_loop()
+    end = reader.size
+    offset = 0
+    pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end)) if end else None
+    while pending is not None:
+        data = await pending
+        if not data:
+            raise BadRequest(f"store data ended at byte {offset} of {end}")
+        offset += len(data)
+        pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end - offset)) if offset < end else None
+        yield data
