@@ -57,9 +57,15 @@ async def _imports_ctx(app: web.Application) -> AsyncIterator[None]:
     # locks, queue their images again, and clear the staging area of what no import will use.
     await importer.recover()
     app[IMPORTER] = importer
+    # Dead imports of other nodes sharing the catalogue are freed by whichever node looks first.
+    sweeper = asyncio.create_task(run_periodically(
+        "import lock sweeper", config.image_import_opts.import_lock_timeout / 2, importer.expire_dead_imports))
     try:
         yield
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await importer.stop(0)
 
 

@@ -567,6 +567,22 @@ class Catalog:
                                          revert_to_queued=True)
         return dead
 
+    async def expire_dead_imports(self, lock_timeout: float) -> list[TaskRecord]:
+        """Any node: fail the imports whose node stopped beating (it died), release their locks and
+        queue their images again, so that an image is free within a minute or two of a crash."""
+        cutoff = utcnow() - dt.timedelta(seconds=lock_timeout)
+        async with self._read() as conn:
+            rows = list((await conn.execute(sa.select(m.tasks).where(
+                m.tasks.c.status.in_(("pending", "processing")), m.tasks.c.updated_at < cutoff))).mappings())
+        dead = [_task_record(r) for r in rows]
+        for task in dead:
+            if task.image_id is not None:
+                await self.finish_import(task.image_id, task.id, success=False,
+                                         message=f"Expired lock preempted: no heartbeat from {task.host} "
+                                                 f"for {lock_timeout:.0f} s",
+                                         revert_to_queued=True)
+        return dead
+
     async def staged_image_ids(self) -> dict[str, str]:
         """Status of every image that exists, for the staging cleaner."""
         async with self._read() as conn:

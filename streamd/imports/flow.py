@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # Where each method finds the image, and where it leaves it while it runs.
 FROM_STATUS = {"glance-direct": "uploading", "web-download": "queued", "copy-image": "active"}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What tells whether a file was replaced or rewritten."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,12 @@ class Importer:
         self._running[task_id] = runner
         runner.add_done_callback(lambda _: self._running.pop(task_id, None))
         return task
+
+    async def expire_dead_imports(self) -> None:
+        """Periodically, on every node: free the images of imports whose node died."""
+        for task in await self.catalog.expire_dead_imports(self.lock_timeout):
+            log.warning("import task %s of image %s (node %s) sent no heartbeat for %.0f s: failed it and "
+                        "released its lock", task.id, task.image_id, task.host, self.lock_timeout)
 
     async def stop(self, timeout: float) -> None:
         """Let running imports finish for up to ``timeout`` seconds, then abort them cleanly."""
@@ -177,16 +189,35 @@ class Importer:
         if plugins:
             from .plugins import StagedImage, run_import_plugins
 
+            before = _identity(path)
             outcome = await run_import_plugins(
                 plugins, StagedImage(path, image.disk_format, image.container_format), roles=plan.roles,
                 config=self.config)
             attributes, properties = dict(outcome.attributes), dict(outcome.properties)
-            if outcome.staged.path != path:
+            # A plugin may write a new file, or replace the staged one in place (decompression).
+            if outcome.staged.path != path or _identity(outcome.staged.path) != before:
                 path = outcome.staged.path
-                meta = None  # the data changed: it is hashed again on its way to the stores
+                # The data changed: hash it again, and inspect it as an upload of the image's
+                # (new) formats would be, before any store takes it.
+                meta = await self._measure(plan, replace(image, disk_format=outcome.staged.disk_format,
+                                                         container_format=outcome.staged.container_format), path)
             if properties:
                 await self.catalog.update_image(plan.image_id, set_properties=properties)
         await self._store_staged(plan, path, meta, attributes, targets, progress)
+
+    async def _measure(self, plan: ImportPlan, image: ImageRecord, path: Path) -> StagedMeta:
+        """Size, digests and virtual size of a staged file, inspected for ``image``'s formats."""
+        limits = self._limits(image)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ingested = await write_to_stores(
+                [], plan.image_id, file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=limits.size_cap,
+                hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits))
+        finally:
+            os.close(fd)
+        d = ingested.digests
+        assert d is not None
+        return StagedMeta(ingested.size, d.checksum, d.os_hash_algo, d.os_hash_value, ingested.virtual_size)
 
     def _limits(self, image: ImageRecord) -> UploadLimits:
         d = self.config.default

@@ -66,6 +66,8 @@ class FanOut:
         so that what they write to (a file descriptor) can be closed safely."""
         for _, done in self._pending:
             done.cancel()
+            # Retrieved, so that a consumer's error behind the one being handled is not logged as lost.
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.clear()
         self._closed = True
         workers = self._workers
