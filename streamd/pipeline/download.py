@@ -23,9 +23,10 @@ import errno
 import hashlib
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import blake3
 
 from ..cache import Fill, ImageCache
@@ -165,6 +166,8 @@ class ImageDelivery:
         # Reads opened per store: what single flight is measured by.
         self.store_reads: collections.Counter[str] = collections.Counter()
         self.peer_reads: collections.Counter[str] = collections.Counter()
+        # Threads that copy peers' bytes into the cache (one per fill from a peer).
+        self._pump_pool = ThreadPoolExecutor(4, thread_name_prefix="peer-fill")
 
     async def open_store_reader(self, image: ImageRecord) -> Reader:
         last: StreamdError | None = None
@@ -376,14 +379,23 @@ class ImageDelivery:
             chunks = peer.chunks()
         source_name = f"peer {peer.url}" if peer is not None else "store"
         received = 0
+        pump_stop = threading.Event()
+        pump: asyncio.Future[int] | None = None
         try:
             try:
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if received > fill.size:
-                        raise StoreError(f"the {source_name} sent more than the image's {fill.size} bytes")
-                    await fanout.feed(chunk)
-                await fanout.close()
+                if quick_check:
+                    assert peer is not None
+                    # One thread reads the peer into its buffer, hashes and writes: the loop only wakes readers.
+                    pump = asyncio.wrap_future(self._pump_pool.submit(
+                        self._pump_peer, fill, peer, fast, pump_stop, loop))
+                    received = await asyncio.shield(pump)
+                else:
+                    async for chunk in chunks:
+                        received += len(chunk)
+                        if received > fill.size:
+                            raise StoreError(f"the {source_name} sent more than the image's {fill.size} bytes")
+                        await fanout.feed(chunk)
+                    await fanout.close()
                 if received != fill.size:
                     raise StoreError(f"the {source_name} stopped after {received} of {fill.size} bytes")
             except OSError as exc:
@@ -391,7 +403,7 @@ class ImageDelivery:
                 await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}",
                                        keep=not cache.is_disk_full(exc))
                 return
-            except (StreamdError, aiohttp.ClientError, TimeoutError) as exc:
+            except (StreamdError, TimeoutError) as exc:
                 await fanout.abort()
                 fill.fail_source(exc)
                 if peer is not None and self.peers is not None:
@@ -424,6 +436,12 @@ class ImageDelivery:
                 except StreamdError as exc:
                     log.warning("image %s: cannot record its BLAKE3: %s", image.id, exc)
         except asyncio.CancelledError:
+            if pump is not None:
+                # The thread writes to the fill's descriptor: stop it before the fill is aborted.
+                pump_stop.set()
+                assert peer is not None
+                peer.abort()
+                await asyncio.wait([pump])
             await fanout.abort()
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
             raise
@@ -432,6 +450,25 @@ class ImageDelivery:
                 store_source.close()
             if peer is not None:
                 await peer.close()
+
+    def _pump_peer(self, fill: Fill, peer: PeerSource, fast: "blake3.blake3", stop: threading.Event,
+                   loop: asyncio.AbstractEventLoop) -> int:
+        """Blocking, in a fill thread: the peer's bytes into the cache file, hashed on the way."""
+        assert self.cache is not None
+        view = memoryview(bytearray(FILL_CHUNK))
+        position = 0
+        while position < fill.size:
+            if stop.is_set():
+                raise StoreError("the fill was stopped")
+            n = peer.readinto(view[:min(FILL_CHUNK, fill.size - position)])
+            if not n:
+                break
+            piece = view[:n]
+            fast.update(piece)
+            self.cache.write_fill(fill, piece, position)
+            position += n
+            loop.call_soon_threadsafe(fill.advance, n)
+        return position
 
     async def stop(self) -> None:
         for start in list(self._starting.values()):
@@ -442,3 +479,4 @@ class ImageDelivery:
             task.cancel()
         if self._fill_tasks:
             await asyncio.wait(self._fill_tasks)
+        self._pump_pool.shutdown(wait=False)

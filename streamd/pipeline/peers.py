@@ -7,12 +7,16 @@ digests do not match is skipped from then on for that image.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import http.client
 import logging
+import socket
+import urllib.parse
 from typing import AsyncIterator
 
-import aiohttp
-
 from ..catalog import Catalog, ImageRecord
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 PEER_TOKEN_HEADER = "X-Streamd-Peer-Token"
@@ -20,51 +24,88 @@ PEER_PATH = "/peer/v1/images/{image_id}"
 
 
 class PeerSource:
-    """A peer's answer for one image: its chunks, and which peer it came from."""
+    """A peer's answer for one image, on a plain blocking HTTP connection.
 
-    def __init__(self, url: str, response: aiohttp.ClientResponse, session: aiohttp.ClientSession) -> None:
+    Blocking on purpose: a fill thread reads it straight into its own buffer
+    (``readinto``: no per-chunk objects, no event loop work), hashes and writes
+    in the same thread, so a peer copy costs the loop nothing but the wake-ups.
+    """
+
+    def __init__(self, url: str, connection: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         self.url = url
+        self.connection = connection
         self.response = response
-        self.session = session
+
+    def readinto(self, view: memoryview) -> int:
+        """Blocking; up to ``len(view)`` bytes, 0 at the end. Read errors are ``StoreError``s."""
+        try:
+            return self.response.readinto(view)
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreError(f"reading from peer {self.url} failed: {exc}") from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.response.content.iter_chunked(4 << 20):
-            yield chunk
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.run_in_executor(None, self.response.read, 4 << 20)
+            except (OSError, http.client.HTTPException) as exc:
+                raise StoreError(f"reading from peer {self.url} failed: {exc}") from exc
+            if not data:
+                return
+            yield data
+
+    def abort(self) -> None:
+        """Unblock a thread waiting in ``readinto`` (from any thread)."""
+        sock = self.connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def close(self) -> None:
-        self.response.release()
-        await self.session.close()
+        self.abort()
+        self.connection.close()
 
 
 class PeerClient:
-    def __init__(self, catalog: Catalog, node_id: str, token: str, *, connect_timeout: float = 3.0) -> None:
+    def __init__(self, catalog: Catalog, node_id: str, token: str, *, connect_timeout: float = 3.0,
+                 read_timeout: float = 60.0) -> None:
         self.catalog = catalog
         self.node_id = node_id
         self.token = token
         self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.bad: set[tuple[str, str]] = set()  # (peer url, image id) that served bad bytes
+
+    def _connect(self, url: str, image_id: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        parsed = urllib.parse.urlsplit(url)
+        kind = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+        connection = kind(parsed.hostname or "localhost", parsed.port, timeout=self.connect_timeout)
+        try:
+            connection.request("GET", parsed.path.rstrip("/") + PEER_PATH.format(image_id=image_id),
+                               headers={PEER_TOKEN_HEADER: self.token})
+            response = connection.getresponse()
+            if connection.sock is not None:
+                connection.sock.settimeout(self.read_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        return connection, response
 
     async def open(self, image: ImageRecord) -> PeerSource | None:
         for url in await self.catalog.cache_peers(image.id, exclude=self.node_id):
             if (url, image.id) in self.bad:
                 continue
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
-                                            sock_read=60)
-            session = aiohttp.ClientSession(timeout=timeout)
             try:
-                response = await session.get(url.rstrip("/") + PEER_PATH.format(image_id=image.id),
-                                             headers={PEER_TOKEN_HEADER: self.token})
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                await session.close()
+                connection, response = await asyncio.to_thread(self._connect, url, image.id)
+            except (OSError, http.client.HTTPException) as exc:
                 log.info("peer %s is unreachable for image %s: %s", url, image.id, exc)
                 continue
-            if response.status != 200 or response.content_length != image.size:
+            if response.status != 200 or response.length != image.size:
                 log.info("peer %s cannot serve image %s (HTTP %d)", url, image.id, response.status)
-                response.release()
-                await session.close()
+                connection.close()
                 continue
             log.info("image %s: fetching from peer %s", image.id, url)
-            return PeerSource(url, response, session)
+            return PeerSource(url, connection, response)
         return None
 
     def mark_bad(self, url: str, image_id: str) -> None:
