@@ -54,6 +54,10 @@ class ImageSource(abc.ABC):
     def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
         ...
 
+    def fileno(self) -> int | None:
+        """A plain file's descriptor when the whole image is one (see ``Reader.fileno``)."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -85,6 +89,9 @@ class ReaderSource(ImageSource):
                 # The reader is closed after us: let the read in flight finish first.
                 await asyncio.shield(asyncio.wait([pending]))
 
+    def fileno(self) -> int | None:
+        return self.reader.fileno()
+
     def close(self) -> None:
         self.reader.close()
 
@@ -96,6 +103,9 @@ class FdReader(Reader):
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
+
+    def fileno(self) -> int | None:
+        return self.fd
 
     def close(self) -> None:
         os.close(self.fd)

@@ -41,6 +41,11 @@ class Reader(abc.ABC):
     def close(self) -> None:
         return None
 
+    def fileno(self) -> int | None:
+        """The descriptor of a plain file holding the image from offset 0, or None: lets the
+        edge hand the bytes to the kernel (sendfile) instead of reading them."""
+        return None
+
 
 class Store(abc.ABC):
     name: str

@@ -181,6 +181,9 @@ class FileReader(Reader):
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
 
+    def fileno(self) -> int | None:
+        return self.fd
+
     def close(self) -> None:
         os.close(self.fd)
 
