@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -200,3 +201,14 @@ async def test_other_project_cannot_see_change_or_delete(api: ApiClient) -> None
     assert (await api.patch(shared["id"], [{"op": "replace", "path": "/name", "value": "x"}], as_=MEMBER_B)).status == 403
     assert (await api.call("DELETE", f"/v2/images/{shared['id']}", as_=MEMBER_B)).status == 403
     assert (await api.call("GET", path, as_=ADMIN)).json["name"] is None
+
+
+async def test_every_response_carries_a_request_id(api: ApiClient) -> None:
+    """oslo.middleware's X-Openstack-Request-Id, req-<uuid>, different for each request, errors included."""
+    seen = set()
+    for method, path in (("GET", "/v2/images"), ("GET", "/v2/images/nope"), ("GET", "/versions")):
+        reply = await api.call(method, path, as_=MEMBER_A)
+        request_id = reply.headers["X-Openstack-Request-Id"]
+        assert re.fullmatch(r"req-[0-9a-f-]{36}", request_id), request_id
+        seen.add(request_id)
+    assert len(seen) == 3

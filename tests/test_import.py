@@ -975,11 +975,15 @@ async def test_dead_imports_are_swept_and_their_images_freed(database_url: str) 
 async def test_tasks_api(tmp_path: Path) -> None:
     async with running(tmp_path) as api:
         image = await staged_image(api, visibility="private")
-        assert (await start_import(api, image["id"], {"method": {"name": "glance-direct"}})).status == 202
+        accepted = await start_import(api, image["id"], {"method": {"name": "glance-direct"}})
+        assert accepted.status == 202
+        request_id = accepted.headers["X-Openstack-Request-Id"]
+        assert request_id.startswith("req-")
         await settle(api, image["id"])
 
         mine = await tasks_of(api, image["id"], as_=MEMBER_A)
         assert len(mine) == 1 and mine[0]["status"] == "success"
+        assert mine[0]["request_id"] == request_id  # the task names the request that made it
         task_id = mine[0]["id"]
         assert mine[0]["self"] == f"/v2/tasks/{task_id}"
         assert mine[0]["expires_at"] is not None

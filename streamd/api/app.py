@@ -20,7 +20,7 @@ from ..stores import StoreRegistry
 from . import cache as cache_routes
 from . import image_data, images, imports, members, peer, schemas, tags, versions
 from .inflight import InflightUploads
-from .keys import CACHE, CATALOG, CONFIG, DELIVERY, IMPORTER, INFLIGHT_UPLOADS, PREFETCHER, STORES
+from .keys import CACHE, CATALOG, CONFIG, DELIVERY, IMPORTER, INFLIGHT_UPLOADS, PREFETCHER, STORES, request_id_of
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def create_app(config: Config) -> web.Application:
     peer.add_routes(app)
     for module in (images, image_data, imports, members, tags, schemas, cache_routes):
         module.add_routes(app, V2_PREFIX)
+    app.on_response_prepare.append(_add_request_id)
     app.cleanup_ctx.append(_catalog_ctx)
     app.cleanup_ctx.append(_stores_ctx)
     app.cleanup_ctx.append(_cache_ctx)
@@ -67,6 +68,10 @@ async def _imports_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await importer.stop(0)
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["X-Openstack-Request-Id"] = request_id_of(request)
 
 
 async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,7 +24,7 @@ from ..pipeline.upload import UploadLimits
 from ..stores import FileStore
 from .image_data import _body_chunks, _declared_size
 from .images import _get_visible
-from .keys import CACHE, CATALOG, CONFIG, IMPORTER, INFLIGHT_UPLOADS, STORES, context_of
+from .keys import CACHE, CATALOG, CONFIG, IMPORTER, INFLIGHT_UPLOADS, STORES, context_of, request_id_of
 
 # -- PUT /stage ---------------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ async def import_image(request: web.Request) -> web.Response:
         raise ConflictError(f"Image {image.id} has no staged data on this node")
     await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles)),
                          owner=ctx.project_id, user_id=ctx.user_id,
-                         request_id=request.headers.get("X-Openstack-Request-Id"))
+                         request_id=request_id_of(request))
     return web.Response(status=202)
 
 

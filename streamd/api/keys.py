@@ -25,7 +25,18 @@ IMPORTER = web.AppKey("importer", Importer)
 
 # The identity of the request, set by the identity middleware.
 CONTEXT = web.RequestKey("context", RequestContext)
+# Glance's (oslo.middleware's) request id, req-<uuid>: in X-Openstack-Request-Id and in tasks.
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def context_of(request: web.Request) -> RequestContext:
     return request[CONTEXT]
+
+
+def request_id_of(request: web.Request) -> str:
+    """This request's id, made on first use."""
+    import uuid
+
+    if REQUEST_ID not in request:
+        request[REQUEST_ID] = f"req-{uuid.uuid4()}"
+    return request[REQUEST_ID]
