@@ -120,6 +120,10 @@ async def test_sparse_layout_only_data_is_written(api: ApiClient) -> None:
     written = extents(ceph_env()["CEPH_POOL"], image["id"])
     # rbd diff reports whole objects that exist: exactly objects 0 and 2.
     assert [(off // OBJECT) for off, _ in written] == [0, 2], written
+    # And `rbd du` (object map, fast-diff: the cluster's default features) counts just those two.
+    du = json.loads(rbd("du", "--format", "json", f"{ceph_env()['CEPH_POOL']}/{image['id']}"))
+    used = {entry.get("snapshot") or "head": entry["used_size"] for entry in du["images"]}
+    assert used["snap"] == 2 * OBJECT, du
     # Inside the objects only the data blocks were sent (the store reports the bytes it sent).
     got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
     assert got.body == data
@@ -312,6 +316,7 @@ def test_cluster_stalls_mid_upload_is_503_and_cleans_up(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the upload never reached the cluster"
             time.sleep(0.1)
         os.kill(osd_pid, signal.SIGSTOP)
+        stopped = time.monotonic()
         try:
             sock.settimeout(60)
             try:
@@ -321,6 +326,7 @@ def test_cluster_stalls_mid_upload_is_503_and_cleans_up(tmp_path: Path) -> None:
             reply = sock.recv(65536)
         finally:
             os.kill(osd_pid, signal.SIGCONT)
+        print(f"OSD stopped for {time.monotonic() - stopped:.1f} s")
         sock.close()
         assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
         assert b"Ceph" in reply

@@ -49,13 +49,15 @@ async def stage(request: web.Request) -> web.Response:
     async with request.app[INFLIGHT_UPLOADS].track():
         image = await catalog.begin_upload(image.id, config.host_id, from_status="queued", to_status="uploading")
         try:
+            inspection = inspection_for(image, limits)
             ingested = await write_to_stores(
                 [staging.store], image.id, _body_chunks(request), declared_size=declared, size_cap=limits.size_cap,
-                hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits))
+                hashing_algorithm=limits.hashing_algorithm, inspection=inspection)
             digests = ingested.digests
             assert digests is not None
             await asyncio.to_thread(staging.record, image.id, StagedMeta(
-                ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value, ingested.virtual_size))
+                ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value, ingested.virtual_size,
+                image.disk_format if inspection is not None else None))
             await catalog.finish_stage(image.id, size=ingested.size,
                                        host=config.default.peer_url or config.default.public_endpoint or config.host_id)
         except BaseException:
@@ -101,9 +103,6 @@ async def import_image(request: web.Request) -> web.Response:
     if not isinstance(must_succeed, bool):
         raise BadRequest("all_stores_must_succeed must be a boolean")
     stores = _target_stores(request, body, image.stores if method == "copy-image" else ())
-    if method == "copy-image" and not stores:
-        return web.Response(status=202)  # every store already holds the image (all_stores)
-
     if image.status == "active" and method != "copy-image":
         raise ConflictError(f"Image {image.id} is active: only copy-image applies to it")
     if method == "copy-image" and image.status != "active":
@@ -114,6 +113,8 @@ async def import_image(request: web.Request) -> web.Response:
         raise ConflictError(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
     if not (image.disk_format and image.container_format):
         raise ConflictError("'disk_format' and 'container_format' must be set prior to import")
+    if method == "copy-image" and not stores:
+        return web.Response(status=202)  # every store already holds the image (all_stores): nothing to do
     importer = request.app[IMPORTER]
     uri = None
     if method == "web-download":

@@ -183,6 +183,9 @@ class Importer:
                 raise BadRequest(f"Image {plan.image_id} has no staged data to import")
             meta = found
         path = self.staging.path_of(plan.image_id)
+        if inspection_for(image, self._limits(image)) is not None and meta.inspected_format != image.disk_format:
+            # Staged before the image had (these) formats: inspect it now, before any plugin or store.
+            meta = replace(meta, virtual_size=await self._inspect(image, path), inspected_format=image.disk_format)
         attributes: dict[str, Any] = {}
         properties: dict[str, str] = {}
         plugins = self.config.image_import_opts.image_import_plugins
@@ -219,6 +222,19 @@ class Importer:
         assert d is not None
         return StagedMeta(ingested.size, d.checksum, d.os_hash_algo, d.os_hash_value, ingested.virtual_size)
 
+    async def _inspect(self, image: ImageRecord, path: Path) -> int | None:
+        """Format inspection of a staged file as an upload of ``image`` would get (415 on refusal);
+        its virtual size."""
+        limits = self._limits(image)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ingested = await write_to_stores(
+                [], image.id, file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=limits.size_cap,
+                hashing_algorithm=None, inspection=inspection_for(image, limits))
+        finally:
+            os.close(fd)
+        return ingested.virtual_size
+
     def _limits(self, image: ImageRecord) -> UploadLimits:
         d = self.config.default
         return UploadLimits(size_cap=d.image_size_cap, hashing_algorithm=d.hashing_algorithm,
@@ -247,7 +263,7 @@ class Importer:
         digests = ingested.digests
         assert digests is not None
         meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,
-                          ingested.virtual_size)
+                          ingested.virtual_size, image.disk_format if inspection_for(image, limits) else None)
         await asyncio.to_thread(self.staging.record, plan.image_id, meta)
         return meta
 

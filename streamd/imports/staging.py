@@ -34,6 +34,9 @@ class StagedMeta:
     os_hash_algo: str
     os_hash_value: str
     virtual_size: int | None
+    # The disk_format the data was inspected as while it was staged (None: not inspected, e.g.
+    # staged before the image had its formats); the import inspects it before any store takes it.
+    inspected_format: str | None = None
 
 
 class StagingArea:
