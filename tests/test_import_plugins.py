@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_formats_convert import mixed_source
 
 from streamd.config import Config, load_config
 from streamd.errors import BadRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData
@@ -42,23 +43,8 @@ def qemu_info(path: Path) -> dict[str, object]:
 
 
 def mixed_disk(path: Path, size: int = VIRTUAL, seed: int = 11) -> Path:
-    """Random data, text, zeros written inside data, and holes; data right up to the end."""
-    rng = random.Random(seed)
-    with path.open("wb") as handle:
-        handle.truncate(size)
-        for _ in range(40):
-            offset = rng.randrange(0, size - 400_000) // 512 * 512
-            handle.seek(offset)
-            kind = rng.random()
-            if kind < 0.4:
-                handle.write(rng.randbytes(rng.randrange(1, 300_000)))
-            elif kind < 0.8:
-                handle.write((b"streamd %d " % rng.randrange(1000)) * rng.randrange(1, 20_000))
-            else:
-                handle.write(b"\x07" + bytes(rng.randrange(1, 200_000)) + b"\x08")
-        handle.seek(size - 300)
-        handle.write(b"last sector")
-    return path
+    """Random data, text, zeros written inside data, and holes (the converter tests' mix)."""
+    return mixed_source(path, size, seed)
 
 
 def same_bytes(a: Path, b: Path) -> bool:
