@@ -376,3 +376,33 @@ async def test_local_store_images_are_served_straight_from_the_store(tmp_path: P
     finally:
         await session.close()
         await server.close()
+
+
+async def test_clients_that_leave_or_read_slowly_mid_download(api: ApiClient) -> None:
+    """File-backed downloads are copied to the socket by a thread: a client that hangs up halfway
+    frees it, a slow reader still gets every byte, and the connection after each is served as usual."""
+    data = payload(48 << 20, 9)
+    image = await api.create()
+    assert (await upload(api, image["id"], data)).status == 204
+    host, port = api.base.removeprefix("http://").split(":")
+    request = (f"GET /v2/images/{image['id']}/file HTTP/1.1\r\nHost: x\r\n"
+               f"X-Project-Id: {MEMBER_A['X-Project-Id']}\r\nX-Roles: member,reader\r\n\r\n").encode()
+    for _ in range(3):  # hang up after the first MiB, three times
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await reader.readexactly(1 << 20)
+        writer.transport.abort()
+    # A reader that takes its time (the socket buffer fills, the thread waits for it).
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
+    body = bytearray()
+    while len(body) < len(data):
+        body += await reader.read(1 << 20)
+        if len(body) < 8 << 20:
+            await asyncio.sleep(0.02)
+    assert bytes(body) == data
+    writer.close()
+    got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A, headers={"Range": "bytes=1000-"})
+    assert got.status == 206 and got.body == data[1000:]

@@ -43,7 +43,7 @@ class Reader(abc.ABC):
 
     def fileno(self) -> int | None:
         """The descriptor of a plain file holding the image from offset 0, or None: lets the
-        edge hand the bytes to the kernel (sendfile) instead of reading them."""
+        edge copy the bytes to the socket in a thread, off the event loop."""
         return None
 
 
