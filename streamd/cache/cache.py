@@ -212,7 +212,7 @@ class ImageCache:
             os.close(fill.read_fd)
             fill.read_fd = None
 
-    def write_fill(self, fill: Fill, chunk: bytes, offset: int) -> None:
+    def write_fill(self, fill: Fill, chunk: bytes | memoryview, offset: int) -> None:
         """Blocking, from the fill's writer thread."""
         assert fill.fd is not None
         view = memoryview(chunk)

@@ -21,7 +21,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -169,7 +169,7 @@ class Catalog:
             if tag_list:
                 await conn.execute(m.image_tags.insert(), [
                     {"image_id": row["id"], "value": t, "created_at": now} for t in tag_list])
-            return await self._load(conn, row["id"])
+            return await self._load(conn, str(row["id"]))
 
     async def get_image(self, image_id: str, ctx: RequestContext | None = None) -> ImageRecord:
         """The image, if it exists and ``ctx`` (when given) may see it; else NotFound."""
@@ -196,7 +196,7 @@ class Catalog:
         records = await self._hydrate(conn, [row])
         return records[0]
 
-    async def _hydrate(self, conn: AsyncConnection, rows: list[Mapping[str, Any]]) -> list[ImageRecord]:
+    async def _hydrate(self, conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[ImageRecord]:
         ids = [r["id"] for r in rows]
         props: dict[str, dict[str, str]] = {i: {} for i in ids}
         tags: dict[str, list[str]] = {i: [] for i in ids}
@@ -738,7 +738,7 @@ class Catalog:
         async with self._write() as conn:
             await self._load(conn, image_id, for_update=True)
             count = await conn.scalar(sa.select(sa.func.count()).select_from(m.image_members).where(
-                m.image_members.c.image_id == image_id))
+                m.image_members.c.image_id == image_id)) or 0
             exists = await conn.scalar(sa.select(m.image_members.c.member).where(
                 m.image_members.c.image_id == image_id, m.image_members.c.member == member))
             if quota >= 0 and count + 1 > quota:
@@ -823,7 +823,7 @@ def _visibility_condition(ctx: RequestContext, query: ImageQuery) -> sa.ColumnEl
     return sa.and_(base, sa.or_(i.owner == ctx.project_id, i.visibility != "community"))
 
 
-def _after_marker(sort: list[tuple[str, str]], marker: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+def _after_marker(sort: list[tuple[str, str]], marker: Mapping[Any, Any]) -> sa.ColumnElement[bool]:
     """Keyset condition: rows strictly after the marker in the given order."""
     ors = []
     for n, (key, direction) in enumerate(sort):
@@ -854,7 +854,7 @@ async def _write_properties(conn: AsyncConnection, image_id: str, before: Mappin
                 m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
 
 
-def _task_record(row: Mapping[str, Any]) -> TaskRecord:
+def _task_record(row: Mapping[Any, Any]) -> TaskRecord:
     return TaskRecord(
         id=row["id"], type=row["type"], status=row["status"], owner=row["owner"], user_id=row["user_id"],
         request_id=row["request_id"], image_id=row["image_id"], host=row["host"],

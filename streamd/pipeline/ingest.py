@@ -23,7 +23,7 @@ from typing import AsyncIterator, Sequence
 from ..errors import BadRequest, ImageSizeLimitExceeded, StreamdError
 from ..formats import ImageInspection
 from ..stores import Reader, StoredData, Store, Writer
-from .fanout import FanOut
+from .fanout import Consumer, FanOut
 from .hashing import Digests, ImageHasher
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 failed_early.error = exc
                 guarded.append(failed_early)
         hasher = ImageHasher(hashing_algorithm) if hashing_algorithm else None
-        consumers = [hasher.update_md5, hasher.update_os_hash] if hasher else []
+        consumers: list[Consumer] = [hasher.update_md5, hasher.update_os_hash] if hasher else []
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
