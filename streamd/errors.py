@@ -117,6 +117,20 @@ class StoreError(ServiceError):
     """A store could not read or write data."""
 
 
+class BadGateway(ServiceError):
+    """Another node this request was passed to failed (Glance's stage-host proxy: 502)."""
+
+    status = 502
+    title = "Bad Gateway"
+
+
+class GatewayTimeout(ServiceError):
+    """Another node this request was passed to could not be reached (504)."""
+
+    status = 504
+    title = "Gateway Timeout"
+
+
 class StorageFull(RequestEntityTooLarge):
     """The store has no room left for the image."""
 

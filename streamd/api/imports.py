@@ -11,12 +11,15 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ..catalog import TaskRecord, policy
+from ..catalog.catalog import STAGE_HOST
 from ..catalog.records import isotime
 from ..config import Config
-from ..errors import BadRequest, ConflictError, Forbidden, NotFound, UnsupportedMediaType
+from ..errors import (BadGateway, BadRequest, ConflictError, Forbidden, GatewayTimeout, NotFound,
+                      UnsupportedMediaType)
 from ..imports import ImportPlan
 from ..imports.staging import StagedMeta
 from ..pipeline import inspection_for, write_to_stores
@@ -125,11 +128,42 @@ async def import_image(request: web.Request) -> web.Response:
         if uri.split(":", 1)[0].lower() not in ("http", "https"):
             raise BadRequest("web-download fetches http and https URIs only")
     if method == "glance-direct" and importer.staging.load(image.id) is None:
+        stage_host = image.properties.get(STAGE_HOST, "")
+        if stage_host.startswith(("http://", "https://")) and stage_host.rstrip("/") != _own_url(config):
+            # Staged on another node sharing the catalogue: that node imports it (Glance proxies too).
+            return await _proxy_to_stage_host(request, stage_host, body)
         raise ConflictError(f"Image {image.id} has no staged data on this node")
     await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles)),
                          owner=ctx.project_id, user_id=ctx.user_id,
                          request_id=request_id_of(request))
     return web.Response(status=202)
+
+
+def _own_url(config: Config) -> str:
+    return (config.default.peer_url or config.default.public_endpoint or "").rstrip("/")
+
+
+# Identity and store headers go along; the other node checks them again itself.
+_PROXIED_HEADERS = ("X-Auth-Token", "X-Project-Id", "X-Tenant-Id", "X-User-Id", "X-Roles", "X-Image-Meta-Store",
+                    "X-Openstack-Request-Id")
+
+
+async def _proxy_to_stage_host(request: web.Request, stage_host: str, body: dict[str, Any]) -> web.Response:
+    """Pass the import to the node holding the staged data: its answer, 504 if it cannot be reached,
+    502 if the exchange fails (Glance's ``_proxy_request_to_host``)."""
+    url = f"{stage_host.rstrip('/')}/v2/images/{request.match_info['image_id']}/import"
+    headers = {k: v for k, v in request.headers.items() if k in _PROXIED_HEADERS}
+    timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(url, json=body, headers=headers) as reply:
+                return web.Response(status=reply.status, body=await reply.read(),
+                                    content_type=reply.content_type if reply.content_length else None)
+    except (aiohttp.ClientConnectorError, TimeoutError) as exc:
+        raise GatewayTimeout(f"The node holding the staged data ({stage_host}) cannot be reached: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise BadGateway(f"Passing the import to the node holding the staged data ({stage_host}) failed: "
+                         f"{exc}") from exc
 
 
 def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[str, ...]) -> list[str]:
