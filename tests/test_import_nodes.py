@@ -13,13 +13,13 @@ from pathlib import Path
 from conftest import MEMBER_A, Daemon, free_port, start_daemon, stop_daemon
 
 
-def node(tmp_path: Path, name: str, catalogue: Path) -> Daemon:
+def node(tmp_path: Path, name: str, catalogue: Path, extra: str = "") -> Daemon:
     port = free_port()
     directory = tmp_path / name
     directory.mkdir()
     return start_daemon(directory, port=port, extra_config=(
         f"peer_url = http://127.0.0.1:{port}\npeer_token = t0ken\n"
-        f"[database]\nconnection = sqlite:///{catalogue}\n"))
+        f"[database]\nconnection = sqlite:///{catalogue}\n{extra}"))
 
 
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,
@@ -77,6 +77,26 @@ def test_import_is_passed_to_the_node_holding_the_staged_data(tmp_path: Path) ->
         assert status == 504, body
         assert json.loads(body)["error"]["code"] == 504
         assert json.loads(call(b, "GET", f"/v2/images/{other}")[1])["status"] == "uploading"
+    finally:
+        stop_daemon(a)
+        stop_daemon(b)
+
+
+def test_staged_data_of_an_image_deleted_through_another_node_is_removed(tmp_path: Path) -> None:
+    catalogue = tmp_path / "shared.sqlite"
+    # A short lock timeout: the sweeper runs every 3 s.
+    a = node(tmp_path, "a", catalogue, "[image_import_opts]\nimport_lock_timeout = 6\n")
+    b = node(tmp_path, "b", catalogue)
+    try:
+        image_id = staged_on(a, b"x" * (1 << 20))
+        assert (a.data_dir / "staging" / image_id).exists()
+        assert call(b, "DELETE", f"/v2/images/{image_id}")[0] == 204
+        # a's sweeper (every import_lock_timeout / 2) notices the image is gone.
+        deadline = time.monotonic() + 30
+        while (a.data_dir / "staging" / image_id).exists():
+            assert time.monotonic() < deadline, "a kept the staged data of a deleted image"
+            time.sleep(0.2)
+        assert not (a.data_dir / "staging" / f"{image_id}.json").exists()
     finally:
         stop_daemon(a)
         stop_daemon(b)

@@ -583,11 +583,13 @@ class Catalog:
                                          revert_to_queued=True)
         return dead
 
-    async def staged_image_ids(self) -> dict[str, str]:
-        """Status of every image that exists, for the staging cleaner."""
+    async def staged_image_ids(self, ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Status of every image that exists (of ``ids`` only, when given), for the staging cleaner."""
+        stmt = sa.select(m.images.c.id, m.images.c.status).where(m.images.c.deleted.is_(False))
+        if ids is not None:
+            stmt = stmt.where(m.images.c.id.in_(list(ids)))
         async with self._read() as conn:
-            rows = await conn.execute(sa.select(m.images.c.id, m.images.c.status).where(m.images.c.deleted.is_(False)))
-            return {r.id: r.status for r in rows}
+            return {r.id: r.status for r in await conn.execute(stmt)}
 
     async def running_import_images(self) -> set[str]:
         async with self._read() as conn:

@@ -105,10 +105,18 @@ class Importer:
         return task
 
     async def expire_dead_imports(self) -> None:
-        """Periodically, on every node: free the images of imports whose node died."""
+        """Periodically, on every node: free the images of imports whose node died, and drop staged
+        data of images deleted meanwhile (through any node)."""
         for task in await self.catalog.expire_dead_imports(self.lock_timeout):
             log.warning("import task %s of image %s (node %s) sent no heartbeat for %.0f s: failed it and "
                         "released its lock", task.id, task.image_id, task.host, self.lock_timeout)
+        staged = self.staging.staged_ids()
+        if staged:
+            statuses = await self.catalog.staged_image_ids(staged)
+            await asyncio.to_thread(self.staging.clean, statuses, set(self._running_images()), only_gone=True)
+
+    def _running_images(self) -> list[str]:
+        return [name.removeprefix("import-") for name in (t.get_name() for t in self._running.values())]
 
     async def stop(self, timeout: float) -> None:
         """Let running imports finish for up to ``timeout`` seconds, then abort them cleanly."""

@@ -82,12 +82,17 @@ class StagingArea:
     def staged_ids(self) -> set[str]:
         return {p.name.split(".", 1)[0] for p in self.directory.iterdir() if p.is_file()}
 
-    def clean(self, statuses: dict[str, str], busy: set[str]) -> list[str]:
+    def clean(self, statuses: dict[str, str], busy: set[str], *, only_gone: bool = False) -> list[str]:
         """Remove what no import will ever use: files of images that are gone, or that do not
-        wait for an import (status ``uploading`` with a complete record) and have none running."""
+        wait for an import (status ``uploading`` with a complete record) and have none running.
+
+        ``only_gone`` (while the daemon runs, when a stage may be between its data and its record):
+        only the files of images deleted meanwhile, e.g. through another node."""
         removed = []
         for image_id in sorted(self.staged_ids()):
             if image_id in busy:
+                continue
+            if only_gone and image_id in statuses:
                 continue
             if statuses.get(image_id) == "uploading" and self.load(image_id) is not None:
                 continue
