@@ -134,7 +134,8 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
     response.content_length = length
     writer = await response.prepare(request)
     file_fd = source.fileno()
-    if file_fd is not None and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None:
+    if (file_fd is not None and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None
+            and request.transport.get_extra_info("sslcontext") is None):  # raw bytes on the socket: never under TLS
         sock = request.transport.get_extra_info("socket")
         # The headers go out through the transport; once it holds nothing more, a thread copies the
         # body from the file to the socket (pipeline/socketcopy.py: the fastest way measured here).
