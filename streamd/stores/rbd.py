@@ -326,13 +326,23 @@ class RbdWriter(Writer):
         self.closed = False
         self.renamed = False
         self.bytes_sent = 0
+        self.aborted = False
+        # Set when the cluster stopped answering: cleanup then goes to the background reaper, so
+        # that the client gets its 503 now rather than after more timed-out operations.
+        self.stalled = False
+
+    def _failed(self, exc: BaseException, what: str) -> Exception:
+        error = self.store._error(exc, what)
+        if isinstance(error, ServiceUnavailable):
+            self.stalled = True
+        return error
 
     # Runs in the FanOut's worker thread.
     def write(self, chunk: bytes) -> None:
         try:
             self._write(chunk)
         except _ceph_errors() as exc:
-            raise self.store._error(exc, f"cannot write {self.temp}") from exc
+            raise self._failed(exc, f"cannot write {self.temp}") from exc
 
     def _write(self, chunk: bytes) -> None:
         self._raise_failure()
@@ -440,9 +450,23 @@ class RbdWriter(Writer):
         try:
             size = await self.store._run(self._commit_blocking)
         except _ceph_errors() as exc:
+            error = self._failed(exc, f"cannot commit {self.image_id}")
             await self.abort()
-            raise self.store._error(exc, f"cannot commit {self.image_id}") from exc
+            raise error from exc
         return StoredData(self.store.url_of(self.image_id), size, {"bytes_written": self.bytes_sent})
+
+    def _close_quietly(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._wait_all()
+        except _ceph_errors():
+            pass  # the writes failed: the image is being removed anyway
+        try:
+            self.image.close()
+        except _ceph_errors() as exc:
+            log.warning("rbd store %s: closing %s failed: %s", self.store.name, self.temp, exc)
 
     def _abort_blocking(self) -> None:
         if not self.closed:
@@ -455,6 +479,17 @@ class RbdWriter(Writer):
         _remove_image_if_exists(self.ioctx, self.image_id if self.renamed else self.temp)
 
     async def abort(self) -> None:
+        if self.aborted:
+            return
+        self.aborted = True
+        name = self.image_id if self.renamed else self.temp
+        if self.stalled:
+            log.error("rbd store %s: the cluster stopped answering during the upload of %s; it will be "
+                      "removed in the background once the cluster answers", self.store.name, name)
+            self.store.orphans.add(name)
+            # Our handle would keep the image busy: close it off the request path.
+            self.store._executor.submit(self._close_quietly)
+            return
         try:
             await self.store._run(self._abort_blocking)
         except _ceph_errors() as exc:
