@@ -25,8 +25,17 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
-        yield chunk
+    """The body as the socket delivered it (pieces of up to a few hundred KiB), without joining them
+    into larger buffers: the pipeline batches pieces itself, so no byte is copied on the loop here."""
+    content = request.content
+    while True:
+        data, end_of_http_chunk = await content.readchunk()
+        if data:
+            yield data
+        elif not end_of_http_chunk or content.at_eof():
+            # (b"", True) is only a chunk boundary while data may follow: aiohttp's shared empty
+            # reader answers it forever once asked twice.
+            return
 
 
 def _declared_size(request: web.Request) -> int | None:

@@ -18,6 +18,11 @@ from typing import Callable
 Consumer = Callable[[bytes], None]
 
 
+def _consume_all(consume: Consumer, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        consume(piece)
+
+
 class FanOut:
     def __init__(self, consumers: list[Consumer], *, max_inflight: int = 16 << 20, name: str = "fanout") -> None:
         self._consumers = consumers
@@ -29,10 +34,16 @@ class FanOut:
 
     async def feed(self, chunk: bytes) -> None:
         """Queue ``chunk`` for every consumer; raises the first error a consumer hit."""
+        await self.feed_many([chunk])
+
+    async def feed_many(self, pieces: list[bytes]) -> None:
+        """Queue several pieces as one job per consumer (fewer thread hops than one job per piece)."""
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(worker, consume, chunk) for worker, consume in zip(self._workers, self._consumers)]
-        self._pending.append((len(chunk), asyncio.gather(*jobs)))
-        self._inflight += len(chunk)
+        size = sum(len(p) for p in pieces)
+        jobs = [loop.run_in_executor(worker, _consume_all, consume, pieces)
+                for worker, consume in zip(self._workers, self._consumers)]
+        self._pending.append((size, asyncio.gather(*jobs)))
+        self._inflight += size
         while self._inflight > self._max_inflight:
             await self._settle_oldest()
 

@@ -15,6 +15,7 @@ the whole write. Either way, whatever a failed store wrote is removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .hashing import Digests, ImageHasher
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
+BATCH = 4 << 20
 
 
 @dataclass
@@ -90,21 +92,22 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            received += len(chunk)
-            if received > size_cap:
-                raise ImageSizeLimitExceeded(f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
-            if declared_size is not None and received > declared_size:
-                raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
-            if inspection is not None:
-                inspection.feed(chunk)
-            await fanout.feed(chunk)
-            if progress is not None:
-                progress.bytes = received
-            if isolate and guarded and all(g.error is not None for g in guarded):
-                break  # every store failed: no point reading on
+        async with contextlib.aclosing(_batches(chunks, BATCH)) as batches:
+            async for batch in batches:
+                for chunk in batch:
+                    received += len(chunk)
+                    if received > size_cap:
+                        raise ImageSizeLimitExceeded(
+                            f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
+                    if declared_size is not None and received > declared_size:
+                        raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
+                    if inspection is not None:
+                        inspection.feed(chunk)
+                await fanout.feed_many(batch)
+                if progress is not None:
+                    progress.bytes = received
+                if isolate and guarded and all(g.error is not None for g in guarded):
+                    break  # every store failed: no point reading on
         if declared_size is not None and received != declared_size and not _all_failed(guarded):
             raise BadRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
         virtual_size = inspection.finish().virtual_size if inspection is not None else None
@@ -126,6 +129,41 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
         await asyncio.shield(_undo(fanout, guarded, committed))
         raise
+
+
+async def _batches(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[list[bytes]]:
+    """Group the source's pieces (a socket gives a few hundred KiB at a time) into lists of about
+    ``limit`` bytes: one thread hop per consumer per list. A list is handed on early when the source
+    has nothing more right now, so a slow client's bytes are stored as they come, not held back."""
+    source = chunks.__aiter__()
+    batch: list[bytes] = []
+    size = 0
+    following: asyncio.Future[bytes] = asyncio.ensure_future(source.__anext__())
+    try:
+        while True:
+            if batch and not following.done():
+                await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
+                if not following.done():
+                    yield batch
+                    batch, size = [], 0
+            try:
+                chunk = await following
+            except StopAsyncIteration:
+                break
+            following = asyncio.ensure_future(source.__anext__())
+            if chunk:
+                batch.append(chunk)
+                size += len(chunk)
+            if size >= limit:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+    finally:
+        if not following.done():
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await following
 
 
 def _all_failed(guarded: list[_GuardedWriter]) -> bool:
