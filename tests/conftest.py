@@ -211,6 +211,16 @@ def start_daemon(tmp_path: Path, extra_config: str = "", env: dict[str, str] | N
     raise AssertionError(f"daemon did not start within {timeout} s:\n{daemon.log()}")
 
 
+def start_node(tmp_path: Path, name: str, catalogue: Path, *, token: str = "t0ken", extra: str = "") -> Daemon:
+    """A daemon in ``tmp_path/name`` sharing the SQLite ``catalogue`` with other nodes, peers on."""
+    port = free_port()
+    directory = tmp_path / name
+    directory.mkdir()
+    return start_daemon(directory, port=port, extra_config=(
+        f"peer_url = http://127.0.0.1:{port}\npeer_token = {token}\n"
+        f"[database]\nconnection = sqlite:///{catalogue}\n{extra}"))
+
+
 def stop_daemon(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
     if daemon.process.poll() is None:
         daemon.process.send_signal(sig)

@@ -10,18 +10,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import ADMIN, Daemon, free_port, start_daemon, stop_daemon
+from conftest import ADMIN, Daemon, start_node, stop_daemon
 
 TOKEN = "s3cret-peer-token"
 
 
 def node(tmp_path: Path, name: str, catalogue: Path, *, token: str = TOKEN) -> Daemon:
-    port = free_port()
-    directory = tmp_path / name
-    directory.mkdir()
-    return start_daemon(directory, port=port, extra_config=(
-        f"peer_url = http://127.0.0.1:{port}\npeer_token = {token}\n"
-        f"[database]\nconnection = sqlite:///{catalogue}\n"))
+    return start_node(tmp_path, name, catalogue, token=token)
 
 
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,

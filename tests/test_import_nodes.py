@@ -10,16 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import MEMBER_A, Daemon, free_port, start_daemon, stop_daemon
+from conftest import MEMBER_A, Daemon, start_node, stop_daemon
 
 
 def node(tmp_path: Path, name: str, catalogue: Path, extra: str = "") -> Daemon:
-    port = free_port()
-    directory = tmp_path / name
-    directory.mkdir()
-    return start_daemon(directory, port=port, extra_config=(
-        f"peer_url = http://127.0.0.1:{port}\npeer_token = t0ken\n"
-        f"[database]\nconnection = sqlite:///{catalogue}\n{extra}"))
+    return start_node(tmp_path, name, catalogue, extra=extra)
 
 
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,

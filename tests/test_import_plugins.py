@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_formats_convert import mixed_source
+from test_formats_convert import mixed_source, same_bytes
 
 from streamd.config import Config, load_config
 from streamd.errors import BadRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData
@@ -45,18 +45,6 @@ def qemu_info(path: Path) -> dict[str, object]:
 def mixed_disk(path: Path, size: int = VIRTUAL, seed: int = 11) -> Path:
     """Random data, text, zeros written inside data, and holes (the converter tests' mix)."""
     return mixed_source(path, size, seed)
-
-
-def same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while True:
-            x, y = fa.read(4 * MiB), fb.read(4 * MiB)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def config(tmp_path: Path, **sections: dict[str, str]) -> Config:

@@ -65,11 +65,7 @@ async def upload(request: web.Request) -> web.Response:
     async with request.app[INFLIGHT_UPLOADS].track():
         await upload_image(
             request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
-            limits=UploadLimits(size_cap=config.default.image_size_cap,
-                                hashing_algorithm=config.default.hashing_algorithm,
-                                require_image_format_match=config.image_format.require_image_format_match,
-                                gpt_safety_checks_nonfatal=frozenset(
-                                    config.image_format.gpt_safety_checks_nonfatal)),
+            limits=UploadLimits.from_config(config),
             host=config.host_id)
     return web.Response(status=204)
 

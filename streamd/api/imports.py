@@ -47,7 +47,7 @@ async def stage(request: web.Request) -> web.Response:
     if staging.has_data(image.id) or image.status == "uploading":
         raise ConflictError(f"Image {image.id} already has data on staging")
     declared = _declared_size(request)
-    limits = _limits(config)
+    limits = UploadLimits.from_config(config)
     catalog = request.app[CATALOG]
     async with request.app[INFLIGHT_UPLOADS].track():
         image = await catalog.begin_upload(image.id, config.host_id, from_status="queued", to_status="uploading")
@@ -72,12 +72,6 @@ async def stage(request: web.Request) -> web.Response:
 async def _unstage(request: web.Request, image_id: str) -> None:
     await asyncio.to_thread(request.app[IMPORTER].staging.remove, image_id)
     await request.app[CATALOG].abort_upload(image_id, from_status="uploading")
-
-
-def _limits(config: Config) -> UploadLimits:
-    return UploadLimits(size_cap=config.default.image_size_cap, hashing_algorithm=config.default.hashing_algorithm,
-                        require_image_format_match=config.image_format.require_image_format_match,
-                        gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal))
 
 
 # -- POST /import -----------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Importer:
         self.heartbeat_interval = max(0.5, self.lock_timeout / 6)
         self._running: dict[str, asyncio.Task[None]] = {}
         self.uri_filter = UriFilter(config.import_filtering_opts)
+        self.limits = UploadLimits.from_config(config)
 
     @property
     def running(self) -> int:
@@ -191,7 +192,7 @@ class Importer:
                 raise BadRequest(f"Image {plan.image_id} has no staged data to import")
             meta = found
         path = self.staging.path_of(plan.image_id)
-        if inspection_for(image, self._limits(image)) is not None and meta.inspected_format != image.disk_format:
+        if inspection_for(image, self.limits) is not None and meta.inspected_format != image.disk_format:
             # Staged before the image had (these) formats: inspect it now, before any plugin or store.
             meta = replace(meta, virtual_size=await self._inspect(image, path), inspected_format=image.disk_format)
         attributes: dict[str, Any] = {}
@@ -218,7 +219,7 @@ class Importer:
 
     async def _measure(self, plan: ImportPlan, image: ImageRecord, path: Path) -> StagedMeta:
         """Size, digests and virtual size of a staged file, inspected for ``image``'s formats."""
-        limits = self._limits(image)
+        limits = self.limits
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ingested = await write_to_stores(
@@ -233,7 +234,7 @@ class Importer:
     async def _inspect(self, image: ImageRecord, path: Path) -> int | None:
         """Format inspection of a staged file as an upload of ``image`` would get (415 on refusal);
         its virtual size."""
-        limits = self._limits(image)
+        limits = self.limits
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ingested = await write_to_stores(
@@ -243,19 +244,13 @@ class Importer:
             os.close(fd)
         return ingested.virtual_size
 
-    def _limits(self, image: ImageRecord) -> UploadLimits:
-        d = self.config.default
-        return UploadLimits(size_cap=d.image_size_cap, hashing_algorithm=d.hashing_algorithm,
-                            require_image_format_match=self.config.image_format.require_image_format_match,
-                            gpt_safety_checks_nonfatal=frozenset(self.config.image_format.gpt_safety_checks_nonfatal))
-
     async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> StagedMeta:
         """web-download: the source streamed into staging, hashed and inspected on the way."""
         from .web import open_web_source
 
         assert plan.uri is not None
         opts = self.config.image_import_opts
-        limits = self._limits(image)
+        limits = self.limits
         # Leftovers of an earlier failed attempt would otherwise block the rename into place.
         await asyncio.to_thread(self.staging.remove, plan.image_id)
         source = await open_web_source(plan.uri, self.uri_filter,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
+from ..config import Config
 from ..errors import Gone, ImageSizeLimitExceeded, NotFound
 from ..formats import ImageInspection, InspectionPolicy
 from ..stores import Store
@@ -32,6 +33,13 @@ class UploadLimits:
     # Format inspection of container_format=bare images ([image_format] options).
     require_image_format_match: bool = True
     gpt_safety_checks_nonfatal: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "UploadLimits":
+        """The limits every way in (upload, stage, web-download, import) takes from the configuration."""
+        return cls(size_cap=config.default.image_size_cap, hashing_algorithm=config.default.hashing_algorithm,
+                   require_image_format_match=config.image_format.require_image_format_match,
+                   gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal))
 
 
 def inspection_for(image: ImageRecord, limits: UploadLimits) -> ImageInspection | None:
