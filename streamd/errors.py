@@ -1,11 +1,25 @@
 """The one exception hierarchy of streamd.
 
-Every error the core raises is a ``StreamdError``. Each class carries the HTTP
-status the API edge answers with, so ``api/`` maps errors to responses in one
-place and the core never imports anything HTTP. The split follows who must act:
-``ClientError`` (the caller sent something wrong), ``ConflictError`` (the state
-of the world changed under the caller), ``ServiceError`` (we or a backend
-failed).
+Every error the core raises on purpose is a ``StreamdError``. The classes are
+named for the situation, and their roots for who must act, in the spirit of
+asyncpg's error roots:
+
+``RequestError``
+    the caller's request is wrong: the caller must change it;
+``StateConflict``
+    the request is fine but the resource is in the wrong state for it: the
+    caller must wait, or act on the resource first;
+``BackendFailure``
+    we, or a store or tool we depend on, failed: the operator must act;
+``OutOfSpace``
+    a store or this node has no room left: the operator must free some;
+``PeerFailure``
+    another node or a remote source misbehaved;
+``ConfigError``
+    the configuration is invalid.
+
+Nothing here knows HTTP. How each class is answered on the wire (status and
+reason) is one table in :mod:`streamd.status`, which only the edges read.
 """
 
 from __future__ import annotations
@@ -14,126 +28,112 @@ from __future__ import annotations
 class StreamdError(Exception):
     """Root of every error streamd raises on purpose."""
 
-    status = 500
-    title = "Internal Server Error"
-
-    def __init__(self, message: str = "", *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or self.title)
-        self.message = message or self.title
-        self.headers = headers or {}
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or type(self).__name__)
+        self.message = message or type(self).__name__
 
 
-# -- the caller must act ------------------------------------------------------
+# -- the caller must change the request ------------------------------------------
 
-class ClientError(StreamdError):
-    status = 400
-    title = "Bad Request"
-
-
-class BadRequest(ClientError):
-    pass
+class RequestError(StreamdError):
+    """The request is wrong, whatever the state of the service."""
 
 
-class Unauthorized(ClientError):
-    status = 401
-    title = "Unauthorized"
+class InvalidRequest(RequestError):
+    """A value, a combination of values or a document in the request is not acceptable."""
 
 
-class Forbidden(ClientError):
-    status = 403
-    title = "Forbidden"
+class NotAuthenticated(RequestError):
+    """The caller did not prove who they are."""
 
 
-class NotFound(ClientError):
-    status = 404
-    title = "Not Found"
+class NotPermitted(RequestError):
+    """The caller is known but not allowed to do this."""
 
 
-class MethodNotAllowed(ClientError):
-    status = 405
-    title = "Method Not Allowed"
+class DoesNotExist(RequestError):
+    """What the request names does not exist, or is not visible to the caller."""
 
 
-class Gone(ClientError):
-    status = 410
-    title = "Gone"
+class LimitExceeded(RequestError):
+    """The request would take the caller past a limit."""
 
 
-class RequestEntityTooLarge(ClientError):
-    status = 413
-    title = "Request Entity Too Large"
-
-
-class QuotaExceeded(RequestEntityTooLarge):
+class QuotaExceeded(LimitExceeded):
     """A property, tag, member or storage quota would be exceeded."""
 
 
-class ImageSizeLimitExceeded(RequestEntityTooLarge):
+class ImageSizeLimitExceeded(LimitExceeded):
     """The image grew past ``image_size_cap``."""
 
 
-class UnsupportedMediaType(ClientError):
-    status = 415
-    title = "Unsupported Media Type"
+class UnsupportedContent(RequestError):
+    """The request's content is of a kind this operation does not take."""
 
 
-class InvalidImageData(UnsupportedMediaType):
+class InvalidImageData(UnsupportedContent):
     """The bytes are not what the image claims to be, or fail a safety check."""
 
 
-class RangeNotSatisfiable(ClientError):
-    status = 416
-    title = "Requested Range Not Satisfiable"
+class DisallowedAddress(InvalidRequest):
+    """web-download would reach a loopback, private, link-local or other non-global address."""
 
 
-# -- the state changed under the caller ------------------------------------------
+# -- the resource is in the wrong state ----------------------------------------------
 
-class ConflictError(StreamdError):
-    status = 409
-    title = "Conflict"
-
-
-class Duplicate(ConflictError):
-    pass
+class StateConflict(StreamdError):
+    """The resource's state does not allow this now (it may have changed under the caller)."""
 
 
-class InvalidStatusTransition(ConflictError):
+class Duplicate(StateConflict):
+    """The thing to create exists already."""
+
+
+class InvalidStatusTransition(StateConflict):
     """A compare-and-swap on the image status lost, or the move is not allowed."""
+
+
+class ImageVanished(StateConflict):
+    """The image was deleted while the request was working on it."""
 
 
 # -- we, or something we depend on, failed ------------------------------------------
 
-class ServiceError(StreamdError):
-    status = 500
-    title = "Internal Server Error"
+class BackendFailure(StreamdError):
+    """A fault of ours or of a backend: nothing the caller can change fixes it."""
 
 
-class ServiceUnavailable(ServiceError):
-    status = 503
-    title = "Service Unavailable"
-
-
-class StoreError(ServiceError):
+class StoreFailure(BackendFailure):
     """A store could not read or write data."""
 
 
-class BadGateway(ServiceError):
-    """Another node this request was passed to failed (Glance's stage-host proxy: 502)."""
-
-    status = 502
-    title = "Bad Gateway"
+class StoreUnavailable(StoreFailure):
+    """A store (or its cluster) does not answer now; trying again later may work."""
 
 
-class GatewayTimeout(ServiceError):
-    """Another node this request was passed to could not be reached (504)."""
-
-    status = 504
-    title = "Gateway Timeout"
+class OutOfSpace(StreamdError):
+    """A store, the staging area or the cache has no room left for the data."""
 
 
-class StorageFull(RequestEntityTooLarge):
-    """The store has no room left for the image."""
+# -- another node or a remote source misbehaved ----------------------------------------
 
+class PeerFailure(StreamdError):
+    """Another party the request depends on failed."""
+
+
+class PeerUnreachable(PeerFailure):
+    """Another node this request was passed to could not be reached."""
+
+
+class PeerFailed(PeerFailure):
+    """Another node this request was passed to answered with a failure or broke off."""
+
+
+class ImportSourceError(PeerFailure):
+    """The source of an import failed: refused, broke off, stalled, or sent other than it declared."""
+
+
+# -- the configuration ----------------------------------------------------------------
 
 class ConfigError(StreamdError):
     """The configuration is invalid. ``problems`` names every wrong option."""
@@ -141,16 +141,3 @@ class ConfigError(StreamdError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
-
-
-# -- web-download (streamd.imports) ----------------------------------------------------
-
-class DisallowedAddress(BadRequest):
-    """web-download would reach a loopback, private, link-local or other non-global address."""
-
-
-class ImportSourceError(ServiceError):
-    """The source of an import failed: refused, broke off, stalled, or sent other than it declared."""
-
-    status = 502
-    title = "Bad Gateway"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from conftest import MEMBER_A, both_databases, start_daemon, stop_daemon
 from streamd.catalog import Catalog
-from streamd.errors import InvalidStatusTransition, NotFound
+from streamd.errors import InvalidStatusTransition, DoesNotExist
 
 
 @both_databases
@@ -48,7 +48,7 @@ async def test_transition_rules(database_url: str) -> None:
         with pytest.raises(InvalidStatusTransition):
             await catalog.transition(image.id, "active", "deactivated")  # image is not active
         await catalog.delete_image(image.id)
-        with pytest.raises(NotFound):
+        with pytest.raises(DoesNotExist):
             await catalog.transition(image.id, "queued", "saving")
     finally:
         await catalog.close()

@@ -19,6 +19,7 @@ import pytest
 from conftest import MEMBER_A, ApiClient, make_config, start_api
 from fuzz.corpus import (KiB, MiB, gpt_disk, hostile_samples, iso_image, qcow2_image, truncated_samples, vdi_header,
                          vmdk_descriptor, vmdk_sparse, vmdk_stream_footer)
+from streamd.status import status_of
 from streamd.formats import (ALL_FORMATS, FormatRejected, ImageInspection, InspectionPolicy, detect_file,
                              detect_stream)
 
@@ -143,7 +144,7 @@ def test_hostile_refused_with_named_check(name: str, declared: str, data: bytes,
         verdict(data, declared, chunk)
     assert caught.value.check == check, caught.value
     assert check in str(caught.value)
-    assert caught.value.status == 415
+    assert status_of(caught.value) == 415
 
 
 @pytest.mark.parametrize("name,declared,data", TRUNCATED, ids=[t[0] for t in TRUNCATED])

@@ -36,8 +36,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from conftest import ADMIN, MEMBER_A, MEMBER_B, ApiClient, both_databases, make_config, start_api
+from streamd.status import status_of
 from streamd.catalog import Catalog
-from streamd.errors import ConflictError
+from streamd.errors import StateConflict
 
 MiB = 1 << 20
 PAYLOAD = random.Random(5).randbytes(3 * MiB + 4321)
@@ -915,12 +916,12 @@ async def test_lock_expiry(database_url: str) -> None:
         assert locked.properties["os_glance_importing_to_stores"] == "fs,fs2"
         assert task.status == "processing"
         # Before the timeout the lock holds (the first task never beats).
-        with pytest.raises(ConflictError) as refused:
+        with pytest.raises(StateConflict) as refused:
             await begin(second, ["fs3"], 30.0)
-        assert refused.value.status == 409
+        assert status_of(refused.value) == 409
         await asyncio.sleep(1.5)
         # Still within a long timeout: refused again.
-        with pytest.raises(ConflictError):
+        with pytest.raises(StateConflict):
             await begin(second, ["fs3"], 30.0)
         # Past a short one: broken.
         relocked, task2 = await begin(second, ["fs3"], 1.0)

@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import pytest
 
+from streamd.status import status_of
 from streamd.config import ImportFilteringOptions
-from streamd.errors import BadRequest, DisallowedAddress, StreamdError
+from streamd.errors import InvalidRequest, DisallowedAddress, StreamdError
 from streamd.imports import UriFilter, normalize_hostname
 
 # Glance's defaults, spelled out: http/https, any host, ports 80 and 443 when named.
@@ -119,20 +120,20 @@ def test_filter_rules(options: ImportFilteringOptions, uri: str, expected: str |
     if expected is None:
         uri_filter.check(uri)
         return
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         uri_filter.check(uri)
     assert expected in refused.value.message
-    assert refused.value.status == 400
+    assert status_of(refused.value) == 400
 
 
 def test_private_literals_raise_disallowed_address() -> None:
     """The private-network refusal of a literal is the address error, still a 400 for the API."""
     with pytest.raises(DisallowedAddress) as refused:
         UriFilter(GLANCE_DEFAULTS).check("http://127.0.0.1/x")
-    assert isinstance(refused.value, BadRequest) and isinstance(refused.value, StreamdError)
-    assert refused.value.status == 400
+    assert isinstance(refused.value, InvalidRequest) and isinstance(refused.value, StreamdError)
+    assert status_of(refused.value) == 400
     # The syntax refusal of an encoded form is not an address error: it never got that far.
-    with pytest.raises(BadRequest) as encoded:
+    with pytest.raises(InvalidRequest) as encoded:
         UriFilter(GLANCE_DEFAULTS).check("http://0x7f000001/x")
     assert not isinstance(encoded.value, DisallowedAddress)
 

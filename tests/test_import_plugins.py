@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from test_formats_convert import mixed_source, same_bytes
 
+from streamd.status import status_of
 from streamd.config import Config, load_config
-from streamd.errors import BadRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData
+from streamd.errors import InvalidRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData
 from streamd.formats import FormatRejected
 from streamd.imports import PluginOutcome, StagedImage, run_import_plugins
 
@@ -157,7 +158,7 @@ async def test_declared_format_mismatch_refused(disks: dict[str, Path], staging:
     with pytest.raises(FormatRejected) as caught:
         await convert(staged, declared, config(tmp_path))
     assert caught.value.check == "format_match"
-    assert caught.value.status == 415
+    assert status_of(caught.value) == 415
     assert same_bytes(staged, disks[name])          # the source is left for the caller
     assert [p.name for p in staging.iterdir()] == [staged.name]
 
@@ -307,7 +308,7 @@ def zip_with(staging: Path, members: dict[str, bytes], method: int = zipfile.ZIP
 async def test_zip_with_several_members_refused(staging: Path, tmp_path: Path) -> None:
     staged = zip_with(staging, {"a.raw": b"a" * 1000, "b.raw": b"b" * 1000})
     before = staged.read_bytes()
-    with pytest.raises(BadRequest, match="2 entries"):
+    with pytest.raises(InvalidRequest, match="2 entries"):
         await decompress(staged, config(tmp_path))
     assert staged.read_bytes() == before
     assert [p.name for p in staging.iterdir()] == ["img"]
@@ -320,13 +321,13 @@ async def test_encrypted_zip_refused(staging: Path, tmp_path: Path) -> None:
         at = data.find(signature)
         data[at + flag_offset] |= 0x1
     staged.write_bytes(bytes(data))
-    with pytest.raises(BadRequest, match="encrypted"):
+    with pytest.raises(InvalidRequest, match="encrypted"):
         await decompress(staged, config(tmp_path))
 
 
 async def test_bzip2_zip_member_refused(staging: Path, tmp_path: Path) -> None:
     staged = zip_with(staging, {"a.raw": b"a" * 1000}, zipfile.ZIP_BZIP2)
-    with pytest.raises(BadRequest, match="compression method"):
+    with pytest.raises(InvalidRequest, match="compression method"):
         await decompress(staged, config(tmp_path))
 
 
@@ -349,13 +350,13 @@ async def test_zip_that_lies_about_its_size_refused(staging: Path, tmp_path: Pat
     at = data.find(b"PK\x01\x02")
     data[at + 24:at + 28] = (1000).to_bytes(4, "little")   # uncompressed size
     staged.write_bytes(bytes(data))
-    with pytest.raises(BadRequest, match="corrupt"):
+    with pytest.raises(InvalidRequest, match="corrupt"):
         await decompress(staged, config(tmp_path), size_cap=8 * MiB)
     assert [p.name for p in staging.iterdir()] == ["img"]
 
 
 async def test_damaged_zip_archives_are_bad_requests(staging: Path, tmp_path: Path) -> None:
-    """Whatever zipfile trips over in a damaged archive surfaces as BadRequest, never as
+    """Whatever zipfile trips over in a damaged archive surfaces as InvalidRequest, never as
     a stray exception or a partial output."""
     rng = random.Random(3)
     original = zip_with(staging, {"disk.raw": rng.randbytes(20_000) + bytes(50_000)}).read_bytes()
@@ -372,7 +373,7 @@ async def test_damaged_zip_archives_are_bad_requests(staging: Path, tmp_path: Pa
         try:
             await decompress(staged, cfg)
             outcomes.add("extracted")
-        except BadRequest as exc:
+        except InvalidRequest as exc:
             outcomes.add(exc.message.split(":")[0])
         assert [p.name for p in staging.iterdir()] == ["img"]
     assert "the zip archive is corrupt" in outcomes
@@ -387,7 +388,7 @@ async def test_broken_gzip_refused(payload: bytes, staging: Path, tmp_path: Path
     else:
         data[-8] ^= 0xFF   # the CRC in the trailer
     staged.write_bytes(bytes(data))
-    with pytest.raises(BadRequest, match=damage if damage == "truncated" else "corrupt"):
+    with pytest.raises(InvalidRequest, match=damage if damage == "truncated" else "corrupt"):
         await decompress(staged, config(tmp_path))
     assert staged.read_bytes() == bytes(data)
     assert [p.name for p in staging.iterdir()] == ["img"]
@@ -508,7 +509,7 @@ async def test_later_failure_removes_files_earlier_plugins_made(staging: Path, t
         handle.write(b"\x1f\x8b\x08\x00 this is no gzip stream")
     staged = staging / "img"
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(staged))
-    with pytest.raises(BadRequest, match="gzip"):
+    with pytest.raises(InvalidRequest, match="gzip"):
         await run_import_plugins(["image_conversion", "image_decompression"], StagedImage(staged, "qcow2", "bare"),
                                  roles=MEMBER, config=config(tmp_path))
     assert list(staging.iterdir()) == []

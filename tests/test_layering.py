@@ -17,7 +17,7 @@ LAYERS = {
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
     "pipeline": 3, "imports": 3,
-    "api": 4, "admin": 4,
+    "api": 4, "admin": 4, "status": 4,
     "daemon": 5,
     "cli": 6, "__main__": 6,
 }

@@ -21,14 +21,15 @@ from typing import Any, Awaitable, Callable
 from ..cache import ImageCache
 from ..catalog import Catalog
 from ..context import RequestContext
-from ..errors import BadRequest, NotFound, ServiceError, StreamdError
+from ..errors import InvalidRequest, DoesNotExist, BackendFailure, StreamdError
+from ..status import status_of
 from ..pipeline import ImageDelivery, Prefetcher
 
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 16
 
 
-class AdminSocketInUse(ServiceError):
+class AdminSocketInUse(BackendFailure):
     """Another live daemon already answers on the admin socket."""
 
 
@@ -88,24 +89,24 @@ class AdminServer:
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
-                raise BadRequest("a request is a JSON object")
+                raise InvalidRequest("a request is a JSON object")
             command = self.commands.get(str(request.get("command")))
             if command is None:
-                raise BadRequest(f"unknown command {request.get('command')!r}; known: {', '.join(self.commands)}")
+                raise InvalidRequest(f"unknown command {request.get('command')!r}; known: {', '.join(self.commands)}")
             if self.cache is None and request.get("command") != "stats":
-                raise NotFound("the image cache is not enabled on this node")
+                raise DoesNotExist("the image cache is not enabled on this node")
             return {"ok": True, "result": await command(request)}
         except json.JSONDecodeError:
             return {"ok": False, "status": 400, "error": "requests are JSON objects, one per line"}
         except StreamdError as exc:
-            return {"ok": False, "status": exc.status, "error": exc.message}
+            return {"ok": False, "status": status_of(exc), "error": exc.message}
 
     # -- commands --------------------------------------------------------------------------------
 
     def _image_id(self, request: dict[str, Any]) -> str:
         image_id = request.get("image_id")
         if not isinstance(image_id, str) or not image_id:
-            raise BadRequest("this command needs an image_id")
+            raise InvalidRequest("this command needs an image_id")
         return image_id
 
     async def _list_cached(self, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,7 +124,7 @@ class AdminServer:
         image_id = self._image_id(request)
         image = await self.catalog.get_image(image_id, RequestContext.admin())
         if image.status != "active":
-            raise BadRequest(f"Only images with status active can be queued (image {image_id} is {image.status})")
+            raise InvalidRequest(f"Only images with status active can be queued (image {image_id} is {image.status})")
         added = await self.cache.queue(image_id)
         if request.get("now"):
             cached = await self.prefetcher.fetch_soon(image_id)
@@ -143,7 +144,7 @@ class AdminServer:
         assert self.cache is not None
         image_id = self._image_id(request)
         if not await self.cache.dequeue(image_id):
-            raise NotFound(f"Image {image_id} is not queued")
+            raise DoesNotExist(f"Image {image_id} is not queued")
         return {"deleted": 1}
 
     async def _delete_all_queued(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +165,7 @@ class AdminServer:
         image = await self.catalog.get_image(self._image_id(request), RequestContext.admin())
         if await self.cache.entry(image.id) is None:
             # Not "valid: false": that answer means a corrupt copy was found and evicted.
-            raise NotFound(f"Image {image.id} is not cached")
+            raise DoesNotExist(f"Image {image.id} is not cached")
         valid = await self.delivery.verify_cached(image)
         return {"valid": valid, "evicted": not valid}
 

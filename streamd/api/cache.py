@@ -11,17 +11,17 @@ from aiohttp import web
 from ..cache import ImageCache
 from ..catalog.query import is_uuid_like
 from ..context import RequestContext
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import InvalidRequest, NotPermitted, DoesNotExist
 from .keys import CACHE, CATALOG, PREFETCHER, context_of
 
 
 def _cache(request: web.Request) -> ImageCache:
     ctx = context_of(request)
     if not ctx.is_admin:
-        raise Forbidden("You are not authorized to manage the image cache.")
+        raise NotPermitted("You are not authorized to manage the image cache.")
     cache = request.app.get(CACHE)
     if cache is None:
-        raise NotFound("The image cache is not enabled on this node")
+        raise DoesNotExist("The image cache is not enabled on this node")
     return cache
 
 
@@ -41,7 +41,7 @@ async def clear_cache(request: web.Request) -> web.Response:
     target = request.headers.get("x-image-cache-clear-target", "").lower()
     if target not in ("", "cache", "queue"):
         # Glance refuses 'both' here too: the header is absent for both.
-        raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
+        raise InvalidRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
     if target in ("", "cache"):
         await cache.delete_all()
     if target in ("", "queue"):
@@ -55,9 +55,9 @@ async def queue_image(request: web.Request) -> web.Response:
     image = await request.app[CATALOG].get_image(image_id, RequestContext.admin()) if is_uuid_like(image_id) \
         else None
     if image is None:
-        raise NotFound(f"Image {image_id} not found.")
+        raise DoesNotExist(f"Image {image_id} not found.")
     if image.status != "active":
-        raise BadRequest("Only images with status active can be targeted for queueing")
+        raise InvalidRequest("Only images with status active can be targeted for queueing")
     await cache.queue(image_id)
     request.app[PREFETCHER].fetch_soon(image_id)  # Glance 2.16+: cached right away, not at the next run
     return web.Response(status=202)
@@ -67,10 +67,10 @@ async def delete_cache_entry(request: web.Request) -> web.Response:
     cache = _cache(request)
     image_id = request.match_info["image_id"]
     removed = await cache.dequeue(image_id)
-    with contextlib.suppress(NotFound):
+    with contextlib.suppress(DoesNotExist):
         removed = await cache.delete(image_id) or removed
     if not removed:
-        raise NotFound(f"Image {image_id} not found.")
+        raise DoesNotExist(f"Image {image_id} not found.")
     return web.Response(status=204)
 
 
@@ -110,7 +110,7 @@ async def legacy_queue(request: web.Request) -> web.Response:
     cache = _cache(request)
     image_id = request.match_info["image_id"]
     if not is_uuid_like(image_id):
-        raise NotFound(f"Image {image_id} not found.")
+        raise DoesNotExist(f"Image {image_id} not found.")
     await request.app[CATALOG].get_image(image_id, RequestContext.admin())
     await cache.queue(image_id)
     return web.Response(status=200)
@@ -119,7 +119,7 @@ async def legacy_queue(request: web.Request) -> web.Response:
 async def legacy_dequeue(request: web.Request) -> web.Response:
     cache = _cache(request)
     if not await cache.dequeue(request.match_info["image_id"]):
-        raise NotFound(f"Image {request.match_info['image_id']} is not queued")
+        raise DoesNotExist(f"Image {request.match_info['image_id']} is not queued")
     return web.Response(status=200)
 
 

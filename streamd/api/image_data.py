@@ -9,7 +9,8 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from ..catalog import ImageRecord, policy
-from ..errors import BadRequest, Forbidden, RangeNotSatisfiable, UnsupportedMediaType
+from ..errors import InvalidRequest, NotPermitted, UnsupportedContent
+from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible
@@ -44,11 +45,11 @@ def _declared_size(request: web.Request) -> int | None:
         try:
             size = int(header)
         except ValueError:
-            raise BadRequest(f"x-openstack-image-size must be an integer, not {header!r}") from None
+            raise InvalidRequest(f"x-openstack-image-size must be an integer, not {header!r}") from None
         if size < 0:
-            raise BadRequest("x-openstack-image-size must not be negative")
+            raise InvalidRequest("x-openstack-image-size must not be negative")
         if request.content_length is not None and request.content_length != size:
-            raise BadRequest("x-openstack-image-size does not match Content-Length")
+            raise InvalidRequest("x-openstack-image-size does not match Content-Length")
         return size
     return request.content_length
 
@@ -59,7 +60,7 @@ async def upload(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "upload_image")
     if request.content_type != "application/octet-stream":
-        raise UnsupportedMediaType(f"Unsupported Content-Type {request.content_type}: "
+        raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
     store = request.app[STORES].get(request.headers.get("X-Image-Meta-Store"))
     async with request.app[INFLIGHT_UPLOADS].track():
@@ -79,25 +80,28 @@ def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
             return None
         match = _CONTENT_RANGE.match(legacy.strip())
         if not match:
-            raise RangeNotSatisfiable(f"Invalid Content-Range {legacy}", headers={"Content-Range": f"bytes */{size}"})
+            raise _unsatisfiable(f"Invalid Content-Range {legacy}", size)
         first, last = int(match.group(1)), int(match.group(2))
     else:
         if "," in header:
-            raise BadRequest("Multiple ranges are not supported")
+            raise InvalidRequest("Multiple ranges are not supported")
         match = _RANGE.match(header.strip())
         if not match or (not match.group(1) and not match.group(2)):
-            raise RangeNotSatisfiable(f"Invalid Range {header}", headers={"Content-Range": f"bytes */{size}"})
+            raise _unsatisfiable(f"Invalid Range {header}", size)
         if not match.group(1):
             suffix = int(match.group(2))
             if suffix == 0 or size == 0:
-                raise RangeNotSatisfiable(f"Range {header} is empty", headers={"Content-Range": f"bytes */{size}"})
+                raise _unsatisfiable(f"Range {header} is empty", size)
             return max(0, size - suffix), size - 1
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) else size - 1
     if first >= size or last < first:
-        raise RangeNotSatisfiable(f"Range not satisfiable for an image of {size} bytes",
-                                  headers={"Content-Range": f"bytes */{size}"})
+        raise _unsatisfiable(f"Range not satisfiable for an image of {size} bytes", size)
     return first, min(last, size - 1)
+
+
+def _unsatisfiable(message: str, size: int) -> ProtocolError:
+    return ProtocolError(416, message, headers={"Content-Range": f"bytes */{size}"})
 
 
 def _etag(image: ImageRecord) -> str:
@@ -108,7 +112,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     if image.status == "deactivated" and not ctx.is_admin:
-        raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+        raise NotPermitted("The requested image has been deactivated. Image data download is forbidden.")
     delivery = request.app[DELIVERY]
     if image.status not in ("active", "deactivated") or not delivery.has_data(image):
         return web.Response(status=204)

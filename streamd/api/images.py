@@ -14,7 +14,8 @@ from aiohttp import web
 from ..catalog import policy
 from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
-from ..errors import BadRequest, ConflictError as Conflict, Forbidden, NotFound, QuotaExceeded, UnsupportedMediaType
+from ..errors import InvalidRequest, StateConflict as Conflict, NotPermitted, DoesNotExist, QuotaExceeded
+from .errors import ProtocolError
 from .keys import CACHE, CATALOG, CONFIG, IMPORTER, STORES, context_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
@@ -38,23 +39,23 @@ def _check_allowed(name: str, *, creating: bool) -> None:
     if creating and name == "id":
         return  # a client may choose the id of a new image
     if name in READ_ONLY or name in GENERATED:
-        raise Forbidden(f"Attribute '{name}' is read-only.")
+        raise NotPermitted(f"Attribute '{name}' is read-only.")
     if name in RESERVED or name.startswith("os_glance"):
-        raise Forbidden(f"Attribute '{name}' is reserved.")
+        raise NotPermitted(f"Attribute '{name}' is reserved.")
     if creating and name == "locations":
-        raise Forbidden("Attribute 'locations' is read-only.")
+        raise NotPermitted("Attribute 'locations' is read-only.")
 
 
 def _check_property(name: str, value: Any) -> None:
     if len(name) > 255:
-        raise BadRequest(f"Property names are at most 255 characters: {name[:32]}...")
+        raise InvalidRequest(f"Property names are at most 255 characters: {name[:32]}...")
     if isinstance(value, str) and len(value) > MAX_PROPERTY_VALUE:
-        raise BadRequest(f"Value of property {name} is longer than {MAX_PROPERTY_VALUE} characters")
+        raise InvalidRequest(f"Value of property {name} is longer than {MAX_PROPERTY_VALUE} characters")
 
 
 def _check_base_value(name: str, value: Any) -> None:
     if name in ("min_disk", "min_ram") and isinstance(value, int) and value < 0:
-        raise BadRequest(f"{name} must be >= 0")
+        raise InvalidRequest(f"{name} must be >= 0")
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -62,7 +63,7 @@ async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"Malformed JSON in request body: {exc}") from None
+        raise InvalidRequest(f"Malformed JSON in request body: {exc}") from None
 
 
 def _image_url(request: web.Request, image_id: str) -> str:
@@ -75,7 +76,7 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     ctx = context_of(request)
     policy.require_reader(ctx)
     if not is_uuid_like(image_id):
-        raise NotFound(f"No image found with ID {image_id}")
+        raise DoesNotExist(f"No image found with ID {image_id}")
     return await request.app[CATALOG].get_image(image_id, ctx)
 
 
@@ -87,7 +88,7 @@ async def create_image(request: web.Request) -> web.Response:
     policy.require_writer(ctx, "add_image")
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise BadRequest("Image body must be a JSON object")
+        raise InvalidRequest("Image body must be a JSON object")
     for key in body:
         _check_allowed(key, creating=True)
     validate_image(config, body)
@@ -98,10 +99,10 @@ async def create_image(request: web.Request) -> web.Response:
         _check_base_value(name, value)
     if "id" in body:
         if not is_uuid_like(body["id"]):
-            raise BadRequest(f"Invalid image id {body['id']}")
+            raise InvalidRequest(f"Invalid image id {body['id']}")
         base["id"] = body["id"]
     if "owner" in base and base["owner"] != ctx.project_id and not ctx.is_admin:
-        raise Forbidden(f"You are not permitted to create images owned by '{base['owner']}'.")
+        raise NotPermitted(f"You are not permitted to create images owned by '{base['owner']}'.")
     base.setdefault("owner", ctx.project_id)
     policy.require_visibility_change(ctx, base.get("visibility", "shared"))
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
@@ -168,15 +169,15 @@ async def list_images(request: web.Request) -> web.Response:
 def _decode_pointer(pointer: Any) -> list[str]:
     """A JSON pointer as Glance accepts it: ``/``-separated, ``~0``/``~1`` escapes, blanks stripped."""
     if not isinstance(pointer, str) or not pointer.startswith("/"):
-        raise BadRequest(f"Pointer `{pointer}` does not start with \"/\".")
+        raise InvalidRequest(f"Pointer `{pointer}` does not start with \"/\".")
     if re.search(r"/\s*?/", pointer[1:]):
-        raise BadRequest(f"Pointer `{pointer}` contains adjacent \"/\".")
+        raise InvalidRequest(f"Pointer `{pointer}` contains adjacent \"/\".")
     if len(pointer) > 1 and pointer.endswith("/"):
-        raise BadRequest(f"Pointer `{pointer}` end with \"/\".")
+        raise InvalidRequest(f"Pointer `{pointer}` end with \"/\".")
     if pointer[1:].strip() == "/":
-        raise BadRequest(f"Pointer `{pointer}` does not contains valid token.")
+        raise InvalidRequest(f"Pointer `{pointer}` does not contains valid token.")
     if re.search("~[^01]", pointer) or pointer.endswith("~"):
-        raise BadRequest(f"Pointer `{pointer}` contains \"~\" not part of a recognized escape sequence.")
+        raise InvalidRequest(f"Pointer `{pointer}` contains \"~\" not part of a recognized escape sequence.")
     return [p.replace("~1", "/").replace("~0", "~").strip() for p in pointer[1:].split("/")]
 
 
@@ -199,32 +200,32 @@ def _check_change(config: Any, op: str, path: list[str], value: Any) -> None:
 def _parse_changes(body: Any, media_type: str, config: Any = None) -> list[dict[str, Any]]:
     """Parse and check the whole change list before the image is looked up (Glance's order)."""
     if not isinstance(body, list):
-        raise BadRequest("Request body must be a JSON array of operation objects.")
+        raise InvalidRequest("Request body must be a JSON array of operation objects.")
     draft4 = media_type.endswith("v2.0-json-patch")
     changes = []
     for raw in body:
         if not isinstance(raw, dict):
-            raise BadRequest("Operations must be JSON objects.")
+            raise InvalidRequest("Operations must be JSON objects.")
         if draft4:
             ops = [op for op in ("add", "remove", "replace") if op in raw]
             if len(ops) != 1:
-                raise BadRequest("Operation objects must contain exactly one member named \"add\", \"remove\", or \"replace\".")
+                raise InvalidRequest("Operation objects must contain exactly one member named \"add\", \"remove\", or \"replace\".")
             op, pointer = ops[0], raw[ops[0]]
         else:
             op, pointer = raw.get("op"), raw.get("path")
             if op not in ("add", "remove", "replace"):
-                raise BadRequest(f"Invalid operation: `{op}`. It must be one of the following: add, remove, replace."
+                raise InvalidRequest(f"Invalid operation: `{op}`. It must be one of the following: add, remove, replace."
                                  if op is not None
                                  else "Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace.")
             if "path" not in raw:
-                raise BadRequest("Unable to find 'path' in JSON Schema change")
+                raise InvalidRequest("Unable to find 'path' in JSON Schema change")
         path = _decode_pointer(pointer)
         if len(path) != _PATH_DEPTH.get(path[0], {}).get(op, 1):
-            raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
+            raise InvalidRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
         change: dict[str, Any] = {"op": op, "name": path[0], "path": path, "draft4": draft4}
         if op != "remove":
             if "value" not in raw:
-                raise BadRequest(f"Operation \"{op}\" requires a member named \"value\".")
+                raise InvalidRequest(f"Operation \"{op}\" requires a member named \"value\".")
             change["value"] = raw["value"]
         if config is not None:
             _check_change(config, op, path, change.get("value"))
@@ -237,8 +238,8 @@ async def update_image(request: web.Request) -> web.Response:
     ctx = context_of(request)
     media_type = request.content_type
     if media_type not in PATCH_MEDIA_TYPES:
-        raise UnsupportedMediaType(f"Image PATCH expects Content-Type one of: {', '.join(sorted(PATCH_MEDIA_TYPES))}",
-                                   headers={"Accept-Patch": ", ".join(sorted(PATCH_MEDIA_TYPES))})
+        raise ProtocolError(415, f"Image PATCH expects Content-Type one of: {', '.join(sorted(PATCH_MEDIA_TYPES))}",
+                            headers={"Accept-Patch": ", ".join(sorted(PATCH_MEDIA_TYPES))})
     # Glance's deserializer parses and checks every change before the image is looked up.
     changes = _parse_changes(await _json_body(request), media_type, config)
     image = await _get_visible(request, request.match_info["image_id"])
@@ -256,22 +257,22 @@ async def update_image(request: web.Request) -> web.Response:
         value = change.get("value")
         if name == "locations":
             if op == "replace" and not value:
-                raise Forbidden("Cannot set locations to empty list.")
+                raise NotPermitted("Cannot set locations to empty list.")
             # Glance refuses location changes while show_multiple_locations is off (its default).
-            raise Forbidden(f"It's not allowed to {op} locations if locations are invisible.")
+            raise NotPermitted(f"It's not allowed to {op} locations if locations are invisible.")
         if op == "replace" and name == "owner" and not ctx.is_admin:
-            raise Forbidden("Owner can't be updated by non admin.")
+            raise NotPermitted("Owner can't be updated by non admin.")
         if name == "visibility" and op != "remove":
             # publicize_image is checked on every change to public, even when it already is.
             policy.require_visibility_change(ctx, value)
         if name in base_names:
             if op == "remove":
-                raise Forbidden(f"Property {name} may not be removed.")
+                raise NotPermitted(f"Property {name} may not be removed.")
             if op == "add" and change["draft4"]:
                 raise Conflict(f"Property {name} already present.")
             if name == "owner" and not ctx.is_admin:
                 # Glance lets "add /owner" through (only replace is guarded); streamd refuses both.
-                raise Forbidden("Owner can't be updated by non admin.")
+                raise NotPermitted("Owner can't be updated by non admin.")
             if name == "tags":
                 tags = list(dict.fromkeys(value))
                 _check_tags(tags)
@@ -279,7 +280,7 @@ async def update_image(request: web.Request) -> web.Response:
                 continue
             _check_base_value(name, value)
             if name in QUEUED_ONLY and image.status not in ("queued", "importing"):
-                raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
+                raise NotPermitted(f"Attribute {name} can be only replaced for a queued image.")
             new_base[name] = value
         elif op == "remove":
             if name not in props:
@@ -317,7 +318,7 @@ def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, s
 def _check_tags(tags: list[str]) -> None:
     for tag in tags:
         if len(tag) > 255:
-            raise BadRequest("Image tag exceeds the maximum length of 255 characters")
+            raise InvalidRequest("Image tag exceeds the maximum length of 255 characters")
 
 
 # -- delete, deactivate, reactivate --------------------------------------------------------
@@ -327,7 +328,7 @@ async def delete_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "delete_image")
     if image.protected:
-        raise Forbidden(f"Image {image.id} is protected and cannot be deleted.")
+        raise NotPermitted(f"Image {image.id} is protected and cannot be deleted.")
     stores = request.app[STORES]
     for location in image.locations:
         store = stores.for_location(location.store)
@@ -337,7 +338,7 @@ async def delete_image(request: web.Request) -> web.Response:
     await asyncio.to_thread(request.app[IMPORTER].staging.remove, image.id)
     cache = request.app.get(CACHE)
     if cache is not None:
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(DoesNotExist):
             await cache.delete(image.id)
     for location in deleted.locations:
         store = stores.for_location(location.store)
@@ -354,7 +355,7 @@ async def _toggle_active(request: web.Request, action: str, source: str, target:
     if image.status == target:
         return web.Response(status=204)
     if image.status != source:
-        raise Forbidden(f"Not allowed to {action} image in status '{image.status}'")
+        raise NotPermitted(f"Not allowed to {action} image in status '{image.status}'")
     await request.app[CATALOG].transition(image.id, source, target)
     return web.Response(status=204)
 

@@ -18,8 +18,8 @@ from ..catalog import TaskRecord, policy
 from ..catalog.catalog import STAGE_HOST
 from ..catalog.records import isotime
 from ..config import Config
-from ..errors import (BadGateway, BadRequest, ConflictError, Forbidden, GatewayTimeout, NotFound,
-                      UnsupportedMediaType)
+from ..errors import (PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist,
+                      UnsupportedContent)
 from ..imports import ImportPlan
 from ..imports.staging import StagedMeta
 from ..pipeline import inspection_for, write_to_stores
@@ -35,17 +35,17 @@ from .keys import CACHE, CATALOG, CONFIG, IMPORTER, INFLIGHT_UPLOADS, STORES, co
 async def stage(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     if "glance-direct" not in config.default.enabled_import_methods:
-        raise NotFound("The glance-direct import method is not enabled")
+        raise DoesNotExist("The glance-direct import method is not enabled")
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "upload_image")
     if request.content_type != "application/octet-stream":
-        raise UnsupportedMediaType(f"Unsupported Content-Type {request.content_type}: "
+        raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
     importer = request.app[IMPORTER]
     staging = importer.staging
     if staging.has_data(image.id) or image.status == "uploading":
-        raise ConflictError(f"Image {image.id} already has data on staging")
+        raise StateConflict(f"Image {image.id} already has data on staging")
     declared = _declared_size(request)
     limits = UploadLimits.from_config(config)
     catalog = request.app[CATALOG]
@@ -84,32 +84,32 @@ async def import_image(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("Malformed JSON in request body") from None
+        raise InvalidRequest("Malformed JSON in request body") from None
     if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
-        raise BadRequest("Import request requires a 'method' object")
+        raise InvalidRequest("Import request requires a 'method' object")
     method = body["method"].get("name")
     if method not in config.default.enabled_import_methods:
-        raise BadRequest(f"Import method {method} is not valid or not enabled at this site "
+        raise InvalidRequest(f"Import method {method} is not valid or not enabled at this site "
                          f"(enabled: {', '.join(config.default.enabled_import_methods)})")
     if method == "copy-image":
         if not ctx.is_admin:
-            raise Forbidden("You are not authorized to complete copy_image action.")
+            raise NotPermitted("You are not authorized to complete copy_image action.")
     else:
         policy.require_modify(ctx, image, "modify_image")
     must_succeed = body.get("all_stores_must_succeed", True)
     if not isinstance(must_succeed, bool):
-        raise BadRequest("all_stores_must_succeed must be a boolean")
+        raise InvalidRequest("all_stores_must_succeed must be a boolean")
     stores = _target_stores(request, body, image.stores if method == "copy-image" else ())
     if image.status == "active" and method != "copy-image":
-        raise ConflictError(f"Image {image.id} is active: only copy-image applies to it")
+        raise StateConflict(f"Image {image.id} is active: only copy-image applies to it")
     if method == "copy-image" and image.status != "active":
-        raise ConflictError(f"Image {image.id} is {image.status}: copy-image needs an active image")
+        raise StateConflict(f"Image {image.id} is {image.status}: copy-image needs an active image")
     if method == "web-download" and image.status != "queued":
-        raise ConflictError(f"Image {image.id} is {image.status}: web-download needs a queued image")
+        raise StateConflict(f"Image {image.id} is {image.status}: web-download needs a queued image")
     if method == "glance-direct" and image.status != "uploading":
-        raise ConflictError(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
+        raise StateConflict(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
     if not (image.disk_format and image.container_format):
-        raise ConflictError("'disk_format' and 'container_format' must be set prior to import")
+        raise StateConflict("'disk_format' and 'container_format' must be set prior to import")
     if method == "copy-image" and not stores:
         return web.Response(status=202)  # every store already holds the image (all_stores): nothing to do
     importer = request.app[IMPORTER]
@@ -117,16 +117,16 @@ async def import_image(request: web.Request) -> web.Response:
     if method == "web-download":
         uri = body["method"].get("uri")
         if not isinstance(uri, str) or not uri:
-            raise BadRequest("web-download needs a 'uri'")
+            raise InvalidRequest("web-download needs a 'uri'")
         importer.uri_filter.check(uri)
         if uri.split(":", 1)[0].lower() not in ("http", "https"):
-            raise BadRequest("web-download fetches http and https URIs only")
+            raise InvalidRequest("web-download fetches http and https URIs only")
     if method == "glance-direct" and importer.staging.load(image.id) is None:
         stage_host = image.properties.get(STAGE_HOST, "")
         if stage_host.startswith(("http://", "https://")) and stage_host.rstrip("/") != _own_url(config):
             # Staged on another node sharing the catalogue: that node imports it (Glance proxies too).
             return await _proxy_to_stage_host(request, stage_host, body)
-        raise ConflictError(f"Image {image.id} has no staged data on this node")
+        raise StateConflict(f"Image {image.id} has no staged data on this node")
     await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles)),
                          owner=ctx.project_id, user_id=ctx.user_id,
                          request_id=request_id_of(request))
@@ -154,9 +154,9 @@ async def _proxy_to_stage_host(request: web.Request, stage_host: str, body: dict
                 return web.Response(status=reply.status, body=await reply.read(),
                                     content_type=reply.content_type if reply.content_length else None)
     except (aiohttp.ClientConnectorError, TimeoutError) as exc:
-        raise GatewayTimeout(f"The node holding the staged data ({stage_host}) cannot be reached: {exc}") from exc
+        raise PeerUnreachable(f"The node holding the staged data ({stage_host}) cannot be reached: {exc}") from exc
     except aiohttp.ClientError as exc:
-        raise BadGateway(f"Passing the import to the node holding the staged data ({stage_host}) failed: "
+        raise PeerFailed(f"Passing the import to the node holding the staged data ({stage_host}) failed: "
                          f"{exc}") from exc
 
 
@@ -167,11 +167,11 @@ def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[st
     stores = body.get("stores")
     all_stores = body.get("all_stores", False)
     if not isinstance(all_stores, bool):
-        raise BadRequest("all_stores must be a boolean")
+        raise InvalidRequest("all_stores must be a boolean")
     if header is not None and stores is not None:
-        raise BadRequest("Both the X-Image-Meta-Store header and the stores parameter are given")
+        raise InvalidRequest("Both the X-Image-Meta-Store header and the stores parameter are given")
     if all_stores and (stores is not None or header is not None):
-        raise BadRequest("all_stores cannot be combined with stores or the X-Image-Meta-Store header")
+        raise InvalidRequest("all_stores cannot be combined with stores or the X-Image-Meta-Store header")
     if all_stores:
         return [name for name in registry.by_name if name not in holding]
     if stores is None:
@@ -179,11 +179,11 @@ def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[st
     elif isinstance(stores, list) and stores and all(isinstance(s, str) for s in stores):
         names = list(dict.fromkeys(stores))
     else:
-        raise BadRequest("stores must be a non-empty list of store names")
+        raise InvalidRequest("stores must be a non-empty list of store names")
     for name in names:
         registry.get(name)  # 400 for an unknown store
         if name in holding:
-            raise BadRequest(f"Image is already present at store '{name}'")
+            raise InvalidRequest(f"Image is already present at store '{name}'")
     return names
 
 
@@ -195,16 +195,16 @@ async def delete_from_store(request: web.Request) -> web.Response:
     store_id = request.match_info["store_id"]
     store = request.app[STORES].for_location(store_id)
     if store is None:
-        raise ConflictError(f"The selected store {store_id} is not available on this node.")
+        raise StateConflict(f"The selected store {store_id} is not available on this node.")
     image = await _get_visible(request, request.match_info["image_id"])
     if not ctx.is_admin:
-        raise Forbidden("You are not authorized to complete delete_image_location action.")
+        raise NotPermitted("You are not authorized to complete delete_image_location action.")
     if image.status != "active":
-        raise ConflictError("It's not allowed to remove image data from store if image status is not 'active'")
+        raise StateConflict("It's not allowed to remove image data from store if image status is not 'active'")
     if store_id not in image.stores:
-        raise NotFound(f"Image {image.id} is not stored in store {store_id}.")
+        raise DoesNotExist(f"Image {image.id} is not stored in store {store_id}.")
     if len(image.locations) == 1:
-        raise Forbidden("Cannot delete image data from the only store containing it. "
+        raise NotPermitted("Cannot delete image data from the only store containing it. "
                         "Consider deleting the image instead.")
     location = next(loc for loc in image.locations if loc.store == store_id)
     await store.check_deletable(location.url)  # 409 while RBD clones depend on it
@@ -239,7 +239,7 @@ async def image_tasks(request: web.Request) -> web.Response:
 
 def _require_tasks_access(request: web.Request) -> None:
     if not context_of(request).is_admin:
-        raise Forbidden("You are not authorized to complete tasks_api_access action.")
+        raise NotPermitted("You are not authorized to complete tasks_api_access action.")
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -286,7 +286,7 @@ async def info_stores(request: web.Request) -> web.Response:
 
 async def info_stores_detail(request: web.Request) -> web.Response:
     if not context_of(request).is_admin:
-        raise Forbidden("You are not authorized to complete stores_info_detail action.")
+        raise NotPermitted("You are not authorized to complete stores_info_detail action.")
     config = request.app[CONFIG]
     registry = request.app[STORES]
     stores = _stores_info(config)

@@ -7,7 +7,7 @@ from aiohttp import web
 from ..catalog import policy
 from ..catalog.records import MEMBER_STATUSES, ImageRecord, MemberRecord
 from ..context import RequestContext
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import InvalidRequest, NotPermitted, DoesNotExist
 from .images import _get_visible, _json_body
 from .keys import CATALOG, CONFIG, context_of
 from .views import member_view
@@ -16,14 +16,14 @@ from .views import member_view
 def _check_shared(image: ImageRecord) -> None:
     """Glance refuses every member call on an image that is not ``shared`` (403, or 404 on show)."""
     if image.visibility != "shared":
-        raise Forbidden("Only shared images have members.")
+        raise NotPermitted("Only shared images have members.")
 
 
 async def _lookup_member(request: web.Request, ctx: RequestContext, image: ImageRecord, member_id: str) -> MemberRecord:
     """The membership, if the caller may see it: the owner's project and admins see every member,
     a consumer only its own (Glance filters members by ``owner == me or member == me``)."""
     if not (ctx.is_admin or ctx.owns(image.owner) or member_id == ctx.project_id):
-        raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
+        raise DoesNotExist(f"{member_id} not found in the member list of the image {image.id}.")
     return await request.app[CATALOG].get_member(image.id, member_id)
 
 
@@ -45,9 +45,9 @@ async def add_member(request: web.Request) -> web.Response:
     # Glance's order: the body (400), the image (404), shared (403), the policy (403), quota, duplicate.
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not body["member"].strip():
-        raise BadRequest("Member to be added not specified")
+        raise InvalidRequest("Member to be added not specified")
     if len(body["member"]) > 255:
-        raise BadRequest("Member id is at most 255 characters")
+        raise InvalidRequest("Member id is at most 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image)
     policy.require_modify(ctx, image, "add_member")
@@ -60,7 +60,7 @@ async def show_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     if image.visibility != "shared":
-        raise NotFound("Only shared images have members.")  # Glance turns this 403 into 404 on show
+        raise DoesNotExist("Only shared images have members.")  # Glance turns this 403 into 404 on show
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     return web.json_response(member_view(member))
 
@@ -71,14 +71,14 @@ async def update_member(request: web.Request) -> web.Response:
     # modify_member (403), and only then whether the status is a valid one (400).
     body = await _json_body(request)
     if not isinstance(body, dict) or "status" not in body:
-        raise BadRequest("Status not specified")
+        raise InvalidRequest("Status not specified")
     status = body["status"]
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image)
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     policy.require_modify_member(ctx, image, member.member)
     if not isinstance(status, str) or status not in MEMBER_STATUSES:
-        raise BadRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
+        raise InvalidRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
     member = await request.app[CATALOG].update_member(image.id, member.member, status)
     return web.json_response(member_view(member))
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..context import RequestContext
 from ..errors import StreamdError
+from ..status import reason_of, status_of
 from .keys import CONFIG, CONTEXT
 from .versions import allowed_url_versions, multiple_choices
 
@@ -33,9 +34,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except StreamdError as exc:
-        if exc.status >= 500:
+        status = status_of(exc)
+        if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc.message)
-        return error_response(exc.status, exc.title, exc.message, exc.headers)
+        return error_response(status, reason_of(status), exc.message, getattr(exc, "headers", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

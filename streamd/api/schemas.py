@@ -15,7 +15,7 @@ import jsonschema
 from aiohttp import web
 
 from ..config import Config
-from ..errors import BadRequest, NotFound
+from ..errors import InvalidRequest, DoesNotExist
 from .keys import CONFIG
 
 _UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
@@ -240,7 +240,7 @@ def validate_image(config: Config, document: dict[str, Any]) -> None:
     error = jsonschema.exceptions.best_match(_validator(config).iter_errors(document))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "image"
-        raise BadRequest(f"Provided object does not match schema '{where}': {error.message}")
+        raise InvalidRequest(f"Provided object does not match schema '{where}': {error.message}")
 
 
 async def get_schema(request: web.Request) -> web.Response:
@@ -249,7 +249,7 @@ async def get_schema(request: web.Request) -> web.Response:
         name = f"{request.match_info['kind']}/{name}"
     schemas = all_schemas(request.app[CONFIG])
     if name not in schemas:
-        raise NotFound(f"No schema named {name}")
+        raise DoesNotExist(f"No schema named {name}")
     return web.json_response(schemas[name])
 
 

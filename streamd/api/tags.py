@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..catalog import policy
-from ..errors import BadRequest
+from ..errors import InvalidRequest
 from .images import _get_visible
 from .keys import CATALOG, CONFIG, context_of
 
@@ -15,7 +15,7 @@ async def add_tag(request: web.Request) -> web.Response:
     tag = request.match_info["tag"]
     # Glance validates the tag against the schema before it looks the image up.
     if len(tag) > 255:
-        raise BadRequest("Image tag exceeds the maximum length of 255 characters")
+        raise InvalidRequest("Image tag exceeds the maximum length of 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image)
     await request.app[CATALOG].add_tag(image.id, tag, quota=request.app[CONFIG].default.image_tag_quota)

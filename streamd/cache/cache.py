@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
-from ..errors import NotFound
+from ..errors import DoesNotExist
 from .index import CacheEntry, CacheIndex
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ class ImageCache:
         if fill is not None:
             fill.discarded = True  # being filled: it will not be committed
         if not await self._run(remove) and fill is None:
-            raise NotFound(f"Image {image_id} is not cached")
+            raise DoesNotExist(f"Image {image_id} is not cached")
         await self._notify(image_id, False)
         return True
 
@@ -321,7 +321,7 @@ class ImageCache:
         for entry in entries:
             try:
                 await self.delete(entry.image_id)
-            except NotFound:
+            except DoesNotExist:
                 pass
         return len(entries)
 

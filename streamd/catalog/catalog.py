@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..context import RequestContext
-from ..errors import (BadRequest, ConflictError, Duplicate, Forbidden, InvalidStatusTransition, NotFound,
+from ..errors import (InvalidRequest, StateConflict, Duplicate, NotPermitted, InvalidStatusTransition, DoesNotExist,
                       QuotaExceeded)
 from . import models as m
 from .policy import can_see
@@ -172,11 +172,11 @@ class Catalog:
             return await self._load(conn, str(row["id"]))
 
     async def get_image(self, image_id: str, ctx: RequestContext | None = None) -> ImageRecord:
-        """The image, if it exists and ``ctx`` (when given) may see it; else NotFound."""
+        """The image, if it exists and ``ctx`` (when given) may see it; else DoesNotExist."""
         async with self._read() as conn:
             image = await self._load(conn, image_id)
             if ctx is not None and not await self._visible(conn, ctx, image):
-                raise NotFound(f"No image found with ID {image_id}")
+                raise DoesNotExist(f"No image found with ID {image_id}")
             return image
 
     async def _visible(self, conn: AsyncConnection, ctx: RequestContext, image: ImageRecord) -> bool:
@@ -192,7 +192,7 @@ class Catalog:
             stmt = stmt.with_for_update()
         row = (await conn.execute(stmt)).mappings().first()
         if row is None:
-            raise NotFound(f"No image found with ID {image_id}")
+            raise DoesNotExist(f"No image found with ID {image_id}")
         records = await self._hydrate(conn, [row])
         return records[0]
 
@@ -259,7 +259,7 @@ class Catalog:
             if to_status in NEEDS_FORMATS:
                 image = await self._load(conn, image_id)
                 if not (image.disk_format and image.container_format):
-                    raise BadRequest("Properties disk_format, container_format must be set prior to saving data.")
+                    raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
             stmt = (m.images.update()
                     .where(m.images.c.id == image_id, m.images.c.status == from_status, m.images.c.deleted.is_(False))
                     .values(status=to_status, updated_at=utcnow(), **dict(values or {})))
@@ -268,7 +268,7 @@ class Catalog:
                 current = await conn.scalar(sa.select(m.images.c.status).where(
                     m.images.c.id == image_id, m.images.c.deleted.is_(False)))
                 if current is None:
-                    raise NotFound(f"No image found with ID {image_id}")
+                    raise DoesNotExist(f"No image found with ID {image_id}")
                 raise InvalidStatusTransition(
                     f"Image {image_id} is {current}; it cannot move from {from_status} to {to_status}")
             return await self._load(conn, image_id)
@@ -278,7 +278,7 @@ class Catalog:
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if image.protected:
-                raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+                raise NotPermitted(f"Image {image_id} is protected and cannot be deleted.")
             now = utcnow()
             result = await conn.execute(m.images.update().where(
                 m.images.c.id == image_id, m.images.c.deleted.is_(False), m.images.c.status == image.status
@@ -304,7 +304,7 @@ class Catalog:
                 raise InvalidStatusTransition(
                     f"Image {image_id} is {image.status}; data can only be uploaded to a {from_status} image")
             if to_status in NEEDS_FORMATS and not (image.disk_format and image.container_format):
-                raise BadRequest("Properties disk_format, container_format must be set prior to saving data.")
+                raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
             result = await conn.execute(m.images.update().where(
                 m.images.c.id == image_id, m.images.c.status == from_status
             ).values(status=to_status, updated_at=utcnow()))
@@ -319,7 +319,7 @@ class Catalog:
                             virtual_size: int | None = None, from_status: str = "saving") -> ImageRecord:
         """CAS ``saving -> active`` with the data's size, digests and location.
 
-        Raises NotFound if the image was deleted meanwhile: the caller then removes the data.
+        Raises DoesNotExist if the image was deleted meanwhile: the caller then removes the data.
         """
         async with self._write() as conn:
             now = utcnow()
@@ -331,7 +331,7 @@ class Catalog:
                 current = await conn.scalar(sa.select(m.images.c.status).where(
                     m.images.c.id == image_id, m.images.c.deleted.is_(False)))
                 if current is None:
-                    raise NotFound(f"Image {image_id} was deleted during the upload")
+                    raise DoesNotExist(f"Image {image_id} was deleted during the upload")
                 raise InvalidStatusTransition(f"Image {image_id} is {current}, not {from_status}")
             await conn.execute(m.image_locations.insert().values(
                 image_id=image_id, store=store, url=url, metadata_json=json.dumps(dict(metadata or {})),
@@ -349,7 +349,7 @@ class Catalog:
                 current = await conn.scalar(sa.select(m.images.c.status).where(
                     m.images.c.id == image_id, m.images.c.deleted.is_(False)))
                 if current is None:
-                    raise NotFound(f"Image {image_id} was deleted during staging")
+                    raise DoesNotExist(f"Image {image_id} was deleted during staging")
                 raise InvalidStatusTransition(f"Image {image_id} is {current}, not uploading")
             await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
             image = await self._load(conn, image_id)
@@ -425,7 +425,7 @@ class Catalog:
         if row is not None and row["status"] in ("pending", "processing"):
             idle = (utcnow() - row["updated_at"]).total_seconds()
             if idle < lock_timeout:
-                raise ConflictError(f"Image {image_id} has an active import task {task_id}: "
+                raise StateConflict(f"Image {image_id} has an active import task {task_id}: "
                                     "the prior operation is still in progress")
             log.warning("breaking the import lock of image %s: task %s sent no heartbeat for %.0f s",
                         image_id, task_id, idle)
@@ -492,7 +492,7 @@ class Catalog:
             image = await self._load(conn, image_id, for_update=True)
             found = [loc for loc in image.locations if loc.store == store]
             if not found:
-                raise NotFound(f"Image {image_id} has no data in store {store}")
+                raise DoesNotExist(f"Image {image_id} has no data in store {store}")
             await conn.execute(m.image_locations.delete().where(
                 m.image_locations.c.image_id == image_id, m.image_locations.c.store == store))
             values: dict[str, Any] = {"updated_at": utcnow()}
@@ -512,7 +512,7 @@ class Catalog:
                 expires_at=now + TASK_TIME_TO_LIVE))
             try:
                 image = await self._load(conn, image_id, for_update=True)
-            except NotFound:
+            except DoesNotExist:
                 return  # deleted meanwhile: nothing left to unlock
             task = await self._load_task(conn, task_id)
             props = dict(image.properties)
@@ -538,7 +538,7 @@ class Catalog:
     async def _load_task(self, conn: AsyncConnection, task_id: str) -> TaskRecord:
         row = (await conn.execute(sa.select(m.tasks).where(m.tasks.c.id == task_id))).mappings().first()
         if row is None:
-            raise NotFound(f"Task with the given id {task_id} not found")
+            raise DoesNotExist(f"Task with the given id {task_id} not found")
         return _task_record(row)
 
     async def list_tasks(self, *, image_id: str | None = None, owner: str | None = None,
@@ -681,14 +681,14 @@ class Catalog:
                     stmt = stmt.where(i.deleted.is_(False))
                 marker_row = (await conn.execute(stmt)).mappings().first()
                 if marker_row is None:
-                    raise BadRequest(f"No image found with ID {query.marker}")
+                    raise InvalidRequest(f"No image found with ID {query.marker}")
                 if not (ctx.is_admin or marker_row["owner"] is None or ctx.owns(marker_row["owner"])
                         or marker_row["visibility"] in ("public", "community")
                         or (marker_row["visibility"] == "shared" and ctx.project_id is not None
                             and await conn.scalar(sa.select(m.image_members.c.status).where(
                                 m.image_members.c.image_id == marker_row["id"],
                                 m.image_members.c.member == ctx.project_id)) is not None)):
-                    raise Forbidden(f"Forbidding request, image {query.marker} not visible")
+                    raise NotPermitted(f"Forbidding request, image {query.marker} not visible")
                 conds.append(_after_marker(sort, marker_row))
             order = [(_SORT_EXPR[k].asc() if d == "asc" else _SORT_EXPR[k].desc()) for k, d in sort]
             stmt = sa.select(m.images).where(*conds).order_by(*order)
@@ -717,7 +717,7 @@ class Catalog:
             result = await conn.execute(m.image_tags.delete().where(
                 m.image_tags.c.image_id == image_id, m.image_tags.c.value == tag))
             if result.rowcount == 0:
-                raise NotFound(f"Tag {tag} not found")
+                raise DoesNotExist(f"Tag {tag} not found")
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(updated_at=utcnow()))
 
     # -- members ---------------------------------------------------------------------------
@@ -733,7 +733,7 @@ class Catalog:
     async def get_member(self, image_id: str, member: str) -> MemberRecord:
         members = await self.list_members(image_id, only=member)
         if not members:
-            raise NotFound(f"{member} is not a member of image {image_id}")
+            raise DoesNotExist(f"{member} is not a member of image {image_id}")
         return members[0]
 
     async def add_member(self, image_id: str, member: str, *, quota: int = -1) -> MemberRecord:
@@ -759,7 +759,7 @@ class Catalog:
                 m.image_members.c.image_id == image_id, m.image_members.c.member == member
             ).values(status=status, updated_at=now))
             if result.rowcount == 0:
-                raise NotFound(f"{member} is not a member of image {image_id}")
+                raise DoesNotExist(f"{member} is not a member of image {image_id}")
             row = (await conn.execute(sa.select(m.image_members).where(
                 m.image_members.c.image_id == image_id, m.image_members.c.member == member))).first()
             assert row is not None
@@ -770,7 +770,7 @@ class Catalog:
             result = await conn.execute(m.image_members.delete().where(
                 m.image_members.c.image_id == image_id, m.image_members.c.member == member))
             if result.rowcount == 0:
-                raise NotFound(f"{member} is not a member of image {image_id}")
+                raise DoesNotExist(f"{member} is not a member of image {image_id}")
 
     async def member_status(self, image_id: str, member: str | None) -> str | None:
         if member is None:
@@ -798,7 +798,7 @@ def _compare(col: sa.ColumnElement[Any], op: str, value: Any) -> sa.ColumnElemen
         return col < value
     if op == "lte":
         return col <= value
-    raise BadRequest(f"Unable to filter by unknown operator '{op}'.")
+    raise InvalidRequest(f"Unable to filter by unknown operator '{op}'.")
 
 
 def _visibility_condition(ctx: RequestContext, query: ImageQuery) -> sa.ColumnElement[bool]:

@@ -7,7 +7,7 @@ Visibility is never revealed: an image a caller may not see is a 404, not a 403.
 from __future__ import annotations
 
 from ..context import RequestContext
-from ..errors import Forbidden
+from ..errors import NotPermitted
 from .records import ImageRecord
 
 
@@ -24,12 +24,12 @@ def can_see(ctx: RequestContext, image: ImageRecord, member_status: str | None) 
 
 def require_reader(ctx: RequestContext) -> None:
     if not ctx.can_read:
-        raise Forbidden("You are not authorized to complete get_images action.")
+        raise NotPermitted("You are not authorized to complete get_images action.")
 
 
 def require_writer(ctx: RequestContext, action: str = "add_image") -> None:
     if not ctx.can_write:
-        raise Forbidden(f"You are not authorized to complete {action} action.")
+        raise NotPermitted(f"You are not authorized to complete {action} action.")
 
 
 def require_modify(ctx: RequestContext, image: ImageRecord, action: str = "modify_image") -> None:
@@ -37,7 +37,7 @@ def require_modify(ctx: RequestContext, image: ImageRecord, action: str = "modif
     if ctx.is_admin:
         return
     if not (ctx.can_write and ctx.owns(image.owner)):
-        raise Forbidden(f"You are not authorized to complete {action} action.")
+        raise NotPermitted(f"You are not authorized to complete {action} action.")
 
 
 def require_modify_member(ctx: RequestContext, image: ImageRecord, member: str) -> None:
@@ -46,10 +46,10 @@ def require_modify_member(ctx: RequestContext, image: ImageRecord, member: str) 
     if ctx.is_admin:
         return
     if not (ctx.can_write and member == ctx.project_id and not ctx.owns(image.owner)):
-        raise Forbidden("You are not authorized to complete modify_member action.")
+        raise NotPermitted("You are not authorized to complete modify_member action.")
 
 
 def require_visibility_change(ctx: RequestContext, visibility: str) -> None:
     """Publicizing is admin-only in Glance's defaults; community is open to owners."""
     if visibility == "public" and not ctx.is_admin:
-        raise Forbidden("You are not authorized to complete publicize_image action.")
+        raise NotPermitted("You are not authorized to complete publicize_image action.")

@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-from ..errors import BadRequest
+from ..errors import InvalidRequest
 
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
 SORT_DIRS = ("asc", "desc")
@@ -114,12 +114,12 @@ def _check_quotes(value: str) -> None:
         if char != '"' or (i and value[i - 1] == "\\"):
             continue
         if not inside and i and value[i - 1] != ",":
-            raise BadRequest(f"Invalid filter value {value}. There is no comma before opening quotation mark.")
+            raise InvalidRequest(f"Invalid filter value {value}. There is no comma before opening quotation mark.")
         if inside and i + 1 != len(value) and value[i + 1] != ",":
-            raise BadRequest(f"Invalid filter value {value}. There is no comma after closing quotation mark.")
+            raise InvalidRequest(f"Invalid filter value {value}. There is no comma after closing quotation mark.")
         inside = not inside
     if inside:
-        raise BadRequest(f"Invalid filter value {value}. The quote is not closed.")
+        raise InvalidRequest(f"Invalid filter value {value}. The quote is not closed.")
 
 
 def _closing_quote(value: str, start: int) -> int:
@@ -171,13 +171,13 @@ def split_in_values(value: str) -> list[str]:
 
 def _sort_key(key: str) -> str:
     if key not in SORT_KEYS:
-        raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}.")
+        raise InvalidRequest(f"Invalid sort key: {key}. It must be one of the following: {', '.join(SORT_KEYS)}.")
     return key
 
 
 def _sort_dir(direction: str) -> str:
     if direction not in SORT_DIRS:
-        raise BadRequest(f"Invalid sort direction: {direction}")
+        raise InvalidRequest(f"Invalid sort direction: {direction}")
     return direction
 
 
@@ -192,7 +192,7 @@ def _parse_sort(sort: str | None, sort_keys: list[str], sort_dirs: list[str]) ->
     dirs: list[str] = []
     if sort is not None:
         if sort_keys or sort_dirs:
-            raise BadRequest("Old and new sorting syntax cannot be combined")
+            raise InvalidRequest("Old and new sorting syntax cannot be combined")
         for item in sort.strip().split(","):
             key, _, direction = item.partition(":")
             keys.append(_sort_key(key.strip()))
@@ -201,7 +201,7 @@ def _parse_sort(sort: str | None, sort_keys: list[str], sort_dirs: list[str]) ->
         keys = [_sort_key(k.strip()) for k in sort_keys]
         dirs = [_sort_dir(d.strip()) for d in sort_dirs]
         if len(dirs) > 1 and len(dirs) != len(keys):
-            raise BadRequest("Number of sort dirs does not match the number of sort keys")
+            raise InvalidRequest("Number of sort dirs does not match the number of sort keys")
     keys = keys or ["created_at"]
     dirs = dirs or ["desc"]
     if len(dirs) == 1:
@@ -242,7 +242,7 @@ def _time_conditions(column: str, op: str, when: dt.datetime) -> list[tuple[str,
 
 
 def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limit_max: int) -> ImageQuery:
-    """Glance's rules for ``GET /v2/images``; raises ``BadRequest`` on any bad value.
+    """Glance's rules for ``GET /v2/images``; raises ``InvalidRequest`` on any bad value.
 
     Repeated keys behave as in Glance too: ``tag``, ``sort_key`` and ``sort_dir`` accumulate;
     ``limit``, ``marker``, ``member_status`` and ``sort`` take their first value (a repeat is
@@ -262,20 +262,20 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
 
     visibility = filters.get("visibility")
     if visibility and visibility not in VISIBILITIES:
-        raise BadRequest(f"Invalid visibility value: {visibility}")
+        raise InvalidRequest(f"Invalid visibility value: {visibility}")
     if "changes-since" in filters:
-        raise BadRequest('The "changes-since" filter is no longer available on v2.')
+        raise InvalidRequest('The "changes-since" filter is no longer available on v2.')
     member_status = first.get("member_status", "accepted")
     if member_status not in MEMBER_STATUSES:
-        raise BadRequest(f"Invalid status: {member_status}")
+        raise InvalidRequest(f"Invalid status: {member_status}")
     query = ImageQuery(limit=limit_default, member_status=member_status)
     if "limit" in first:
         try:
             limit = int(first["limit"])
         except ValueError:
-            raise BadRequest("limit param must be an integer") from None
+            raise InvalidRequest("limit param must be an integer") from None
         if limit < 0:
-            raise BadRequest("limit param must be positive")
+            raise InvalidRequest("limit param must be positive")
         query.limit = min(limit, limit_max)
     query.marker = first.get("marker")
     query.tags = [t.strip() for t in multi["tag"]]
@@ -283,12 +283,12 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
 
     hidden = filters.pop("os_hidden", "false").lower()
     if hidden not in ("true", "false"):
-        raise BadRequest(f"Invalid value '{hidden}' for 'os_hidden' filter. Valid values are 'true' or 'false'.")
+        raise InvalidRequest(f"Invalid value '{hidden}' for 'os_hidden' filter. Valid values are 'true' or 'false'.")
     query.os_hidden = hidden == "true"
     protected = filters.pop("protected", None)
     if protected is not None:
         if protected not in ("true", "false"):
-            raise BadRequest(f"Invalid value '{protected}' for 'protected' filter. "
+            raise InvalidRequest(f"Invalid value '{protected}' for 'protected' filter. "
                              "Valid values are 'true' or 'false'.")
         query.protected = protected == "true"
     filters.pop("deleted", None)  # Glance lists undeleted images, whatever the query says
@@ -310,10 +310,10 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
             try:
                 number = int(value)
             except ValueError:
-                raise BadRequest("Unable to filter on a range with a non-numeric value.") from None
+                raise InvalidRequest("Unable to filter on a range with a non-numeric value.") from None
             column = key[:-4]
             if column not in RANGE_FIELDS:
-                raise BadRequest(f"Unable to filter on a range of '{column}': "
+                raise InvalidRequest(f"Unable to filter on a range of '{column}': "
                                  f"ranges apply to {', '.join(RANGE_FIELDS)}.")
             query.conditions.append((column, "gte" if key.endswith("_min") else "lte", number))
         elif key in TIME_FIELDS:
@@ -321,9 +321,9 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
             try:
                 when = parse_isotime(text)
             except ValueError:
-                raise BadRequest(f'Bad "{key}" query filter format. Use ISO 8601 DateTime notation.') from None
+                raise InvalidRequest(f'Bad "{key}" query filter format. Use ISO 8601 DateTime notation.') from None
             if op not in TIME_OPS:
-                raise BadRequest("Unable to filter on a unknown operator.")
+                raise InvalidRequest("Unable to filter on a unknown operator.")
             query.conditions.extend(_time_conditions(key, op, when))
         elif key in IN_FIELDS:
             op, text = split_filter_op(value)
@@ -332,7 +332,7 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
             elif op == "eq":
                 query.conditions.append((key, "eq", text))
             else:
-                raise BadRequest(f"Unable to filter by unknown operator '{op}'.")
+                raise InvalidRequest(f"Unable to filter by unknown operator '{op}'.")
         elif key == "visibility":
             query.conditions.append((key, "eq", value))
         elif key in EQUALITY_COLUMNS:

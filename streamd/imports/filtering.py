@@ -33,7 +33,7 @@ import re
 from urllib.parse import urlsplit
 
 from ..config import ImportFilteringOptions
-from ..errors import BadRequest, DisallowedAddress
+from ..errors import InvalidRequest, DisallowedAddress
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -141,40 +141,40 @@ class UriFilter:
         self._disallowed_ports = frozenset() if self._allowed_ports else frozenset(options.disallowed_ports)
 
     def check(self, uri: str) -> None:
-        """Raise ``BadRequest`` naming the rule that refuses ``uri``; return if it may be fetched."""
+        """Raise ``InvalidRequest`` naming the rule that refuses ``uri``; return if it may be fetched."""
         if not uri:
-            raise BadRequest("the URI is empty")
+            raise InvalidRequest("the URI is empty")
         try:
             parts = urlsplit(uri)
             port = parts.port
         except ValueError as exc:
-            raise BadRequest(f"the URI is malformed: {exc}") from exc
+            raise InvalidRequest(f"the URI is malformed: {exc}") from exc
 
         scheme = parts.scheme.lower()
         if not scheme:
-            raise BadRequest("the URI has no scheme")
+            raise InvalidRequest("the URI has no scheme")
         if self._allowed_schemes and scheme not in self._allowed_schemes:
-            raise BadRequest(f"scheme {scheme!r} is not allowed (not in allowed_schemes)")
+            raise InvalidRequest(f"scheme {scheme!r} is not allowed (not in allowed_schemes)")
         if scheme in self._disallowed_schemes:
-            raise BadRequest(f"scheme {scheme!r} is not allowed (in disallowed_schemes)")
+            raise InvalidRequest(f"scheme {scheme!r} is not allowed (in disallowed_schemes)")
 
         if not parts.hostname:
-            raise BadRequest("the URI has no host")
+            raise InvalidRequest("the URI has no host")
         host = normalize_hostname(parts.hostname)
         if host is None:
-            raise BadRequest(f"host {parts.hostname!r} is not a valid host name or canonical IP address "
+            raise InvalidRequest(f"host {parts.hostname!r} is not a valid host name or canonical IP address "
                              "(numeric and encoded IP forms are refused)")
         if self._allowed_hosts and host not in self._allowed_hosts:
-            raise BadRequest(f"host {host!r} is not allowed (not in allowed_hosts)")
+            raise InvalidRequest(f"host {host!r} is not allowed (not in allowed_hosts)")
         if host in self._disallowed_hosts:
-            raise BadRequest(f"host {host!r} is not allowed (in disallowed_hosts)")
+            raise InvalidRequest(f"host {host!r} is not allowed (in disallowed_hosts)")
 
         # Glance skips the check for port 0 too (``if port and ...``); ":0" is named, so we check it.
         if port is not None:
             if self._allowed_ports and port not in self._allowed_ports:
-                raise BadRequest(f"port {port} is not allowed (not in allowed_ports)")
+                raise InvalidRequest(f"port {port} is not allowed (not in allowed_ports)")
             if port in self._disallowed_ports:
-                raise BadRequest(f"port {port} is not allowed (in disallowed_ports)")
+                raise InvalidRequest(f"port {port} is not allowed (in disallowed_ports)")
 
         if ip_literal(host) is not None:
             self.check_address(host)

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
-from ..errors import BadRequest, ServiceUnavailable, StreamdError
+from ..errors import InvalidRequest, StoreUnavailable, StreamdError
 from ..pipeline import Progress, UploadLimits, file_chunks, inspection_for, reader_chunks, write_to_stores
 from ..stores import FileStore, StoredData, Store, StoreRegistry
 from .filtering import UriFilter
@@ -189,7 +189,7 @@ class Importer:
         else:
             found = self.staging.load(plan.image_id)
             if found is None:
-                raise BadRequest(f"Image {plan.image_id} has no staged data to import")
+                raise InvalidRequest(f"Image {plan.image_id} has no staged data to import")
             meta = found
         path = self.staging.path_of(plan.image_id)
         if inspection_for(image, self.limits) is not None and meta.inspected_format != image.disk_format:
@@ -389,4 +389,4 @@ class Importer:
                 await asyncio.shield(self._rollback(plan, ingested.stored))
                 raise
             return
-        raise last_error or ServiceUnavailable(f"Image {plan.image_id} has no readable data to copy")
+        raise last_error or StoreUnavailable(f"Image {plan.image_id} has no readable data to copy")

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Collection, Iterator, Sequence, TypeVar
 
 from ..config import IMPORT_PLUGINS, Config
-from ..errors import BadRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData, ServiceError
+from ..errors import InvalidRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData, BackendFailure
 from ..formats import FileDetection, FormatRejected, detect_file
 from ..formats.convert import convert_qcow2_to_raw
 from ..formats.inspectors import VMDK_SUBFORMATS
@@ -140,8 +140,8 @@ async def run_import_plugins(names: Sequence[str], staged: StagedImage, *, roles
     earlier ones produced; attributes and properties accumulate, later ones winning.
 
     Raises ``InvalidImageData``/``FormatRejected`` (415) for refused data,
-    ``BadRequest`` for a broken archive, ``ImageSizeLimitExceeded`` (413) past the
-    cap, ``ServiceError`` when qemu-img cannot run. On failure, files the plugins
+    ``InvalidRequest`` for a broken archive, ``ImageSizeLimitExceeded`` (413) past the
+    cap, ``BackendFailure`` when qemu-img cannot run. On failure, files the plugins
     made are removed; the original staged file is left (or was already replaced and
     deleted) for the caller to clean up.
     """
@@ -266,9 +266,9 @@ def _gunzip(src: Path, dst: Path, cap: int, stop: threading.Event) -> int:
                     break
                 out.write(rest)
         except zlib.error as exc:
-            raise BadRequest(f"the gzip archive is corrupt: {exc}") from None
+            raise InvalidRequest(f"the gzip archive is corrupt: {exc}") from None
         if not inflater.eof:
-            raise BadRequest("the gzip archive is truncated")
+            raise InvalidRequest("the gzip archive is truncated")
         return out.size
 
 
@@ -279,15 +279,15 @@ def _unzip(src: Path, dst: Path, cap: int, stop: threading.Event) -> int:
     with archive:
         members = archive.infolist()
         if len(members) != 1:
-            raise BadRequest(f"the zip archive holds {len(members)} entries; an image archive must hold exactly one")
+            raise InvalidRequest(f"the zip archive holds {len(members)} entries; an image archive must hold exactly one")
         member = members[0]
         if member.is_dir():
-            raise BadRequest("the zip archive holds only a directory")
+            raise InvalidRequest("the zip archive holds only a directory")
         if member.flag_bits & 0x1:
-            raise BadRequest("the zip archive is encrypted")
+            raise InvalidRequest("the zip archive is encrypted")
         if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             # zipfile inflates bzip2 and lzma members without an output bound per read.
-            raise BadRequest(f"the zip member uses compression method {member.compress_type}; "
+            raise InvalidRequest(f"the zip member uses compression method {member.compress_type}; "
                              "only stored and deflated members are supported")
         if member.file_size > cap:
             raise ImageSizeLimitExceeded(f"the zip member is {member.file_size} bytes, over the size limit "
@@ -308,16 +308,16 @@ def _unzip(src: Path, dst: Path, cap: int, stop: threading.Event) -> int:
 
 @contextlib.contextmanager
 def _zip_errors() -> Iterator[None]:
-    """What zipfile raises on a damaged archive, as BadRequest (only around zipfile's own calls,
+    """What zipfile raises on a damaged archive, as InvalidRequest (only around zipfile's own calls,
     so that a failing write to the output stays what it is)."""
     try:
         yield
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as exc:
-        raise BadRequest(f"the zip archive is corrupt: {str(exc) or type(exc).__name__}") from None
+        raise InvalidRequest(f"the zip archive is corrupt: {str(exc) or type(exc).__name__}") from None
     except OSError as exc:
         if exc.errno != errno.EINVAL:   # a damaged directory makes zipfile seek before the start
             raise
-        raise BadRequest(f"the zip archive is corrupt: {exc}") from None
+        raise InvalidRequest(f"the zip archive is corrupt: {exc}") from None
 
 
 # -- image_conversion --------------------------------------------------------------------
@@ -416,7 +416,7 @@ async def _check_output(output: Path, target: str, run: _Run) -> None:
 def _qemu_img() -> str:
     path = shutil.which("qemu-img")
     if path is None:
-        raise ServiceError("image_conversion needs qemu-img, which is not installed (Debian package qemu-utils)")
+        raise BackendFailure("image_conversion needs qemu-img, which is not installed (Debian package qemu-utils)")
     return path
 
 

@@ -14,7 +14,7 @@ The body is streamed with bounded memory (aiohttp's flow control pauses the sock
 its buffer is full) and held to what the source declared: a body that ends short of its
 Content-Length, a framing the HTTP parser rejects, a source that sends nothing for
 ``stall_timeout`` seconds, and a final status other than 2xx all raise
-``ImportSourceError``. What the filter refuses raises ``BadRequest`` (``DisallowedAddress``
+``ImportSourceError``. What the filter refuses raises ``InvalidRequest`` (``DisallowedAddress``
 for addresses).
 
 A source that sends more than its Content-Length: HTTP framing ends the body at the
@@ -36,7 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from ..errors import BadRequest, DisallowedAddress, ImportSourceError
+from ..errors import InvalidRequest, DisallowedAddress, ImportSourceError
 from .filtering import UriFilter
 
 __all__ = ["WebDownload", "open_web_source"]
@@ -88,12 +88,12 @@ def _checked_url(uri: str, uri_filter: UriFilter) -> URL:
     try:
         url = URL(uri).with_fragment(None)
     except (ValueError, TypeError) as exc:
-        raise BadRequest(f"the URI is malformed: {exc}") from exc
+        raise InvalidRequest(f"the URI is malformed: {exc}") from exc
     # The filter parsed the text with urllib, the request uses yarl's reading of it; check
     # yarl's serialization too, so a URI the two parsers read differently cannot slip by.
     uri_filter.check(str(url))
     if url.scheme not in SUPPORTED_SCHEMES:
-        raise BadRequest(f"scheme {url.scheme!r} is not supported by web-download (http and https are)")
+        raise InvalidRequest(f"scheme {url.scheme!r} is not supported by web-download (http and https are)")
     raw_host = url.raw_host or ""
     # aiohttp connects without asking the resolver when the host merely looks like an IP
     # address (any colon, or digits and dots), so apply the address rule to exactly those.
@@ -183,7 +183,7 @@ def open_web_source(uri: str, uri_filter: UriFilter, *, stall_timeout: float, ma
                     connect_timeout: float = 30.0) -> WebSourceOpener:
     """Request ``uri``, following at most ``max_redirects`` redirects, each one filtered.
 
-    Returns the open 2xx response as a ``WebDownload``. Raises ``BadRequest`` (or its
+    Returns the open 2xx response as a ``WebDownload``. Raises ``InvalidRequest`` (or its
     ``DisallowedAddress``) when the URI or a redirect target is refused, and
     ``ImportSourceError`` when the source fails, answers other than 2xx, redirects too
     often, or stalls for ``stall_timeout`` seconds.
@@ -243,7 +243,7 @@ def _redirect_target(current: URL, location: str, uri_filter: UriFilter) -> URL:
         raise ImportSourceError(f"{current} redirected to a malformed Location {location!r}") from exc
     try:
         return _checked_url(str(target), uri_filter)
-    except BadRequest as exc:
+    except InvalidRequest as exc:
         # Same class, so a refused address stays a DisallowedAddress; the message says which hop.
         raise type(exc)(f"redirect from {current} to {target} refused: {exc.message}") from exc
 

@@ -11,7 +11,7 @@ import logging
 from ..cache import ImageCache
 from ..catalog import Catalog
 from ..context import RequestContext
-from ..errors import NotFound, StreamdError
+from ..errors import DoesNotExist, StreamdError
 from .download import ImageDelivery
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Prefetcher:
         """Cache one queued image now; it leaves the queue once cached or gone."""
         try:
             image = await self.catalog.get_image(image_id, RequestContext.admin())
-        except NotFound:
+        except DoesNotExist:
             await self.cache.dequeue(image_id)
             log.info("prefetch: image %s no longer exists; removed from the queue", image_id)
             return False
@@ -93,7 +93,7 @@ async def verify_stale_entry(catalog: Catalog, cache: ImageCache, delivery: Imag
         return None
     try:
         image = await catalog.get_image(oldest.image_id, RequestContext.admin())
-    except NotFound:
+    except DoesNotExist:
         await cache.delete(oldest.image_id)
         return oldest.image_id
     if not await delivery.verify_cached(image):

@@ -31,7 +31,7 @@ import blake3
 
 from ..cache import Fill, ImageCache
 from ..catalog import ImageRecord
-from ..errors import StoreError, StreamdError
+from ..errors import StoreFailure, StreamdError
 from ..stores import Reader, StoreRegistry
 from .fanout import FanOut
 from .hashing import ImageHasher
@@ -79,7 +79,7 @@ class ReaderSource(ImageSource):
                 data = await pending
                 pending = None
                 if not data:
-                    raise StoreError(f"image data ended early at byte {offset} of {end}")
+                    raise StoreFailure(f"image data ended early at byte {offset} of {end}")
                 offset += len(data)
                 if offset < end:
                     pending = loop.run_in_executor(None, self.reader.read, offset, min(CHUNK, end - offset))
@@ -135,16 +135,16 @@ class FillSource(ImageSource):
                 want = min(CHUNK, end - offset, available - offset)
                 data = await loop.run_in_executor(None, os.pread, self.fd, want, offset)
                 if not data:
-                    raise StoreError(f"cache file of {fill.image_id} ended early at {offset}")
+                    raise StoreFailure(f"cache file of {fill.image_id} ended early at {offset}")
                 offset += len(data)
                 yield data
                 continue
             if fill.source_failure is not None:
-                raise StoreError(f"reading image {fill.image_id} failed: {fill.source_failure}")
+                raise StoreFailure(f"reading image {fill.image_id} failed: {fill.source_failure}")
             if fill.cache_failure is not None:
                 if fill.origin != "store":
                     # What we sent came from an unverified peer copy: never complete it from elsewhere.
-                    raise StoreError(f"fetching image {fill.image_id} from a peer failed: {fill.cache_failure}")
+                    raise StoreFailure(f"fetching image {fill.image_id} from a peer failed: {fill.cache_failure}")
                 log.info("image %s: cache fill failed (%s); serving from the store at byte %d",
                          fill.image_id, fill.cache_failure, offset)
                 source = ReaderSource(await self.open_store(), "store")
@@ -155,7 +155,7 @@ class FillSource(ImageSource):
                     source.close()
                 return
             if fill.finished:
-                raise StoreError(f"cache file of {fill.image_id} is shorter than {end}")
+                raise StoreFailure(f"cache file of {fill.image_id} is shorter than {end}")
             await fill.wait_change()
 
     def close(self) -> None:
@@ -193,7 +193,7 @@ class ImageDelivery:
                 continue
             self.store_reads[store.name] += 1
             return reader
-        raise last or StoreError(f"No readable location for image {image.id}")
+        raise last or StoreFailure(f"No readable location for image {image.id}")
 
     def has_data(self, image: ImageRecord) -> bool:
         return any(loc.status == "active" and self.stores.for_location(loc.store) for loc in image.locations)
@@ -403,11 +403,11 @@ class ImageDelivery:
                     async for chunk in chunks:
                         received += len(chunk)
                         if received > fill.size:
-                            raise StoreError(f"the {source_name} sent more than the image's {fill.size} bytes")
+                            raise StoreFailure(f"the {source_name} sent more than the image's {fill.size} bytes")
                         await fanout.feed(chunk)
                     await fanout.close()
                 if received != fill.size:
-                    raise StoreError(f"the {source_name} stopped after {received} of {fill.size} bytes")
+                    raise StoreFailure(f"the {source_name} stopped after {received} of {fill.size} bytes")
             except OSError as exc:
                 await fanout.abort()
                 await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}",
@@ -432,7 +432,7 @@ class ImageDelivery:
             if not matches:
                 if peer is not None and self.peers is not None:
                     self.peers.mark_bad(peer.url, image.id)
-                    fill.fail_source(StoreError(f"{source_name} served bytes that do not match the image"))
+                    fill.fail_source(StoreFailure(f"{source_name} served bytes that do not match the image"))
                 await cache.abort_fill(fill, "checksum does not match the image")
                 return
             try:
@@ -469,7 +469,7 @@ class ImageDelivery:
         position = 0
         while position < fill.size:
             if stop.is_set():
-                raise StoreError("the fill was stopped")
+                raise StoreFailure("the fill was stopped")
             n = peer.readinto(view[:min(FILL_CHUNK, fill.size - position)])
             if not n:
                 break

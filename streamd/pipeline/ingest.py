@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
-from ..errors import BadRequest, ImageSizeLimitExceeded, StreamdError
+from ..errors import InvalidRequest, ImageSizeLimitExceeded, StreamdError
 from ..formats import ImageInspection
 from ..stores import Reader, StoredData, Store, Writer
 from .fanout import Consumer, FanOut
@@ -100,7 +100,7 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                         raise ImageSizeLimitExceeded(
                             f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
                     if declared_size is not None and received > declared_size:
-                        raise BadRequest(f"Image data is longer than the declared size of {declared_size} bytes")
+                        raise InvalidRequest(f"Image data is longer than the declared size of {declared_size} bytes")
                     if inspection is not None:
                         inspection.feed(chunk)
                 await fanout.feed_many(batch)
@@ -109,7 +109,7 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 if isolate and guarded and all(g.error is not None for g in guarded):
                     break  # every store failed: no point reading on
         if declared_size is not None and received != declared_size and not _all_failed(guarded):
-            raise BadRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
+            raise InvalidRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
         virtual_size = inspection.finish().virtual_size if inspection is not None else None
         await fanout.close()
         result = Ingested(received, hasher.digests() if hasher else None, virtual_size)
@@ -178,7 +178,7 @@ async def _commit(g: _GuardedWriter, received: int) -> StoredData:
     if stored.size != received:
         # Every store's result is checked here, in one place.
         await g.store.delete(stored.url)
-        raise BadRequest(f"Store {g.store.name} wrote {stored.size} bytes of {received}")
+        raise InvalidRequest(f"Store {g.store.name} wrote {stored.size} bytes of {received}")
     return stored
 
 
@@ -213,7 +213,7 @@ async def file_chunks(fd: int, *, start: int = 0, length: int | None = None,
     while pending is not None:
         data = await pending
         if not data:
-            raise BadRequest(f"source ended at byte {offset} of {end}")
+            raise InvalidRequest(f"source ended at byte {offset} of {end}")
         offset += len(data)
         pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
         yield data
@@ -228,7 +228,7 @@ async def reader_chunks(reader: Reader, *, chunk: int = CHUNK) -> AsyncIterator[
     while pending is not None:
         data = await pending
         if not data:
-            raise BadRequest(f"store data ended at byte {offset} of {end}")
+            raise InvalidRequest(f"store data ended at byte {offset} of {end}")
         offset += len(data)
         pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end - offset)) if offset < end else None
         yield data

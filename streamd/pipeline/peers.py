@@ -16,7 +16,7 @@ import urllib.parse
 from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
-from ..errors import StoreError
+from ..errors import StoreFailure
 
 log = logging.getLogger(__name__)
 PEER_TOKEN_HEADER = "X-Streamd-Peer-Token"
@@ -37,11 +37,11 @@ class PeerSource:
         self.response = response
 
     def readinto(self, view: memoryview) -> int:
-        """Blocking; up to ``len(view)`` bytes, 0 at the end. Read errors are ``StoreError``s."""
+        """Blocking; up to ``len(view)`` bytes, 0 at the end. Read errors are ``StoreFailure``s."""
         try:
             return self.response.readinto(view)
         except (OSError, http.client.HTTPException) as exc:
-            raise StoreError(f"reading from peer {self.url} failed: {exc}") from exc
+            raise StoreFailure(f"reading from peer {self.url} failed: {exc}") from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -49,7 +49,7 @@ class PeerSource:
             try:
                 data = await loop.run_in_executor(None, self.response.read, 4 << 20)
             except (OSError, http.client.HTTPException) as exc:
-                raise StoreError(f"reading from peer {self.url} failed: {exc}") from exc
+                raise StoreFailure(f"reading from peer {self.url} failed: {exc}") from exc
             if not data:
                 return
             yield data

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
 from ..config import Config
-from ..errors import Gone, ImageSizeLimitExceeded, NotFound
+from ..errors import ImageVanished, ImageSizeLimitExceeded, DoesNotExist
 from ..formats import ImageInspection, InspectionPolicy
 from ..stores import Store
 from .ingest import write_to_stores
@@ -71,9 +71,9 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
                 image_id, size=ingested.size, checksum=digests.checksum, os_hash_algo=digests.os_hash_algo,
                 os_hash_value=digests.os_hash_value, store=store.name, url=stored.url, metadata=stored.metadata,
                 virtual_size=ingested.virtual_size)
-        except NotFound:
+        except DoesNotExist:
             await store.delete(stored.url)
-            raise Gone(f"Image {image_id} was deleted during its upload; its data has been removed") from None
+            raise ImageVanished(f"Image {image_id} was deleted during its upload; its data has been removed") from None
     except BaseException:
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
         if await asyncio.shield(catalog.abort_upload(image_id)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
-from ..errors import BadRequest
+from ..errors import InvalidRequest
 from .base import Reader, StoredData, Store, Writer
 from .file import FileStore
 
@@ -35,7 +35,7 @@ class StoreRegistry:
         try:
             return self.by_name[name]
         except KeyError:
-            raise BadRequest(f"Store for identifier {name} not found") from None
+            raise InvalidRequest(f"Store for identifier {name} not found") from None
 
     def for_location(self, store_name: str) -> Store | None:
         return self.by_name.get(store_name)

@@ -68,7 +68,7 @@ class Store(abc.ABC):
         ...
 
     async def check_deletable(self, url: str) -> None:
-        """Raise ConflictError if the data at ``url`` is in use (RBD clones) and must stay."""
+        """Raise StateConflict if the data at ``url`` is in use (RBD clones) and must stay."""
 
     @abc.abstractmethod
     async def delete(self, url: str) -> None:

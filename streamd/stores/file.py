@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..config import FileStoreOptions
-from ..errors import NotFound, StorageFull, StoreError
+from ..errors import DoesNotExist, OutOfSpace, StoreFailure
 from ..kernels import zeroscan
 from .base import Reader, StoredData, Store, Writer
 
@@ -53,7 +53,7 @@ class FileStore(Store):
     def _path(self, url: str) -> Path:
         parsed = urlparse(url)
         if parsed.scheme != "file":
-            raise StoreError(f"{url} is not a file location")
+            raise StoreFailure(f"{url} is not a file location")
         return Path(unquote(parsed.path))
 
     async def writer(self, image_id: str, expected_size: int | None) -> Writer:
@@ -69,7 +69,7 @@ class FileStore(Store):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(f"image data not found at {url}") from None
+            raise DoesNotExist(f"image data not found at {url}") from None
         except OSError as exc:
             raise _store_error(exc, f"cannot open {path}") from exc
         return FileReader(fd, os.fstat(fd).st_size, path)
@@ -190,5 +190,5 @@ class FileReader(Reader):
 
 def _store_error(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"{what}: no space left in the store")
-    return StoreError(f"{what}: {exc.strerror}")
+        return OutOfSpace(f"{what}: no space left in the store")
+    return StoreFailure(f"{what}: {exc.strerror}")

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from ..config import RbdStoreOptions
-from ..errors import ConflictError, NotFound, ServiceUnavailable, StorageFull, StoreError
+from ..errors import StateConflict, DoesNotExist, StoreUnavailable, OutOfSpace, StoreFailure
 from ..kernels import zeroscan
 from .base import Reader, StoredData, Store, Writer
 
@@ -56,7 +56,7 @@ def _bindings() -> tuple[Any, Any]:
         import rados
         import rbd
     except ImportError as exc:
-        raise ServiceUnavailable(f"the Ceph Python bindings (rados, rbd) are not installed: {exc}") from exc
+        raise StoreUnavailable(f"the Ceph Python bindings (rados, rbd) are not installed: {exc}") from exc
     return rados, rbd
 
 
@@ -115,7 +115,7 @@ class RbdStore(Store):
                 try:
                     self._cluster, self._ioctx, self.fsid = await self._run(self._connect_blocking)
                 except rados.Error as exc:
-                    raise ServiceUnavailable(
+                    raise StoreUnavailable(
                         f"RBD store {self.name}: cannot reach the Ceph cluster or pool {self.pool}: {exc}") from exc
                 log.info("rbd store %s connected: cluster %s, pool %s", self.name, self.fsid, self.pool)
         return self._ioctx
@@ -126,7 +126,7 @@ class RbdStore(Store):
         self._orphan_task = asyncio.create_task(self._remove_orphans_forever())
         try:
             ioctx = await self._ensure_connected()
-        except ServiceUnavailable as exc:
+        except StoreUnavailable as exc:
             log.error("%s", exc.message)
             return
         reaped = await self._run(self._reap_blocking, ioctx)
@@ -180,10 +180,10 @@ class RbdStore(Store):
         rados, rbd = _bindings()
         unreachable = tuple(getattr(rados, n) for n in ("TimedOut", "ConnectionShutdown") if hasattr(rados, n))
         if isinstance(exc, unreachable) or (isinstance(exc, OSError) and exc.errno == 110):
-            return ServiceUnavailable(f"RBD store {self.name}: {what}: the Ceph cluster did not answer ({exc})")
+            return StoreUnavailable(f"RBD store {self.name}: {what}: the Ceph cluster did not answer ({exc})")
         if isinstance(exc, getattr(rbd, "NoSpace", ())) or (isinstance(exc, OSError) and exc.errno == 28):
-            return StorageFull(f"RBD store {self.name}: {what}: no space left in pool {self.pool}")
-        return StoreError(f"RBD store {self.name}: {what}: {exc}")
+            return OutOfSpace(f"RBD store {self.name}: {what}: no space left in pool {self.pool}")
+        return StoreFailure(f"RBD store {self.name}: {what}: {exc}")
 
     # -- locations ----------------------------------------------------------------------------------
 
@@ -193,10 +193,10 @@ class RbdStore(Store):
     def parse(self, url: str) -> tuple[str, str, str]:
         """(pool, image, snapshot) of an ``rbd://fsid/pool/image/snap`` location."""
         if not url.startswith("rbd://"):
-            raise StoreError(f"{url} is not an rbd location")
+            raise StoreFailure(f"{url} is not an rbd location")
         parts = url[len("rbd://"):].split("/")
         if len(parts) != 4 or not all(parts):
-            raise StoreError(f"{url} is not of the form rbd://fsid/pool/image/snap")
+            raise StoreFailure(f"{url} is not of the form rbd://fsid/pool/image/snap")
         _fsid, pool, image, snap = parts
         return pool, image, snap
 
@@ -239,7 +239,7 @@ class RbdStore(Store):
         try:
             image = await self._run(lambda: rbd.Image(ioctx, name, snapshot=snap, read_only=True))
         except rbd.ImageNotFound:
-            raise NotFound(f"image data not found at {url}") from None
+            raise DoesNotExist(f"image data not found at {url}") from None
         except _ceph_errors() as exc:
             raise self._error(exc, f"cannot open {name}") from exc
         size = await self._run(image.size)
@@ -256,7 +256,7 @@ class RbdStore(Store):
         except rbd.ImageNotFound:
             return
         except rbd.ImageBusy as exc:
-            raise ConflictError(f"Image {name} is in use by clones in RBD store {self.name} "
+            raise StateConflict(f"Image {name} is in use by clones in RBD store {self.name} "
                                 "and cannot be deleted") from exc
 
     def _delete_blocking(self, ioctx: Any, name: str, snap: str) -> None:
@@ -286,7 +286,7 @@ class RbdStore(Store):
                 return False
 
         if await self._run(has_children):
-            raise ConflictError(f"Image {name} is in use by clones in RBD store {self.name} and cannot be deleted")
+            raise StateConflict(f"Image {name} is in use by clones in RBD store {self.name} and cannot be deleted")
 
 
 def _remove_image_if_exists(ioctx: Any, name: str) -> None:
@@ -333,7 +333,7 @@ class RbdWriter(Writer):
 
     def _failed(self, exc: BaseException, what: str) -> Exception:
         error = self.store._error(exc, what)
-        if isinstance(error, ServiceUnavailable):
+        if isinstance(error, StoreUnavailable):
             self.stalled = True
         return error
 
