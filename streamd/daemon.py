@@ -1,4 +1,7 @@
-"""The server process: uvloop, the aiohttp runner, signals and graceful shutdown.
+"""The server process: uvloop, the services, the two edges, signals and graceful shutdown.
+
+The node's services are opened once (:func:`streamd.services.open_services`)
+and handed to both edges: the HTTP API and the admin socket.
 
 SIGTERM or SIGINT stops accepting connections and gives in-flight requests
 (uploads included) ``graceful_shutdown_timeout`` seconds to finish; what is
@@ -19,14 +22,22 @@ from . import __version__, kernels
 from .api import create_app
 from .admin import AdminServer
 from .admin.server import claim
-from .api.keys import CACHE, CATALOG, DELIVERY, IMPORTER, INFLIGHT_UPLOADS, PREFETCHER
 from .config import Config
+from .services import Services, open_services
 
 log = logging.getLogger("streamd")
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    app = create_app(config)
+    # Before anything touches the data directory: a live daemon may own it (its uploads, its fills).
+    await claim(config.admin_socket)
+    async with open_services(config) as services:
+        await _serve(services, ready)
+
+
+async def _serve(services: Services, ready: asyncio.Event | None) -> None:
+    config = services.config
+    app = create_app(services)
     runner = web.AppRunner(
         app,
         # Uploads get the graceful period below; aiohttp's own wait is for the other requests.
@@ -35,10 +46,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         access_log=logging.getLogger("streamd.access"),
         handle_signals=False,
     )
-    # Before anything touches the data directory: a live daemon may own it (its uploads, its fills).
-    await claim(config.admin_socket)
     await runner.setup()
-    admin = AdminServer(config.admin_socket, app[CATALOG], app.get(CACHE), app[DELIVERY], app.get(PREFETCHER))
+    admin = AdminServer(config.admin_socket, services)
     try:
         await admin.start()
     except BaseException:
@@ -73,14 +82,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     try:
         await stop.wait()
         await site.stop()  # no new connections; requests in flight go on
-        uploads = app[INFLIGHT_UPLOADS]
+        uploads = services.uploads
         deadline = loop.time() + config.default.graceful_shutdown_timeout
         if uploads.count:
             log.info("waiting for %d upload(s) in flight", uploads.count)
             if not await uploads.wait_idle(config.default.graceful_shutdown_timeout):
                 log.warning("%d upload(s) still running after %.0f s: aborting them", uploads.count,
                             config.default.graceful_shutdown_timeout)
-        importer = app[IMPORTER]
+        importer = services.importer
         if importer.running:
             log.info("waiting for %d import(s) in flight", importer.running)
             # What is still running at the deadline is aborted cleanly: its image queued again.

@@ -10,6 +10,7 @@ that drive it with the real ``glance`` CLI or send it signals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from aiohttp.test_utils import TestServer
 
 from streamd.api import create_app
 from streamd.config import Config, load_config
+from streamd.services import open_services
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -138,9 +140,30 @@ class ApiClient:
         return [i["id"] for i in reply.json["images"]]
 
 
+class ApiServer(TestServer):
+    """The real application on a loopback port over services of its own: ``close()`` stops the
+    server, then closes the services (in the daemon's order)."""
+
+    def __init__(self, app: web.Application, services: contextlib.AsyncExitStack) -> None:
+        super().__init__(app, host="127.0.0.1", port=0)
+        self._services = services
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self._services.aclose()
+
+
 async def start_api(config: Config) -> tuple[TestServer, ApiClient, aiohttp.ClientSession]:
-    server = TestServer(create_app(config), host="127.0.0.1", port=0)
-    await server.start_server()
+    stack = contextlib.AsyncExitStack()
+    services = await stack.enter_async_context(open_services(config))
+    server = ApiServer(create_app(services), stack)
+    try:
+        await server.start_server()
+    except BaseException:
+        await stack.aclose()
+        raise
     session = aiohttp.ClientSession()
     return server, ApiClient(f"http://127.0.0.1:{server.port}", session, config), session
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, READER_A, ApiClient, both_databases,
                       make_config, start_api)
-from streamd.api.keys import CATALOG
+from streamd.api.keys import SERVICES
 
 pytestmark = both_databases
 
@@ -230,7 +230,7 @@ async def test_visibility_changes(api: ApiClient) -> None:
 async def test_formats_change_only_while_queued_or_importing(tmp_path: Path, database_url: str) -> None:
     server, client, session = await start_api(make_config(tmp_path, database_url))
     try:
-        catalog = server.app[CATALOG]
+        catalog = server.app[SERVICES].catalog
         image = await client.create(disk_format="raw", container_format="bare")
         reply = await client.patch(image["id"], [{"op": "replace", "path": "/disk_format", "value": "qcow2"}])
         assert reply.status == 200 and reply.json["disk_format"] == "qcow2"

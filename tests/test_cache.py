@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from conftest import ADMIN, MEMBER_A, MEMBER_B, READER_A, ApiClient, make_config, start_api
-from streamd.api.keys import CACHE, DELIVERY, STORES
+from streamd.api.keys import SERVICES
 from streamd.cache import ImageCache
 from streamd.stores.base import Reader
 
@@ -43,14 +43,14 @@ class Api:
 
     @property
     def cache(self) -> ImageCache:
-        return self.server.app[CACHE]
+        return self.server.app[SERVICES].cache
 
     @property
     def cache_dir(self) -> Path:
         return self.cache.directory
 
     def store_reads(self) -> int:
-        return sum(self.server.app[DELIVERY].store_reads.values())
+        return sum(self.server.app[SERVICES].delivery.store_reads.values())
 
     async def call(self, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
         return await self.client.call(method, path, **kwargs)
@@ -95,7 +95,7 @@ class Api:
     def slow_down_store(self, delay: float, open_delay: float = 0.0) -> None:
         """Make every read of the file store take ``delay`` seconds longer, and opening it ``open_delay``
         (a remote backend such as RBD, where opening an image is a round trip): a slow store, for real."""
-        store = self.server.app[STORES].get(None)
+        store = self.server.app[SERVICES].stores.get(None)
         original = store.reader
 
         async def reader(url: str) -> Reader:
@@ -244,7 +244,7 @@ async def test_single_flight_50_concurrent_cold_gets_read_the_store_once(api: Ap
         assert not fill.finished and fill.written < size, "the late joiners came too late to test anything"
         results = await asyncio.gather(*first_wave, *late_wave)
     assert [r for r in results if r != (200, want, size)] == []
-    assert api.store_reads() == 1, dict(api.server.app[DELIVERY].store_reads)
+    assert api.store_reads() == 1, dict(api.server.app[SERVICES].delivery.store_reads)
     await wait_for(lambda: _no_fills(api))
     assert await api.cached_ids() == [image_id]
     assert (api.cache_dir / image_id).read_bytes() == data
@@ -625,7 +625,7 @@ async def test_versions_list_2_18_when_the_cache_is_on(api: Api) -> None:
 async def test_cache_off_means_no_cache_routes_and_2_17(tmp_path: Path) -> None:
     api = Api(*await start_api(make_config(tmp_path, None, DEFAULT={"image_cache_dir": "none"})))
     try:
-        assert api.server.app.get(CACHE) is None
+        assert api.server.app[SERVICES].cache is None
         reply = await api.call("GET", "/versions")
         listed = {v["id"]: v["status"] for v in reply.json["versions"]}
         assert [v for v, s in listed.items() if s == "CURRENT"] == ["v2.17"]

@@ -353,7 +353,7 @@ async def test_disk_full_puts_image_back_to_queued(tmp_path: Path) -> None:
 
 async def test_local_store_images_are_served_straight_from_the_store(tmp_path: Path) -> None:
     """The product default: no second copy of a local file-store image in the cache."""
-    from streamd.api.keys import DELIVERY
+    from streamd.api.keys import SERVICES
 
     server, api, session = await start_api(make_config(tmp_path, None, DEFAULT={"image_cache_local_stores": "false"}))
     try:
@@ -362,7 +362,7 @@ async def test_local_store_images_are_served_straight_from_the_store(tmp_path: P
         assert (await upload(api, image["id"], data)).status == 204
         for _ in range(2):
             assert (await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)).body == data
-        assert server.app[DELIVERY].store_reads["fs"] == 2
+        assert server.app[SERVICES].delivery.store_reads["fs"] == 2
         assert not (api.config.cache_dir / image["id"]).exists()
         # An explicit request still caches it (PUT /v2/cache/{id} or queue-image).
         assert (await api.call("PUT", f"/v2/cache/{image['id']}", as_=ADMIN)).status == 202
@@ -372,7 +372,7 @@ async def test_local_store_images_are_served_straight_from_the_store(tmp_path: P
             await asyncio.sleep(0.05)
         assert (api.config.cache_dir / image["id"]).read_bytes() == data
         assert (await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)).body == data
-        assert server.app[DELIVERY].store_reads["fs"] == 3  # the prefetch read; the GET was a hit
+        assert server.app[SERVICES].delivery.store_reads["fs"] == 3  # the prefetch read; the GET was a hit
     finally:
         await session.close()
         await server.close()

@@ -13,10 +13,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "streamd"
 
 LAYERS = {
-    "errors": 0, "config": 0, "context": 0, "__init__": 0,
+    "errors": 0, "config": 0, "context": 0, "__init__": 0, "background": 0,
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
-    "pipeline": 3, "imports": 3,
+    "pipeline": 3, "imports": 3, "services": 3.5,
     "api": 4, "admin": 4, "status": 4,
     "daemon": 5,
     "cli": 6, "__main__": 6,

@@ -18,12 +18,10 @@ import stat
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from ..cache import ImageCache
-from ..catalog import Catalog
 from ..context import RequestContext
 from ..errors import InvalidRequest, DoesNotExist, BackendFailure, StreamdError
 from ..status import status_of
-from ..pipeline import ImageDelivery, Prefetcher
+from ..services import Services
 
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 16
@@ -34,13 +32,12 @@ class AdminSocketInUse(BackendFailure):
 
 
 class AdminServer:
-    def __init__(self, path: Path, catalog: Catalog, cache: ImageCache | None, delivery: ImageDelivery,
-                 prefetcher: Prefetcher | None) -> None:
+    def __init__(self, path: Path, services: Services) -> None:
         self.path = path
-        self.catalog = catalog
-        self.cache = cache
-        self.delivery = delivery
-        self.prefetcher = prefetcher
+        self.catalog = services.catalog
+        self.cache = services.cache
+        self.delivery = services.delivery
+        self.prefetcher = services.prefetcher
         self._server: asyncio.AbstractServer | None = None
         self.commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "list-cached": self._list_cached,

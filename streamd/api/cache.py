@@ -12,14 +12,14 @@ from ..cache import ImageCache
 from ..catalog.query import is_uuid_like
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
-from .keys import CACHE, CATALOG, PREFETCHER, context_of
+from .keys import SERVICES, context_of
 
 
 def _cache(request: web.Request) -> ImageCache:
     ctx = context_of(request)
     if not ctx.is_admin:
         raise NotPermitted("You are not authorized to manage the image cache.")
-    cache = request.app.get(CACHE)
+    cache = request.app[SERVICES].cache
     if cache is None:
         raise DoesNotExist("The image cache is not enabled on this node")
     return cache
@@ -52,14 +52,14 @@ async def clear_cache(request: web.Request) -> web.Response:
 async def queue_image(request: web.Request) -> web.Response:
     cache = _cache(request)
     image_id = request.match_info["image_id"]
-    image = await request.app[CATALOG].get_image(image_id, RequestContext.admin()) if is_uuid_like(image_id) \
+    image = await request.app[SERVICES].catalog.get_image(image_id, RequestContext.admin()) if is_uuid_like(image_id) \
         else None
     if image is None:
         raise DoesNotExist(f"Image {image_id} not found.")
     if image.status != "active":
         raise InvalidRequest("Only images with status active can be targeted for queueing")
     await cache.queue(image_id)
-    request.app[PREFETCHER].fetch_soon(image_id)  # Glance 2.16+: cached right away, not at the next run
+    request.app[SERVICES].prefetcher.fetch_soon(image_id)  # Glance 2.16+: cached right away, not at the next run
     return web.Response(status=202)
 
 
@@ -111,7 +111,7 @@ async def legacy_queue(request: web.Request) -> web.Response:
     image_id = request.match_info["image_id"]
     if not is_uuid_like(image_id):
         raise DoesNotExist(f"Image {image_id} not found.")
-    await request.app[CATALOG].get_image(image_id, RequestContext.admin())
+    await request.app[SERVICES].catalog.get_image(image_id, RequestContext.admin())
     await cache.queue(image_id)
     return web.Response(status=200)
 

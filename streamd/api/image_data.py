@@ -14,7 +14,7 @@ from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible
-from .keys import CATALOG, CONFIG, DELIVERY, INFLIGHT_UPLOADS, STORES, context_of
+from .keys import SERVICES, context_of
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,16 @@ def _declared_size(request: web.Request) -> int | None:
 
 async def upload(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "upload_image")
     if request.content_type != "application/octet-stream":
         raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
-    store = request.app[STORES].get(request.headers.get("X-Image-Meta-Store"))
-    async with request.app[INFLIGHT_UPLOADS].track():
+    store = request.app[SERVICES].stores.get(request.headers.get("X-Image-Meta-Store"))
+    async with request.app[SERVICES].uploads.track():
         await upload_image(
-            request.app[CATALOG], store, image.id, _body_chunks(request), declared_size=_declared_size(request),
+            request.app[SERVICES].catalog, store, image.id, _body_chunks(request), declared_size=_declared_size(request),
             limits=UploadLimits.from_config(config),
             host=config.host_id)
     return web.Response(status=204)
@@ -113,7 +113,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     image = await _get_visible(request, request.match_info["image_id"])
     if image.status == "deactivated" and not ctx.is_admin:
         raise NotPermitted("The requested image has been deactivated. Image data download is forbidden.")
-    delivery = request.app[DELIVERY]
+    delivery = request.app[SERVICES].delivery
     if image.status not in ("active", "deactivated") or not delivery.has_data(image):
         return web.Response(status=204)
     source = await delivery.open(image)
@@ -153,7 +153,7 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
         if sock is not None and request.transport.get_write_buffer_size() == 0:
             try:
                 await copy_file_to_socket(sock.fileno(), file_fd, first, length,
-                                      idle_timeout=request.app[CONFIG].default.client_socket_timeout)
+                                      idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
             except (OSError, EOFError) as exc:
                 log.info("download of image %s ended early: %s", image.id, exc)
                 request.transport.abort()

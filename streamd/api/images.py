@@ -16,7 +16,7 @@ from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
 from ..errors import InvalidRequest, StateConflict as Conflict, NotPermitted, DoesNotExist, QuotaExceeded
 from .errors import ProtocolError
-from .keys import CACHE, CATALOG, CONFIG, IMPORTER, STORES, context_of
+from .keys import SERVICES, context_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
 
@@ -67,7 +67,7 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def _image_url(request: web.Request, image_id: str) -> str:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     base = (config.default.public_endpoint or f"{request.scheme}://{request.host}").rstrip("/")
     return f"{base}/v2/images/{image_id}"
 
@@ -77,13 +77,13 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     policy.require_reader(ctx)
     if not is_uuid_like(image_id):
         raise DoesNotExist(f"No image found with ID {image_id}")
-    return await request.app[CATALOG].get_image(image_id, ctx)
+    return await request.app[SERVICES].catalog.get_image(image_id, ctx)
 
 
 # -- create -----------------------------------------------------------------------------
 
 async def create_image(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     ctx = context_of(request)
     policy.require_writer(ctx, "add_image")
     body = await _json_body(request)
@@ -107,7 +107,7 @@ async def create_image(request: web.Request) -> web.Response:
     policy.require_visibility_change(ctx, base.get("visibility", "shared"))
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
-    image = await request.app[CATALOG].create_image(base, properties, tags)
+    image = await request.app[SERVICES].catalog.create_image(base, properties, tags)
     headers = {
         "Location": _image_url(request, image.id),
         "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
@@ -146,13 +146,13 @@ async def show_image(request: web.Request) -> web.Response:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     ctx = context_of(request)
     policy.require_reader(ctx)
     params = list(request.query.items())
     query = parse_list_params(params, limit_default=config.default.limit_param_default,
                               limit_max=config.default.api_limit_max)
-    images, full = await request.app[CATALOG].list_images(ctx, query)
+    images, full = await request.app[SERVICES].catalog.list_images(ctx, query)
     without_marker = [(k, v) for k, v in params if k != "marker"]
     body: dict[str, Any] = {
         "images": [image_view(i) for i in images],
@@ -234,7 +234,7 @@ def _parse_changes(body: Any, media_type: str, config: Any = None) -> list[dict[
 
 
 async def update_image(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     ctx = context_of(request)
     media_type = request.content_type
     if media_type not in PATCH_MEDIA_TYPES:
@@ -300,7 +300,7 @@ async def update_image(request: web.Request) -> web.Response:
     _check_property_quota(config.default.image_property_quota, image.properties, props)
     removed = set(image.properties) - set(props)
     updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
-    image = await request.app[CATALOG].update_image(
+    image = await request.app[SERVICES].catalog.update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
         tag_quota=config.default.image_tag_quota)
     return web.json_response(image_view(image))
@@ -329,14 +329,14 @@ async def delete_image(request: web.Request) -> web.Response:
     policy.require_modify(ctx, image, "delete_image")
     if image.protected:
         raise NotPermitted(f"Image {image.id} is protected and cannot be deleted.")
-    stores = request.app[STORES]
+    stores = request.app[SERVICES].stores
     for location in image.locations:
         store = stores.for_location(location.store)
         if store is not None:
             await store.check_deletable(location.url)  # 409 while RBD clones depend on it
-    deleted = await request.app[CATALOG].delete_image(image.id)
-    await asyncio.to_thread(request.app[IMPORTER].staging.remove, image.id)
-    cache = request.app.get(CACHE)
+    deleted = await request.app[SERVICES].catalog.delete_image(image.id)
+    await asyncio.to_thread(request.app[SERVICES].importer.staging.remove, image.id)
+    cache = request.app[SERVICES].cache
     if cache is not None:
         with contextlib.suppress(DoesNotExist):
             await cache.delete(image.id)
@@ -356,7 +356,7 @@ async def _toggle_active(request: web.Request, action: str, source: str, target:
         return web.Response(status=204)
     if image.status != source:
         raise NotPermitted(f"Not allowed to {action} image in status '{image.status}'")
-    await request.app[CATALOG].transition(image.id, source, target)
+    await request.app[SERVICES].catalog.transition(image.id, source, target)
     return web.Response(status=204)
 
 

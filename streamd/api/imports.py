@@ -24,16 +24,15 @@ from ..imports import ImportPlan
 from ..imports.staging import StagedMeta
 from ..pipeline import inspection_for, write_to_stores
 from ..pipeline.upload import UploadLimits
-from ..stores import FileStore
 from .image_data import _body_chunks, _declared_size
 from .images import _get_visible
-from .keys import CACHE, CATALOG, CONFIG, IMPORTER, INFLIGHT_UPLOADS, STORES, context_of, request_id_of
+from .keys import SERVICES, context_of, request_id_of
 
 # -- PUT /stage ---------------------------------------------------------------------------------
 
 
 async def stage(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     if "glance-direct" not in config.default.enabled_import_methods:
         raise DoesNotExist("The glance-direct import method is not enabled")
     ctx = context_of(request)
@@ -42,14 +41,14 @@ async def stage(request: web.Request) -> web.Response:
     if request.content_type != "application/octet-stream":
         raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
-    importer = request.app[IMPORTER]
+    importer = request.app[SERVICES].importer
     staging = importer.staging
     if staging.has_data(image.id) or image.status == "uploading":
         raise StateConflict(f"Image {image.id} already has data on staging")
     declared = _declared_size(request)
     limits = UploadLimits.from_config(config)
-    catalog = request.app[CATALOG]
-    async with request.app[INFLIGHT_UPLOADS].track():
+    catalog = request.app[SERVICES].catalog
+    async with request.app[SERVICES].uploads.track():
         image = await catalog.begin_upload(image.id, config.host_id, from_status="queued", to_status="uploading")
         try:
             inspection = inspection_for(image, limits)
@@ -70,15 +69,15 @@ async def stage(request: web.Request) -> web.Response:
 
 
 async def _unstage(request: web.Request, image_id: str) -> None:
-    await asyncio.to_thread(request.app[IMPORTER].staging.remove, image_id)
-    await request.app[CATALOG].abort_upload(image_id, from_status="uploading")
+    await asyncio.to_thread(request.app[SERVICES].importer.staging.remove, image_id)
+    await request.app[SERVICES].catalog.abort_upload(image_id, from_status="uploading")
 
 
 # -- POST /import -----------------------------------------------------------------------------------
 
 
 async def import_image(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     try:
@@ -112,7 +111,7 @@ async def import_image(request: web.Request) -> web.Response:
         raise StateConflict("'disk_format' and 'container_format' must be set prior to import")
     if method == "copy-image" and not stores:
         return web.Response(status=202)  # every store already holds the image (all_stores): nothing to do
-    importer = request.app[IMPORTER]
+    importer = request.app[SERVICES].importer
     uri = None
     if method == "web-download":
         uri = body["method"].get("uri")
@@ -162,7 +161,7 @@ async def _proxy_to_stage_host(request: web.Request, stage_host: str, body: dict
 
 def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[str, ...]) -> list[str]:
     """Glance's rules: the header, ``stores`` or ``all_stores`` (never two of them), else the default."""
-    registry = request.app[STORES]
+    registry = request.app[SERVICES].stores
     header = request.headers.get("X-Image-Meta-Store")
     stores = body.get("stores")
     all_stores = body.get("all_stores", False)
@@ -193,7 +192,7 @@ def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[st
 async def delete_from_store(request: web.Request) -> web.Response:
     ctx = context_of(request)
     store_id = request.match_info["store_id"]
-    store = request.app[STORES].for_location(store_id)
+    store = request.app[SERVICES].stores.for_location(store_id)
     if store is None:
         raise StateConflict(f"The selected store {store_id} is not available on this node.")
     image = await _get_visible(request, request.match_info["image_id"])
@@ -208,11 +207,9 @@ async def delete_from_store(request: web.Request) -> web.Response:
                         "Consider deleting the image instead.")
     location = next(loc for loc in image.locations if loc.store == store_id)
     await store.check_deletable(location.url)  # 409 while RBD clones depend on it
-    await request.app[CATALOG].remove_location(image.id, store_id)
+    await request.app[SERVICES].catalog.remove_location(image.id, store_id)
     await store.delete(location.url)
-    cache = request.app.get(CACHE)
-    if cache is not None and isinstance(store, FileStore):
-        pass  # the cache keeps its own verified copy; it is not tied to one store
+    # The cache keeps its own verified copy: it is not tied to one store.
     return web.Response(status=204)
 
 
@@ -233,7 +230,7 @@ def task_view(task: TaskRecord, *, full: bool = True) -> dict[str, Any]:
 
 async def image_tasks(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
-    tasks = await request.app[CATALOG].list_tasks(image_id=image.id)
+    tasks = await request.app[SERVICES].catalog.list_tasks(image_id=image.id)
     return web.json_response({"tasks": [task_view(t) for t in tasks]})
 
 
@@ -244,7 +241,7 @@ def _require_tasks_access(request: web.Request) -> None:
 
 async def list_tasks(request: web.Request) -> web.Response:
     _require_tasks_access(request)
-    tasks = await request.app[CATALOG].list_tasks()
+    tasks = await request.app[SERVICES].catalog.list_tasks()
     # Glance's filters (glance task-list --status/--type send them).
     for name in ("status", "type"):
         wanted = request.query.get(name)
@@ -256,14 +253,14 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 async def show_task(request: web.Request) -> web.Response:
     _require_tasks_access(request)
-    return web.json_response(task_view(await request.app[CATALOG].get_task(request.match_info["task_id"])))
+    return web.json_response(task_view(await request.app[SERVICES].catalog.get_task(request.match_info["task_id"])))
 
 
 # -- discovery ---------------------------------------------------------------------------------------------
 
 
 async def info_import(request: web.Request) -> web.Response:
-    methods = request.app[CONFIG].default.enabled_import_methods
+    methods = request.app[SERVICES].config.default.enabled_import_methods
     return web.json_response({"import-methods": {
         "description": "Import methods available.", "type": "array", "value": list(methods)}})
 
@@ -281,29 +278,20 @@ def _stores_info(config: Config) -> list[dict[str, Any]]:
 
 
 async def info_stores(request: web.Request) -> web.Response:
-    return web.json_response({"stores": _stores_info(request.app[CONFIG])})
+    return web.json_response({"stores": _stores_info(request.app[SERVICES].config)})
 
 
 async def info_stores_detail(request: web.Request) -> web.Response:
     if not context_of(request).is_admin:
         raise NotPermitted("You are not authorized to complete stores_info_detail action.")
-    config = request.app[CONFIG]
-    registry = request.app[STORES]
+    config = request.app[SERVICES].config
+    registry = request.app[SERVICES].stores
     stores = _stores_info(config)
     for info in stores:
-        entry = config.store(info["id"])
-        store = registry.by_name[entry.name]
-        info["type"] = entry.type
+        store = registry.get(info["id"])
+        info["type"] = store.type
         info["weight"] = 0
-        o = entry.options
-        if entry.type == "file":
-            assert isinstance(store, FileStore)
-            info["properties"] = {"data_dir": str(store.directory), "chunk_size": o.filesystem_store_chunk_size,
-                                  "thin_provisioning": o.filesystem_thin_provisioning}
-        else:
-            info["properties"] = {"chunk_size": o.rbd_store_chunk_size, "pool": o.rbd_store_pool,
-                                  "thin_provisioning": o.rbd_thin_provisioning,
-                                  "fsid": getattr(store, "fsid", None) or ""}
+        info["properties"] = store.properties()
     return web.json_response({"stores": stores})
 
 

@@ -9,7 +9,7 @@ from ..catalog.records import MEMBER_STATUSES, ImageRecord, MemberRecord
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
 from .images import _get_visible, _json_body
-from .keys import CATALOG, CONFIG, context_of
+from .keys import SERVICES, context_of
 from .views import member_view
 
 
@@ -24,14 +24,14 @@ async def _lookup_member(request: web.Request, ctx: RequestContext, image: Image
     a consumer only its own (Glance filters members by ``owner == me or member == me``)."""
     if not (ctx.is_admin or ctx.owns(image.owner) or member_id == ctx.project_id):
         raise DoesNotExist(f"{member_id} not found in the member list of the image {image.id}.")
-    return await request.app[CATALOG].get_member(image.id, member_id)
+    return await request.app[SERVICES].catalog.get_member(image.id, member_id)
 
 
 async def list_members(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image)
-    catalog = request.app[CATALOG]
+    catalog = request.app[SERVICES].catalog
     if ctx.is_admin or ctx.owns(image.owner):
         members = await catalog.list_members(image.id)
     else:
@@ -51,8 +51,8 @@ async def add_member(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image)
     policy.require_modify(ctx, image, "add_member")
-    member = await request.app[CATALOG].add_member(image.id, body["member"],
-                                                   quota=request.app[CONFIG].default.image_member_quota)
+    member = await request.app[SERVICES].catalog.add_member(image.id, body["member"],
+                                                   quota=request.app[SERVICES].config.default.image_member_quota)
     return web.json_response(member_view(member))
 
 
@@ -79,7 +79,7 @@ async def update_member(request: web.Request) -> web.Response:
     policy.require_modify_member(ctx, image, member.member)
     if not isinstance(status, str) or status not in MEMBER_STATUSES:
         raise InvalidRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
-    member = await request.app[CATALOG].update_member(image.id, member.member, status)
+    member = await request.app[SERVICES].catalog.update_member(image.id, member.member, status)
     return web.json_response(member_view(member))
 
 
@@ -89,7 +89,7 @@ async def delete_member(request: web.Request) -> web.Response:
     _check_shared(image)
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     policy.require_modify(ctx, image, "delete_member")
-    await request.app[CATALOG].delete_member(image.id, member.member)
+    await request.app[SERVICES].catalog.delete_member(image.id, member.member)
     return web.Response(status=204)
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..context import RequestContext
 from ..errors import StreamdError
 from ..status import reason_of, status_of
-from .keys import CONFIG, CONTEXT
+from .keys import CONTEXT, SERVICES
 from .versions import allowed_url_versions, multiple_choices
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         if exc.status == 404:
             match = _VERSION_SEGMENT.match(request.path)
-            if match and match.group(1) not in allowed_url_versions(request.app[CONFIG]):
+            if match and match.group(1) not in allowed_url_versions(request.app[SERVICES].config):
                 # Glance answers an unknown API version with the versions document.
                 return multiple_choices(request)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "accept-patch", "retry-after")}
@@ -68,7 +68,7 @@ def identify(request: web.Request) -> RequestContext:
     user = headers.get("X-User-Id")
     roles_header = headers.get("X-Roles")
     if project is None and user is None and roles_header is None:
-        default = request.app[CONFIG].noauth
+        default = request.app[SERVICES].config.noauth
         return RequestContext(default.default_project_id, default.default_user_id, frozenset(default.default_roles))
     roles = frozenset(r.strip().lower() for r in (roles_header or "").split(",") if r.strip())
     return RequestContext(project, user, roles)
@@ -77,6 +77,6 @@ def identify(request: web.Request) -> RequestContext:
 @web.middleware
 async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     version = request.match_info.get("version")
-    if version is not None and version not in allowed_url_versions(request.app[CONFIG]):
+    if version is not None and version not in allowed_url_versions(request.app[SERVICES].config):
         return multiple_choices(request)
     return await handler(request)

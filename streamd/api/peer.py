@@ -15,19 +15,19 @@ from ..catalog.query import is_uuid_like
 from ..context import RequestContext
 from ..errors import NotPermitted, DoesNotExist
 from ..pipeline.peers import PEER_TOKEN_HEADER
-from .keys import CATALOG, CONFIG, DELIVERY
+from .keys import SERVICES
 
 
 async def serve_cached(request: web.Request) -> web.StreamResponse:
-    token = request.app[CONFIG].default.peer_token
+    token = request.app[SERVICES].config.default.peer_token
     offered = request.headers.get(PEER_TOKEN_HEADER, "")
     if not token or not hmac.compare_digest(offered.encode(), token.encode()):
         raise NotPermitted("peer requests need the shared peer token")
     image_id = request.match_info["image_id"]
     if not is_uuid_like(image_id):
         raise DoesNotExist(f"Image {image_id} is not cached here")
-    image = await request.app[CATALOG].get_image(image_id, RequestContext.admin())
-    source = await request.app[DELIVERY].open_cached(image)
+    image = await request.app[SERVICES].catalog.get_image(image_id, RequestContext.admin())
+    source = await request.app[SERVICES].delivery.open_cached(image)
     if source is None:
         raise DoesNotExist(f"Image {image_id} is not cached here")
     try:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import InvalidRequest, DoesNotExist
-from .keys import CONFIG
+from .keys import SERVICES
 
 _UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
                  "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$")
@@ -247,7 +247,7 @@ async def get_schema(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if request.match_info.get("kind"):
         name = f"{request.match_info['kind']}/{name}"
-    schemas = all_schemas(request.app[CONFIG])
+    schemas = all_schemas(request.app[SERVICES].config)
     if name not in schemas:
         raise DoesNotExist(f"No schema named {name}")
     return web.json_response(schemas[name])

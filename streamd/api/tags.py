@@ -7,7 +7,7 @@ from aiohttp import web
 from ..catalog import policy
 from ..errors import InvalidRequest
 from .images import _get_visible
-from .keys import CATALOG, CONFIG, context_of
+from .keys import SERVICES, context_of
 
 
 async def add_tag(request: web.Request) -> web.Response:
@@ -18,7 +18,7 @@ async def add_tag(request: web.Request) -> web.Response:
         raise InvalidRequest("Image tag exceeds the maximum length of 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image)
-    await request.app[CATALOG].add_tag(image.id, tag, quota=request.app[CONFIG].default.image_tag_quota)
+    await request.app[SERVICES].catalog.add_tag(image.id, tag, quota=request.app[SERVICES].config.default.image_tag_quota)
     return web.Response(status=204)
 
 
@@ -26,7 +26,7 @@ async def delete_tag(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image)
-    await request.app[CATALOG].delete_tag(image.id, request.match_info["tag"])
+    await request.app[SERVICES].catalog.delete_tag(image.id, request.match_info["tag"])
     return web.Response(status=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Config
-from .keys import CONFIG
+from .keys import SERVICES
 
 
 def listed_versions(config: Config) -> list[tuple[str, str]]:
@@ -34,7 +34,7 @@ def allowed_url_versions(config: Config) -> frozenset[str]:
 
 
 def versions_document(request: web.Request) -> dict[str, object]:
-    config = request.app[CONFIG]
+    config = request.app[SERVICES].config
     base = (config.default.public_endpoint or f"{request.scheme}://{request.host}").rstrip("/")
     return {"versions": [
         {"id": f"v{version}", "status": status, "links": [{"rel": "self", "href": f"{base}/v2/"}]}

@@ -33,7 +33,7 @@ from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
 from ..errors import InvalidRequest, StoreUnavailable, StreamdError
 from ..pipeline import Progress, UploadLimits, file_chunks, inspection_for, reader_chunks, write_to_stores
-from ..stores import FileStore, StoredData, Store, StoreRegistry
+from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
 from .staging import StagedMeta, StagingArea
 
@@ -280,9 +280,10 @@ class Importer:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            # File stores on the staging filesystem take the staged file itself: hard links, and a
+            # Stores that can adopt the staged file take it itself (file stores on the staging
+            # filesystem): hard links, and a
             # rename for the last. The open descriptor still reads the data for the other stores.
-            adopters = [t for t in targets if isinstance(t, FileStore) and t.can_adopt(path)]
+            adopters = [t for t in targets if t.can_adopt(path)]
             for n, adopter in enumerate(adopters):
                 try:
                     stored[adopter.name] = await adopter.adopt(plan.image_id, path, link=n < len(adopters) - 1)

@@ -19,8 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..config import FileStoreOptions
-from ..stores import FileStore
+from ..stores import local_directory_store
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,14 @@ class StagedMeta:
 class StagingArea:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.store = FileStore(STAGING_STORE, FileStoreOptions(filesystem_store_datadir=str(directory)), directory)
+        # Staged data is written through the same store contract as image data (hashed and inspected on the way).
+        self.store = local_directory_store(STAGING_STORE, directory)
 
     async def start(self) -> None:
         await self.store.start()
 
     def path_of(self, image_id: str) -> Path:
-        return self.store.path_of(image_id)
+        return self.directory / image_id
 
     def _meta_path(self, image_id: str) -> Path:
         return self.directory / f"{image_id}.json"

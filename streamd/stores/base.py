@@ -1,9 +1,18 @@
-"""What every store offers the data path. Stores know nothing of HTTP or the catalogue."""
+"""The store contract: what every store offers the data path, and what it can say of itself.
+
+Callers outside ``stores/`` see only this contract (and the registry): they ask a
+store what it can do (``local``, ``can_adopt``, ``properties``) instead of testing
+which driver it is. Stores know nothing of HTTP or the catalogue.
+"""
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..background import PeriodicJob
+from ..errors import StoreFailure
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,10 @@ class Store(abc.ABC):
     async def stop(self) -> None:
         return None
 
+    def background_jobs(self) -> list[PeriodicJob]:
+        """Periodic work the store needs (e.g. a reaper); the node's supervisor runs it."""
+        return []
+
     @abc.abstractmethod
     async def writer(self, image_id: str, expected_size: int | None) -> Writer:
         ...
@@ -75,5 +88,19 @@ class Store(abc.ABC):
         """Remove the data at ``url``; a missing object is not an error."""
 
     def owns(self, url: str) -> bool:
-        """True if ``url`` names data in this store."""
+        """True if ``url`` (a location, e.g. ``file:///...`` or ``rbd://fsid/pool/image/snap``) names
+        data in this store."""
         return False
+
+    def can_adopt(self, path: Path) -> bool:
+        """True if the store can take the whole local file ``path`` (staged data) as an image's
+        data without copying it: by a rename or a hard link."""
+        return False
+
+    async def adopt(self, image_id: str, path: Path, *, link: bool = False) -> StoredData:
+        """Take ``path`` as ``image_id``'s data (only where ``can_adopt``); ``link`` leaves ``path``."""
+        raise StoreFailure(f"store {self.name} cannot take files without copying them")
+
+    def properties(self) -> dict[str, object]:
+        """What the store shows of itself in ``/v2/info/stores/detail`` (Glance's per-driver keys)."""
+        return {}

@@ -34,6 +34,10 @@ class FileStore(Store):
         self.directory = Path(options.filesystem_store_datadir or default_dir).absolute()
         self.thin = options.filesystem_thin_provisioning
         self.block_size = options.filesystem_thin_provisioning_block_size
+        self.chunk_size = options.filesystem_store_chunk_size
+
+    def properties(self) -> dict[str, object]:
+        return {"data_dir": str(self.directory), "chunk_size": self.chunk_size, "thin_provisioning": self.thin}
 
     async def start(self) -> None:
         incoming = self.directory / INCOMING

@@ -29,6 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from ..background import PeriodicJob
 from ..config import RbdStoreOptions
 from ..errors import StateConflict, DoesNotExist, StoreUnavailable, OutOfSpace, StoreFailure
 from ..kernels import zeroscan
@@ -42,6 +43,8 @@ INCOMING_PREFIX = "streamd-incoming."
 MAX_AIO_IN_FLIGHT = 8
 # Unknown size: grow the image by at least this much at a time (a resize writes nothing).
 GROWTH_STEP = 1 << 30
+# How often half-written images that could not be removed at once are tried again.
+ORPHAN_RETRY_INTERVAL = 5.0
 
 
 def _ceph_errors() -> tuple[type[BaseException], ...]:
@@ -79,7 +82,6 @@ class RbdStore(Store):
         self._connect_lock = asyncio.Lock()
         # Half-written images whose removal failed (the cluster was unreachable): retried until gone.
         self.orphans: set[str] = set()
-        self._orphan_task: asyncio.Task[None] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -123,7 +125,6 @@ class RbdStore(Store):
     async def start(self) -> None:
         """Connect and reap this node's half-written images. An unreachable cluster is not
         fatal: the daemon starts, requests to this store get 503 until it is back."""
-        self._orphan_task = asyncio.create_task(self._remove_orphans_forever())
         try:
             ioctx = await self._ensure_connected()
         except StoreUnavailable as exc:
@@ -152,23 +153,28 @@ class RbdStore(Store):
             reaped.append(name)
         return reaped
 
-    async def _remove_orphans_forever(self, interval: float = 5.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if not self.orphans or self._ioctx is None:
-                continue
-            for name in list(self.orphans):
-                try:
-                    await self._run(_remove_image_if_exists, self._ioctx, name)
-                except _ceph_errors() as exc:
-                    log.warning("rbd store %s: %s still cannot be removed: %s", self.name, name, exc)
-                    break
-                self.orphans.discard(name)
-                log.info("rbd store %s: removed %s left by a failed upload", self.name, name)
+    def properties(self) -> dict[str, object]:
+        return {"chunk_size": self.options.rbd_store_chunk_size, "pool": self.pool,
+                "thin_provisioning": self.options.rbd_thin_provisioning, "fsid": self.fsid or ""}
+
+    def background_jobs(self) -> list[PeriodicJob]:
+        return [PeriodicJob(f"rbd reaper ({self.name})", ORPHAN_RETRY_INTERVAL, self.remove_orphans)]
+
+    async def remove_orphans(self) -> None:
+        """Remove half-written images that could not be removed when their upload failed
+        (a stalled cluster, or a dead client's watch that has not expired yet)."""
+        if not self.orphans or self._ioctx is None:
+            return
+        for name in list(self.orphans):
+            try:
+                await self._run(_remove_image_if_exists, self._ioctx, name)
+            except _ceph_errors() as exc:
+                log.warning("rbd store %s: %s still cannot be removed: %s", self.name, name, exc)
+                break
+            self.orphans.discard(name)
+            log.info("rbd store %s: removed %s left by a failed upload", self.name, name)
 
     async def stop(self) -> None:
-        if self._orphan_task is not None:
-            self._orphan_task.cancel()
         if self._ioctx is not None:
             ioctx, cluster = self._ioctx, self._cluster
             self._ioctx = self._cluster = None

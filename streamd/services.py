@@ -1,0 +1,130 @@
+"""The composition root: everything a node runs, opened in order and closed in reverse.
+
+:func:`open_services` builds the catalogue, the stores, the cache and its peers,
+image delivery, the prefetcher, the staging area and the importer, recovers what
+a crash of this node left behind, and registers every periodic job with one
+supervisor (:class:`~streamd.background.BackgroundJobs`). It yields one frozen
+:class:`Services`. The two edges, the HTTP API (``api.create_app``) and the
+admin socket (``admin.AdminServer``), receive that object; neither builds
+anything. Closing runs in the reverse order of opening: background jobs first,
+then imports, prefetches and fills, then the cache, the stores and the catalogue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from .background import BackgroundJobs, PeriodicJob
+from .cache import ImageCache
+from .catalog import Catalog
+from .config import Config
+from .imports import Importer, StagingArea
+from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
+from .pipeline.inflight import InflightUploads
+from .pipeline.peers import PeerClient
+from .stores import StoreRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    catalog: Catalog
+    stores: StoreRegistry
+    # None when the cache is off (image_cache_dir = none); the prefetcher goes with it.
+    cache: ImageCache | None
+    prefetcher: Prefetcher | None
+    delivery: ImageDelivery
+    staging: StagingArea
+    importer: Importer
+    uploads: InflightUploads
+    jobs: BackgroundJobs
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config) -> AsyncIterator[Services]:
+    async with contextlib.AsyncExitStack() as stack:
+        catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
+                                     pool_size=config.database.pool_size)
+        stack.push_async_callback(catalog.close)
+        log.info("catalogue open: %s", catalog.engine.url.render_as_string(hide_password=True))
+
+        stores = StoreRegistry.from_config(config)
+        await stores.start()
+        stack.push_async_callback(stores.stop)
+        # Uploads this node had in flight when it last stopped died with it: their partial
+        # data was removed by the stores' start(); put their images back to queued.
+        recovered = await catalog.recover_uploads(config.host_id)
+        if recovered:
+            log.warning("recovered %d interrupted upload(s): %s", len(recovered), ", ".join(recovered))
+
+        cache = await _open_cache(config, catalog, stack)
+        peers = await _open_peers(config, catalog, cache)
+        delivery = ImageDelivery(stores, cache, peers, cache_local_stores=config.default.image_cache_local_stores)
+        stack.push_async_callback(delivery.stop)
+        prefetcher = Prefetcher(catalog, cache, delivery) if cache is not None else None
+        if prefetcher is not None:
+            stack.push_async_callback(prefetcher.stop)
+
+        staging = StagingArea(config.staging_dir)
+        await staging.start()
+        importer = Importer(catalog, stores, staging, config)
+        # Imports this node ran when it last stopped died with it: fail their tasks, release their
+        # locks, queue their images again, and clear the staging area of what no import will use.
+        await importer.recover()
+        stack.push_async_callback(importer.stop, 0)
+
+        jobs = BackgroundJobs()
+        for job in _periodic_jobs(config, catalog, stores, cache, prefetcher, delivery, importer):
+            jobs.add(job)
+        jobs.start()
+        stack.push_async_callback(jobs.stop)
+
+        yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
+                       delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
+                       jobs=jobs)
+
+
+async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:
+    if config.cache_dir is None:
+        return None
+    cache = ImageCache(config.cache_dir, config.default.image_cache_max_size, config.default.image_cache_stall_time)
+    await cache.start()
+    stack.push_async_callback(cache.stop)
+    return cache
+
+
+async def _open_peers(config: Config, catalog: Catalog, cache: ImageCache | None) -> PeerClient | None:
+    """Nodes sharing a catalogue serve each other's cache misses (peer_url, peer_token)."""
+    if cache is None or not (config.default.peer_url and config.default.peer_token):
+        return None
+    node = config.host_id
+    await catalog.register_cache_node(node, config.default.peer_url, [e.image_id for e in await cache.entries()])
+
+    async def announce(image_id: str, cached: bool) -> None:
+        await catalog.set_node_caches(node, image_id, cached)
+
+    cache.listeners.append(announce)
+    return PeerClient(catalog, node, config.default.peer_token)
+
+
+def _periodic_jobs(config: Config, catalog: Catalog, stores: StoreRegistry, cache: ImageCache | None,
+                   prefetcher: Prefetcher | None, delivery: ImageDelivery, importer: Importer) -> list[PeriodicJob]:
+    jobs = [job for store in stores for job in store.background_jobs()]
+    # Dead imports of other nodes sharing the catalogue are freed by whichever node looks first.
+    jobs.append(PeriodicJob("import lock sweeper", config.image_import_opts.import_lock_timeout / 2,
+                            importer.expire_dead_imports))
+    if cache is not None and prefetcher is not None:
+        jobs.append(PeriodicJob("prefetcher", config.default.cache_prefetcher_interval, prefetcher.run_once))
+
+        async def maintain_cache() -> None:
+            await cache.prune()
+            await cache.clean()
+            await verify_stale_entry(catalog, cache, delivery, config.default.image_cache_verify_interval)
+
+        jobs.append(PeriodicJob("cache maintenance", config.default.image_cache_maintenance_interval, maintain_cache))
+    return jobs

@@ -1,0 +1,68 @@
+"""The stores of a node: built from ``enabled_backends``, found by name or by location.
+
+This is the one place that knows which driver serves which store type; every
+other module works with the :class:`~streamd.stores.base.Store` contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from ..config import Config, FileStoreOptions, StoreConfig
+from ..errors import InvalidRequest
+from .base import Store
+
+
+def open_store(entry: StoreConfig, config: Config) -> Store:
+    """The driver for one configured store (not yet started)."""
+    if entry.type == "file":
+        from .file import FileStore
+
+        return FileStore(entry.name, entry.options, config.data_dir / "images" / entry.name)
+    if entry.type == "rbd":
+        from .rbd import RbdStore  # the Ceph bindings are loaded only where an rbd store is configured
+
+        return RbdStore(entry.name, entry.options, config.host_id)
+    raise InvalidRequest(f"store {entry.name}: unknown type {entry.type}")
+
+
+def local_directory_store(name: str, directory: Path) -> Store:
+    """A store of plain files in ``directory`` on this node (the staging area is one)."""
+    from .file import FileStore
+
+    return FileStore(name, FileStoreOptions(filesystem_store_datadir=str(directory)), directory)
+
+
+class StoreRegistry:
+    """The stores of ``enabled_backends``, by name, in configuration order."""
+
+    def __init__(self, stores: list[Store], default: str) -> None:
+        self.by_name = {s.name: s for s in stores}
+        self.default = default
+
+    @classmethod
+    def from_config(cls, config: Config) -> "StoreRegistry":
+        return cls([open_store(entry, config) for entry in config.stores], config.default_store)
+
+    def __iter__(self) -> Iterator[Store]:
+        return iter(self.by_name.values())
+
+    def get(self, name: str | None) -> Store:
+        if name is None:
+            return self.by_name[self.default]
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise InvalidRequest(f"Store for identifier {name} not found") from None
+
+    def for_location(self, store_name: str) -> Store | None:
+        return self.by_name.get(store_name)
+
+    async def start(self) -> None:
+        for store in self:
+            await store.start()
+
+    async def stop(self) -> None:
+        for store in self:
+            await store.stop()
