@@ -7,7 +7,6 @@ Glance's answers where clients can see them (``glance/api/v2/images.py``
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -21,9 +20,6 @@ from ..config import Config
 from ..errors import (PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist,
                       UnsupportedContent)
 from ..imports import ImportPlan
-from ..imports.staging import StagedMeta
-from ..pipeline import inspection_for, write_to_stores
-from ..pipeline.upload import UploadLimits
 from .image_data import _body_chunks, _declared_size
 from .images import _get_visible
 from .keys import SERVICES, context_of, request_id_of
@@ -41,36 +37,10 @@ async def stage(request: web.Request) -> web.Response:
     if request.content_type != "application/octet-stream":
         raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
                                    "image data must be application/octet-stream")
-    importer = request.app[SERVICES].importer
-    staging = importer.staging
-    if staging.has_data(image.id) or image.status == "uploading":
-        raise StateConflict(f"Image {image.id} already has data on staging")
-    declared = _declared_size(request)
-    limits = UploadLimits.from_config(config)
-    catalog = request.app[SERVICES].catalog
-    async with request.app[SERVICES].uploads.track():
-        image = await catalog.begin_upload(image.id, config.host_id, from_status="queued", to_status="uploading")
-        try:
-            inspection = inspection_for(image, limits)
-            ingested = await write_to_stores(
-                [staging.store], image.id, _body_chunks(request), declared_size=declared, size_cap=limits.size_cap,
-                hashing_algorithm=limits.hashing_algorithm, inspection=inspection)
-            digests = ingested.digests
-            assert digests is not None
-            await asyncio.to_thread(staging.record, image.id, StagedMeta(
-                ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value, ingested.virtual_size,
-                image.disk_format if inspection is not None else None))
-            await catalog.finish_stage(image.id, size=ingested.size,
-                                       host=config.default.peer_url or config.default.public_endpoint or config.host_id)
-        except BaseException:
-            await asyncio.shield(_unstage(request, image.id))
-            raise
+    services = request.app[SERVICES]
+    async with services.uploads.track():
+        await services.importer.stage(image, _body_chunks(request), declared_size=_declared_size(request))
     return web.Response(status=204)
-
-
-async def _unstage(request: web.Request, image_id: str) -> None:
-    await asyncio.to_thread(request.app[SERVICES].importer.staging.remove, image_id)
-    await request.app[SERVICES].catalog.abort_upload(image_id, from_status="uploading")
 
 
 # -- POST /import -----------------------------------------------------------------------------------

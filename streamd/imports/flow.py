@@ -27,12 +27,13 @@ import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
-from ..errors import InvalidRequest, StoreUnavailable, StreamdError
-from ..pipeline import Progress, UploadLimits, file_chunks, inspection_for, reader_chunks, write_to_stores
+from ..errors import InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
+from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
+                        refuse_oversized, write_to_stores)
 from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
 from .staging import StagedMeta, StagingArea
@@ -59,7 +60,7 @@ class ImportPlan:
     roles: tuple[str, ...]
 
 
-class ImportFailed(StreamdError):
+class ImportFailed(StoreFailure):
     """Some target stores failed (all of them, or one when all had to succeed)."""
 
 
@@ -76,6 +77,29 @@ class Importer:
         self._running: dict[str, asyncio.Task[None]] = {}
         self.uri_filter = UriFilter(config.import_filtering_opts)
         self.limits = UploadLimits.from_config(config)
+
+    async def stage(self, image: ImageRecord, chunks: AsyncIterator[bytes], *,
+                    declared_size: int | None) -> StagedMeta:
+        """``PUT /stage``: ``queued -> uploading`` and the data into the staging area. Any failure
+        (client gone, cap, refused format, shutdown) leaves the image queued and nothing staged."""
+        if self.staging.has_data(image.id) or image.status == "uploading":
+            raise StateConflict(f"Image {image.id} already has data on staging")
+        refuse_oversized(declared_size, self.limits.size_cap)
+        image = await self.catalog.begin_upload(image.id, self.host, from_status="queued", to_status="uploading")
+        try:
+            meta = await self.staging.ingest(image, chunks, declared_size=declared_size, limits=self.limits)
+            # Where a glance-direct import sent to another node is passed on to (os_glance_stage_host).
+            default = self.config.default
+            await self.catalog.finish_stage(image.id, size=meta.size,
+                                            host=default.peer_url or default.public_endpoint or self.host)
+        except BaseException:
+            await asyncio.shield(self._unstage(image.id))
+            raise
+        return meta
+
+    async def _unstage(self, image_id: str) -> None:
+        await asyncio.to_thread(self.staging.remove, image_id)
+        await self.catalog.abort_upload(image_id, from_status="uploading")
 
     @property
     def running(self) -> int:
@@ -219,30 +243,23 @@ class Importer:
 
     async def _measure(self, plan: ImportPlan, image: ImageRecord, path: Path) -> StagedMeta:
         """Size, digests and virtual size of a staged file, inspected for ``image``'s formats."""
-        limits = self.limits
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ingested = await write_to_stores(
-                [], plan.image_id, file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=limits.size_cap,
-                hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits))
-        finally:
-            os.close(fd)
-        d = ingested.digests
+        measured = await self._measure_file(image, path, hashing_algorithm=self.limits.hashing_algorithm)
+        d = measured.digests
         assert d is not None
-        return StagedMeta(ingested.size, d.checksum, d.os_hash_algo, d.os_hash_value, ingested.virtual_size)
+        return StagedMeta(measured.size, d.checksum, d.os_hash_algo, d.os_hash_value, measured.virtual_size)
 
     async def _inspect(self, image: ImageRecord, path: Path) -> int | None:
         """Format inspection of a staged file as an upload of ``image`` would get (415 on refusal);
         its virtual size."""
-        limits = self.limits
+        return (await self._measure_file(image, path, hashing_algorithm=None)).virtual_size
+
+    async def _measure_file(self, image: ImageRecord, path: Path, *, hashing_algorithm: str | None) -> Ingested:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ingested = await write_to_stores(
-                [], image.id, file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=limits.size_cap,
-                hashing_algorithm=None, inspection=inspection_for(image, limits))
+            return await measure(file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=self.limits.size_cap,
+                                 hashing_algorithm=hashing_algorithm, inspection=inspection_for(image, self.limits))
         finally:
             os.close(fd)
-        return ingested.virtual_size
 
     async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> StagedMeta:
         """web-download: the source streamed into staging, hashed and inspected on the way."""
@@ -250,25 +267,16 @@ class Importer:
 
         assert plan.uri is not None
         opts = self.config.image_import_opts
-        limits = self.limits
         # Leftovers of an earlier failed attempt would otherwise block the rename into place.
         await asyncio.to_thread(self.staging.remove, plan.image_id)
         source = await open_web_source(plan.uri, self.uri_filter,
                                        stall_timeout=opts.web_download_stall_timeout,
                                        max_redirects=opts.web_download_max_redirects)
         try:
-            ingested = await write_to_stores(
-                [self.staging.store], plan.image_id, source.chunks(), declared_size=source.size,
-                size_cap=limits.size_cap, hashing_algorithm=limits.hashing_algorithm,
-                inspection=inspection_for(image, limits), progress=progress)
+            return await self.staging.ingest(image, source.chunks(), declared_size=source.size, limits=self.limits,
+                                             progress=progress)
         finally:
             await source.close()
-        digests = ingested.digests
-        assert digests is not None
-        meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,
-                          ingested.virtual_size, image.disk_format if inspection_for(image, limits) else None)
-        await asyncio.to_thread(self.staging.record, plan.image_id, meta)
-        return meta
 
     async def _store_staged(self, plan: ImportPlan, path: Path, meta: StagedMeta | None, attributes: dict[str, Any],
                             targets: list[Store], progress: Progress) -> None:

@@ -13,12 +13,16 @@ for anything whose image no longer waits for an import.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
+from ..catalog import ImageRecord
+from ..pipeline import Progress, UploadLimits, inspection_for, write_to_stores
 from ..stores import local_directory_store
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,22 @@ class StagingArea:
 
     def _meta_path(self, image_id: str) -> Path:
         return self.directory / f"{image_id}.json"
+
+    async def ingest(self, image: ImageRecord, chunks: AsyncIterator[bytes], *, declared_size: int | None,
+                     limits: UploadLimits, progress: Progress | None = None) -> StagedMeta:
+        """Stream ``chunks`` in as ``image``'s staged data: hashed and inspected as an upload would
+        be (a refused image is a 415 before more is written), then recorded whole. On failure
+        nothing of it stays behind."""
+        inspection = inspection_for(image, limits)
+        ingested = await write_to_stores(
+            [self.store], image.id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
+            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress)
+        digests = ingested.digests
+        assert digests is not None
+        meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,
+                          ingested.virtual_size, image.disk_format if inspection is not None else None)
+        await asyncio.to_thread(self.record, image.id, meta)
+        return meta
 
     def has_data(self, image_id: str) -> bool:
         return self.path_of(image_id).exists()

@@ -1,11 +1,11 @@
 """The data path: streams between clients, kernels, stores, the cache and the catalogue."""
 
-from .cache_tasks import Prefetcher, run_periodically, verify_stale_entry
+from .cache_tasks import Prefetcher, verify_stale_entry
 from .download import ImageDelivery, ImageSource
 from .hashing import Digests
-from .ingest import Ingested, Progress, file_chunks, reader_chunks, write_to_stores
+from .ingest import Ingested, Progress, file_chunks, measure, reader_chunks, refuse_oversized, write_to_stores
 from .upload import UploadLimits, inspection_for, upload_image
 
 __all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "UploadLimits",
-           "file_chunks", "inspection_for", "reader_chunks", "run_periodically", "upload_image", "verify_stale_entry",
+           "file_chunks", "inspection_for", "measure", "refuse_oversized", "reader_chunks", "upload_image", "verify_stale_entry",
            "write_to_stores"]

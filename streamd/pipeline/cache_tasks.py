@@ -69,18 +69,6 @@ class Prefetcher:
             task.cancel()
 
 
-async def run_periodically(name: str, interval: float, job) -> None:  # type: ignore[no-untyped-def]
-    """Run ``job`` every ``interval`` seconds until cancelled; a failing run is logged, not fatal."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await job()
-        except StreamdError as exc:
-            log.warning("%s failed: %s", name, exc.message)
-        except OSError as exc:
-            log.warning("%s failed: %s", name, exc)
-
-
 async def verify_stale_entry(catalog: Catalog, cache: ImageCache, delivery: ImageDelivery, max_age: float) -> str | None:
     """Re-hash the cached image verified longest ago, if that was more than ``max_age`` seconds ago."""
     import time

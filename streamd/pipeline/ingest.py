@@ -1,8 +1,10 @@
 """One stream of image data into one or several stores at once: read once, hashed beside the writes.
 
-``write_to_stores`` is the core every way in shares: ``PUT /file`` (one store),
-``PUT /stage`` and web-download (the staging area), and an import to several
-stores (staged or copied data fanned out to all of them). The size cap and a
+``write_to_stores`` is the core every way in shares: ``PUT /file`` (one store,
+``upload.upload_image``), ``PUT /stage`` and web-download (the staging area,
+``imports.StagingArea.ingest``), and an import to several stores (staged or
+copied data fanned out to all of them); ``measure`` is the same stream with no
+store (hash and inspect a file a plugin rewrote). The size cap and a
 declared size are enforced while streaming; the optional format inspection sees
 each chunk before it is stored; the md5 and ``os_hash_value`` hashes and every
 store writer run in their own threads beside the socket or file reads.
@@ -66,13 +68,26 @@ class Progress:
         self.bytes = 0
 
 
+def refuse_oversized(declared_size: int | None, size_cap: int) -> None:
+    """413 for data declared larger than ``image_size_cap``, before anything is read or recorded."""
+    if declared_size is not None and declared_size > size_cap:
+        raise ImageSizeLimitExceeded(
+            f"Image size {declared_size} exceeds the maximum of {size_cap} bytes (image_size_cap)")
+
+
+async def measure(chunks: AsyncIterator[bytes], *, declared_size: int | None, size_cap: int,
+                  hashing_algorithm: str | None, inspection: ImageInspection | None = None) -> Ingested:
+    """Size, digests (when ``hashing_algorithm``) and format inspection of data that goes to no
+    store: the same checks as an upload (cap, declared size, a 415 for a refused format)."""
+    return await write_to_stores((), "", chunks, declared_size=declared_size, size_cap=size_cap,
+                                 hashing_algorithm=hashing_algorithm, inspection=inspection)
+
+
 async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncIterator[bytes], *,
                           declared_size: int | None, size_cap: int, hashing_algorithm: str | None,
                           inspection: ImageInspection | None = None, isolate: bool = False,
                           max_inflight: int = 16 << 20, progress: Progress | None = None) -> Ingested:
-    if declared_size is not None and declared_size > size_cap:
-        raise ImageSizeLimitExceeded(
-            f"Image size {declared_size} exceeds the maximum of {size_cap} bytes (image_size_cap)")
+    refuse_oversized(declared_size, size_cap)
     guarded: list[_GuardedWriter] = []
     fanout: FanOut | None = None
     committed: list[tuple[Store, StoredData]] = []

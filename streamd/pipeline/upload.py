@@ -16,10 +16,10 @@ from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
 from ..config import Config
-from ..errors import ImageVanished, ImageSizeLimitExceeded, DoesNotExist
+from ..errors import ImageVanished, DoesNotExist
 from ..formats import ImageInspection, InspectionPolicy
 from ..stores import Store
-from .ingest import write_to_stores
+from .ingest import refuse_oversized, write_to_stores
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def inspection_for(image: ImageRecord, limits: UploadLimits) -> ImageInspection 
 
 async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: AsyncIterator[bytes], *,
                        declared_size: int | None, limits: UploadLimits, host: str) -> ImageRecord:
-    if declared_size is not None and declared_size > limits.size_cap:
-        raise ImageSizeLimitExceeded(
-            f"Image size {declared_size} exceeds the maximum of {limits.size_cap} bytes (image_size_cap)")
+    refuse_oversized(declared_size, limits.size_cap)  # before the image is marked saving
     image = await catalog.begin_upload(image_id, host)
     try:
         # The inspection sees each chunk on the loop before it is stored: cheap (only the first

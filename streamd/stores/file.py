@@ -13,7 +13,6 @@ import asyncio
 import errno
 import os
 import secrets
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
