@@ -42,6 +42,10 @@ class BackgroundJobs:
     def names(self) -> list[str]:
         return [job.name for job in self._jobs]
 
+    @property
+    def running(self) -> int:
+        return sum(not task.done() for task in self._tasks)
+
     def add(self, job: PeriodicJob) -> None:
         if self._tasks:
             raise RuntimeError("jobs are added before start()")

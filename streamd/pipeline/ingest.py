@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
-from ..errors import InvalidRequest, ImageSizeLimitExceeded, StreamdError
+from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
 from ..stores import Reader, StoredData, Store, Writer
 from .fanout import Consumer, FanOut
@@ -193,7 +193,7 @@ async def _commit(g: _GuardedWriter, received: int) -> StoredData:
     if stored.size != received:
         # Every store's result is checked here, in one place.
         await g.store.delete(stored.url)
-        raise InvalidRequest(f"Store {g.store.name} wrote {stored.size} bytes of {received}")
+        raise StoreFailure(f"Store {g.store.name} wrote {stored.size} bytes of {received}")
     return stored
 
 
@@ -228,7 +228,7 @@ async def file_chunks(fd: int, *, start: int = 0, length: int | None = None,
     while pending is not None:
         data = await pending
         if not data:
-            raise InvalidRequest(f"source ended at byte {offset} of {end}")
+            raise StoreFailure(f"source file ended at byte {offset} of {end}")
         offset += len(data)
         pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
         yield data
@@ -243,7 +243,7 @@ async def reader_chunks(reader: Reader, *, chunk: int = CHUNK) -> AsyncIterator[
     while pending is not None:
         data = await pending
         if not data:
-            raise InvalidRequest(f"store data ended at byte {offset} of {end}")
+            raise StoreFailure(f"store data ended at byte {offset} of {end}")
         offset += len(data)
         pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end - offset)) if offset < end else None
         yield data

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import Config, FileStoreOptions, StoreConfig
-from ..errors import InvalidRequest
+from ..errors import ConfigError, InvalidRequest
 from .base import Store
 
 
@@ -24,7 +24,7 @@ def open_store(entry: StoreConfig, config: Config) -> Store:
         from .rbd import RbdStore  # the Ceph bindings are loaded only where an rbd store is configured
 
         return RbdStore(entry.name, entry.options, config.host_id)
-    raise InvalidRequest(f"store {entry.name}: unknown type {entry.type}")
+    raise ConfigError([f"store {entry.name}: unknown type {entry.type}"])
 
 
 def local_directory_store(name: str, directory: Path) -> Store:
