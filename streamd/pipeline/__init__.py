@@ -3,7 +3,8 @@
 from .cache_tasks import Prefetcher, run_periodically, verify_stale_entry
 from .download import ImageDelivery, ImageSource
 from .hashing import Digests
-from .ingest import Ingested, Progress, file_chunks, reader_chunks, write_to_stores
+from .ingest import Ingested, Progress, write_to_stores
+from .readahead import file_chunks, reader_chunks
 from .upload import UploadLimits, inspection_for, upload_image
 
 __all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "UploadLimits",
