@@ -9,6 +9,8 @@ in ``streamd.formats``.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
+from bytebuffer cimport byte_view
+
 MAGIC = b"QFI\xfb"
 HEADER_FIELDS = (
     "version", "backing_file_offset", "backing_file_size", "cluster_bits", "size", "crypt_method",
@@ -36,20 +38,6 @@ cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
     return ((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3])
 
 
-cdef const uint8_t[::1] _byte_view(object buf):
-    cdef const uint8_t[::1] data
-    if buf is None:
-        raise TypeError("a bytes-like object is required, not 'NoneType'")
-    try:
-        data = buf
-    except (ValueError, BufferError):
-        view = memoryview(buf)
-        if not view.c_contiguous:
-            raise ValueError("qcow2 kernel needs a C-contiguous buffer") from None
-        data = view.cast("B") if view.nbytes else b""
-    return data
-
-
 def parse_header(buf):
     """Decode a qcow2 header from the first bytes of an image.
 
@@ -58,7 +46,7 @@ def parse_header(buf):
     header_length 72, compression_type 0). Raises ValueError if the magic is wrong
     or buf is shorter than the header its version needs (72 bytes; 104 for version
     3, 112 when header_length says a compression type byte follows)."""
-    cdef const uint8_t[::1] data = _byte_view(buf)
+    cdef const uint8_t[::1] data = byte_view(buf)
     cdef Py_ssize_t n = data.shape[0]
     if n < 72:
         raise ValueError(f"qcow2 header needs 72 bytes, got {n}")
@@ -93,7 +81,7 @@ def l1_offsets(buf, Py_ssize_t count):
     count is negative or buf holds fewer than count entries."""
     if count < 0:
         raise ValueError(f"count must not be negative, got {count}")
-    cdef const uint8_t[::1] data = _byte_view(buf)
+    cdef const uint8_t[::1] data = byte_view(buf)
     if data.shape[0] < count * 8:
         raise ValueError(f"L1 table of {count} entries needs {count * 8} bytes, got {data.shape[0]}")
     cdef Py_ssize_t i
@@ -121,7 +109,7 @@ def l2_runs(buf, Py_ssize_t count, int cluster_bits, bint allow_zero_flag):
         raise ValueError(f"count must not be negative, got {count}")
     if not 9 <= cluster_bits <= 30:
         raise ValueError(f"cluster_bits must be 9..30, got {cluster_bits}")
-    cdef const uint8_t[::1] data = _byte_view(buf)
+    cdef const uint8_t[::1] data = byte_view(buf)
     if data.shape[0] < count * 8:
         raise ValueError(f"L2 table of {count} entries needs {count * 8} bytes, got {data.shape[0]}")
     runs = []

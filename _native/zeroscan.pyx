@@ -8,6 +8,8 @@ docstrings, same exceptions. Keep the two in step; tests/test_kernels.py checks 
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
+from bytebuffer cimport byte_view
+
 cdef enum:
     # Bytes OR-ed together between early-exit tests. Measured on x86-64 with -O3:
     # 256 lets GCC unroll and vectorise the inner loop; 128 and 512+ ran ~40% slower
@@ -73,28 +75,9 @@ cdef Py_ssize_t _fill_runs(
     return count
 
 
-cdef const unsigned char[::1] _byte_view(object buf):
-    cdef const unsigned char[::1] data
-    if buf is None:
-        # A typed memoryview takes None as a null view; the twin rejects it.
-        raise TypeError("a bytes-like object is required, not 'NoneType'")
-    try:
-        data = buf
-    except (ValueError, BufferError):
-        # Not a C-contiguous 1-D unsigned-byte buffer (array('i'), 2-D, strided...).
-        # Reading it as raw bytes is only meaningful if it is one contiguous block;
-        # the twin raises the same ValueError for the same inputs.
-        view = memoryview(buf)
-        if not view.c_contiguous:
-            raise ValueError("zeroscan needs a C-contiguous buffer") from None
-        # cast() rejects shapes containing 0, and such a buffer has no bytes anyway.
-        data = view.cast("B") if view.nbytes else b""
-    return data
-
-
 def is_zero(buf):
     """True if every byte of buf (any C-contiguous buffer) is zero. Empty buffer -> True."""
-    cdef const unsigned char[::1] data = _byte_view(buf)
+    cdef const unsigned char[::1] data = byte_view(buf)
     cdef Py_ssize_t n = data.shape[0]
     cdef bint zero
     if n == 0:
@@ -112,7 +95,7 @@ def zero_runs(buf, Py_ssize_t block_size):
     (offset, length, is_zero) tuples covering buf exactly, in order. Empty buf -> []."""
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    cdef const unsigned char[::1] data = _byte_view(buf)
+    cdef const unsigned char[::1] data = byte_view(buf)
     cdef Py_ssize_t n = data.shape[0]
     cdef Py_ssize_t run_ends[RUN_BATCH]
     cdef bint run_is_zero[RUN_BATCH]

@@ -12,11 +12,13 @@ from .errors import ConfigError, StreamdError
 
 
 def _version() -> str:
-    return f"streamd {__version__} (zero scan: {kernels.describe()})"
+    return f"streamd {__version__} (kernels: {kernels.describe()})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamd", description="OpenStack Images API v2 data plane")
+    # Raw text: the version line is printed as one line, however narrow the terminal.
+    parser = argparse.ArgumentParser(prog="streamd", description="OpenStack Images API v2 data plane",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API daemon")

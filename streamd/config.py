@@ -21,7 +21,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -499,7 +499,14 @@ _SECTION_CLASSES: dict[str, type] = {
     "inject_metadata_properties": InjectMetadataOptions,
 }
 
+# The import plugins there are (streamd.imports.plugins runs them): the one list of their names.
 IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata", "no_op")
+
+
+def unknown_import_plugins(names: Iterable[str]) -> list[str]:
+    """A problem line for every name in ``names`` that is not an import plugin."""
+    return [f"[image_import_opts] image_import_plugins: unknown plugin {name!r} (known: {', '.join(IMPORT_PLUGINS)})"
+            for name in names if name not in IMPORT_PLUGINS]
 
 
 def _parse_section(cls: type, section: str, raw: Mapping[str, str], problems: list[str],
@@ -577,10 +584,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         problems.append("[image_format] container_formats: must name at least one format")
     if default.node_staging_uri and not default.node_staging_uri.startswith("file:///"):
         problems.append(f"[DEFAULT] node_staging_uri = {default.node_staging_uri!r}: must be a file:/// URI")
-    for plugin in parsed["image_import_opts"].image_import_plugins:
-        if plugin not in IMPORT_PLUGINS:
-            problems.append(f"[image_import_opts] image_import_plugins: unknown plugin {plugin!r} "
-                            f"(known: {', '.join(IMPORT_PLUGINS)})")
+    problems += unknown_import_plugins(parsed["image_import_opts"].image_import_plugins)
     for method in default.enabled_import_methods:
         if method not in ("glance-direct", "web-download", "copy-image"):
             problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")

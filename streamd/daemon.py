@@ -56,7 +56,7 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
     site = web.TCPSite(runner, config.default.bind_host, config.default.bind_port, reuse_address=True)
     await site.start()
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
-    log.info("streamd %s listening on %s (zero scan: %s; catalogue: %s; stores: %s)",
+    log.info("streamd %s listening on %s (kernels: %s; catalogue: %s; stores: %s)",
              __version__, ", ".join(addresses), kernels.describe(),
              config.database_url.split("://", 1)[0], ", ".join(f"{s.name}:{s.type}" for s in config.stores))
 

@@ -60,6 +60,7 @@ def stray(data_dir: Path) -> list[str]:
 def test_version_names_the_kernel_implementation() -> None:
     native = subprocess.run([PYTHON, "-m", "streamd", "--version"], capture_output=True, text=True, timeout=30)
     assert native.returncode == 0 and "native (Cython)" in native.stdout
+    assert "kernels: native (Cython) for zeroscan, qcow2" in native.stdout
     forced = subprocess.run([PYTHON, "-m", "streamd", "--version"], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "STREAMD_NO_EXTENSIONS": "1"})
     assert "python (forced by STREAMD_NO_EXTENSIONS)" in forced.stdout
@@ -72,7 +73,7 @@ def test_console_script_and_startup_log(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.startswith("streamd ")
     daemon = start_daemon(tmp_path, env={"STREAMD_NO_EXTENSIONS": "1"})
     try:
-        assert "zero scan: python (forced by STREAMD_NO_EXTENSIONS)" in daemon.log()
+        assert "kernels: python (forced by STREAMD_NO_EXTENSIONS) for zeroscan, qcow2" in daemon.log()
         # The twin does the same work: a thin-provisioned upload still round-trips.
         image_id = create_image(daemon)
         assert http(daemon, "PUT", f"/v2/images/{image_id}/file", bytes(100_000) + b"x",

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from conftest import ADMIN, MEMBER_A, MEMBER_B, ApiClient, Daemon, both_databases, make_config, start_api
+from streamd.sizes import CHUNK  # the data path's chunk: uploads are batched and stores read in it
 
 OCTET = {"Content-Type": "application/octet-stream"}
-CHUNK = 4 << 20  # the upload chunk of streamd.api.image_data
 
 
 def payload(size: int, seed: int = 1) -> bytes:

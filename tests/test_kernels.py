@@ -269,8 +269,10 @@ _PROBE = """
 import json, sys
 if sys.argv[1] == "block-native":
     sys.modules["streamd.kernels._zeroscan_c"] = None  # makes the import raise
+if sys.argv[1] == "block-qcow2":
+    sys.modules["streamd.kernels._qcow2_c"] = None
 import streamd.kernels
-from streamd.kernels import zeroscan
+from streamd.kernels import qcow2, zeroscan
 print(json.dumps({
     "implementation": zeroscan.IMPLEMENTATION,
     "package_implementation": streamd.kernels.IMPLEMENTATION,
@@ -278,6 +280,8 @@ print(json.dumps({
     "describe": streamd.kernels.describe(),
     "is_zero_module": zeroscan.is_zero.__module__,
     "zero_runs_module": zeroscan.zero_runs.__module__,
+    "qcow2_implementation": qcow2.IMPLEMENTATION,
+    "qcow2_reason": qcow2.FALLBACK_REASON,
 }))
 """
 
@@ -296,7 +300,7 @@ def test_native_is_the_default(env_value: str | None) -> None:
     probe = _probe(env_value)
     assert probe["implementation"] == probe["package_implementation"] == "native"
     assert probe["reason"] is None
-    assert probe["describe"] == "native (Cython)"
+    assert probe["describe"] == "native (Cython) for zeroscan, qcow2"
     assert probe["is_zero_module"] == probe["zero_runs_module"] == NATIVE
 
 
@@ -304,7 +308,7 @@ def test_native_is_the_default(env_value: str | None) -> None:
 def test_env_var_forces_twin(env_value: str) -> None:
     probe = _probe(env_value)
     assert probe["implementation"] == probe["package_implementation"] == "python"
-    assert probe["describe"] == "python (forced by STREAMD_NO_EXTENSIONS)"
+    assert probe["describe"] == "python (forced by STREAMD_NO_EXTENSIONS) for zeroscan, qcow2"
     assert probe["is_zero_module"] == probe["zero_runs_module"] == TWIN
 
 
@@ -312,5 +316,15 @@ def test_failed_native_import_falls_back_and_says_why() -> None:
     probe = _probe(None, mode="block-native")
     assert probe["implementation"] == "python"
     assert str(probe["reason"]).startswith("native import failed: ")
-    assert str(probe["describe"]).startswith("python (native import failed: ")
+    assert str(probe["describe"]).startswith("zeroscan: python (native import failed: ")
+    assert str(probe["describe"]).endswith("; qcow2: native (Cython)")
     assert probe["is_zero_module"] == TWIN
+
+
+def test_a_missing_qcow2_kernel_is_reported_too() -> None:
+    """Every kernel is in describe() (the start-up log, --version), not only the zero scan."""
+    probe = _probe(None, mode="block-qcow2")
+    assert probe["implementation"] == "native" and probe["qcow2_implementation"] == "python"
+    assert probe["package_implementation"] == "python"
+    assert str(probe["qcow2_reason"]).startswith("native import failed: ")
+    assert str(probe["describe"]).startswith("zeroscan: native (Cython); qcow2: python (native import failed: ")

@@ -18,7 +18,6 @@ from .keys import SERVICES, context_of
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CHUNK = 4 << 20
 # Below this, the copy thread's hop costs more than it saves.
 THREAD_COPY_MIN = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

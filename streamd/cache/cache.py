@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from ..errors import DoesNotExist
+from ..kernels.sparse import pwrite_all
 from .index import CacheEntry, CacheIndex
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,7 @@ class ImageCache:
     def write_fill(self, fill: Fill, chunk: bytes | memoryview, offset: int) -> None:
         """Blocking, from the fill's writer thread."""
         assert fill.fd is not None
-        view = memoryview(chunk)
-        while view:
-            n = os.pwrite(fill.fd, view, offset)
-            view = view[n:]
-            offset += n
+        pwrite_all(fill.fd, chunk, offset)
 
     async def commit_fill(self, fill: Fill, checksum: str | None, algo: str | None, value: str | None) -> None:
         assert self.index is not None and fill.fd is not None

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..kernels import qcow2 as kernel
-from ..kernels import zeroscan
+from ..kernels.sparse import pwrite_sparse
+from ..sizes import CHUNK
 from .base import FormatRejected
 from .detect import detect_file
 from .inspectors import QCOW2_COMPRESSION_ZSTD, Qcow2Header, Qcow2Inspector
 
-JOB_BYTES = 4 << 20          # guest bytes per job (and the largest single read)
+JOB_BYTES = CHUNK            # guest bytes per job (and the largest single read)
 # Jobs in flight, as qemu-img convert's default of 8 parallel requests (-m 8): enough
 # to keep every core decompressing, and a fair share of a busy machine. Memory stays
 # about THREADS x JOB_BYTES.
@@ -98,21 +99,6 @@ def _read_into(fd: int, view: memoryview, offset: int) -> memoryview:
             break
         done += n
     return view
-
-
-def _write_nonzero(fd: int, data: bytes | memoryview, offset: int) -> int:
-    """pwrite the non-zero blocks of data at offset; returns bytes written."""
-    view = memoryview(data)
-    written = 0
-    for start, length, is_zero in zeroscan.zero_runs(view, ZERO_BLOCK):
-        if is_zero:
-            continue
-        piece = view[start:start + length]
-        pos = 0
-        while pos < length:
-            pos += os.pwrite(fd, piece[pos:], offset + start + pos)
-        written += length
-    return written
 
 
 def _decompressor(header: Qcow2Header) -> Callable[[bytes], bytes]:
@@ -225,7 +211,7 @@ class _Converter:
         for guest, kind, host, length in job:
             if kind == kernel.RUN_DATA:
                 data = _read_into(self.src, _buffer(length), host)
-                written += _write_nonzero(self.dst, data, guest)
+                written += pwrite_sparse(self.dst, data, guest, ZERO_BLOCK)
             else:
                 compressed = os.pread(self.src, length, host)
                 try:
@@ -236,7 +222,7 @@ class _Converter:
                 if len(data) < cs:
                     raise _reject("compressed_cluster",
                                   f"cluster at guest offset {guest:#x} decompresses to {len(data)} bytes, not {cs}")
-                written += _write_nonzero(self.dst, memoryview(data)[:min(cs, size - guest)], guest)
+                written += pwrite_sparse(self.dst, memoryview(data)[:min(cs, size - guest)], guest, ZERO_BLOCK)
         return written
 
     def convert(self) -> int:

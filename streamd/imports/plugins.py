@@ -55,18 +55,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Awaitable, Callable, Collection, Iterator, Sequence, TypeVar
 
-from ..config import IMPORT_PLUGINS, Config
+from ..config import IMPORT_PLUGINS, Config, unknown_import_plugins
 from ..errors import InvalidRequest, ConfigError, ImageSizeLimitExceeded, InvalidImageData, BackendFailure
 from ..formats import FileDetection, FormatRejected, detect_file
 from ..formats.convert import convert_qcow2_to_raw
 from ..formats.inspectors import VMDK_SUBFORMATS
-from ..kernels import zeroscan
+from ..kernels.sparse import pwrite_sparse
+from ..sizes import CHUNK
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CHUNK = 4 << 20              # bytes read or produced per step of a (de)compression loop
 ZERO_BLOCK = 64 << 10        # granularity at which zero runs become holes in outputs
 GLANCE_RESERVED_NS = "os_glance"
 
@@ -145,10 +145,9 @@ async def run_import_plugins(names: Sequence[str], staged: StagedImage, *, roles
     made are removed; the original staged file is left (or was already replaced and
     deleted) for the caller to clean up.
     """
-    unknown = [name for name in names if name not in _PLUGINS]
+    unknown = unknown_import_plugins(names)
     if unknown:
-        raise ConfigError([f"[image_import_opts] image_import_plugins: unknown plugin {name!r} "
-                           f"(known: {', '.join(IMPORT_PLUGINS)})" for name in unknown])
+        raise ConfigError(unknown)
     run = _Run(config=config, roles=frozenset(roles),
                size_cap=config.default.image_size_cap if size_cap is None else size_cap)
     outcome = PluginOutcome(staged=staged)
@@ -218,13 +217,7 @@ class _SparseOutput:
         end = self.size + len(data)
         if end > self.cap:
             raise ImageSizeLimitExceeded(f"the decompressed image exceeds the size limit of {self.cap} bytes")
-        view = memoryview(data)
-        for start, length, is_zero in zeroscan.zero_runs(view, ZERO_BLOCK):
-            if is_zero:
-                continue
-            done = 0
-            while done < length:
-                done += os.pwrite(self.fd, view[start + done:start + length], self.size + start + done)
+        pwrite_sparse(self.fd, data, self.size, ZERO_BLOCK)
         self.size = end
 
     def __enter__(self) -> _SparseOutput:
@@ -523,12 +516,10 @@ async def _no_op(staged: StagedImage, run: _Run) -> PluginOutcome:
     return PluginOutcome(staged=staged)
 
 
+# The plugin named X in config.IMPORT_PLUGINS (the one list of names) is the function _X above;
+# one missing fails here, at import.
 _PLUGINS: dict[str, Callable[[StagedImage, _Run], Awaitable[PluginOutcome]]] = {
-    "image_decompression": _image_decompression,
-    "image_conversion": _image_conversion,
-    "inject_image_metadata": _inject_image_metadata,
-    "no_op": _no_op,
-}
+    name: globals()[f"_{name}"] for name in IMPORT_PLUGINS}
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ _V3 = struct.Struct(">QQQII")            # bytes 72..104
 def _view(buf: Buffer) -> memoryview:
     view = memoryview(buf)
     if not view.c_contiguous:
-        raise ValueError("qcow2 kernel needs a C-contiguous buffer")
+        raise ValueError("a C-contiguous buffer is required")
     return view.cast("B") if view.nbytes else memoryview(b"")
 
 

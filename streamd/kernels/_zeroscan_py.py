@@ -23,7 +23,7 @@ _ZEROS_LEN = len(_ZEROS)
 def _byte_view(buf: Buffer) -> memoryview:
     view = memoryview(buf)
     if not view.c_contiguous:
-        raise ValueError("zeroscan needs a C-contiguous buffer")
+        raise ValueError("a C-contiguous buffer is required")
     # cast() rejects shapes containing 0, and such a buffer has no bytes anyway.
     return view.cast("B") if view.nbytes else memoryview(b"")
 

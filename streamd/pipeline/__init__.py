@@ -3,7 +3,8 @@
 from .cache_tasks import Prefetcher, verify_stale_entry
 from .download import ImageDelivery, ImageSource
 from .hashing import Digests
-from .ingest import Ingested, Progress, file_chunks, measure, reader_chunks, refuse_oversized, write_to_stores
+from .ingest import Ingested, Progress, measure, refuse_oversized, write_to_stores
+from .readahead import file_chunks, reader_chunks
 from .upload import UploadLimits, inspection_for, upload_image
 
 __all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "UploadLimits",

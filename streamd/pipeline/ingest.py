@@ -19,20 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
-from ..stores import Reader, StoredData, Store, Writer
+from ..sizes import CHUNK
+from ..stores import StoredData, Store, Writer
 from .fanout import Consumer, FanOut
 from .hashing import Digests, ImageHasher
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4 << 20
-BATCH = 4 << 20
+BATCH = CHUNK
 
 
 @dataclass
@@ -216,34 +215,3 @@ class _NullWriter(Writer):
 
     async def abort(self) -> None:
         return None
-
-
-async def file_chunks(fd: int, *, start: int = 0, length: int | None = None,
-                      chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Read an open file in large chunks off the loop; the next read runs while the last chunk is fed."""
-    loop = asyncio.get_running_loop()
-    end = os.fstat(fd).st_size if length is None else start + length
-    offset = start
-    pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
-    while pending is not None:
-        data = await pending
-        if not data:
-            raise StoreFailure(f"source file ended at byte {offset} of {end}")
-        offset += len(data)
-        pending = loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset) if offset < end else None
-        yield data
-
-
-async def reader_chunks(reader: Reader, *, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """A store reader's whole image, read ahead by one chunk."""
-    loop = asyncio.get_running_loop()
-    end = reader.size
-    offset = 0
-    pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end)) if end else None
-    while pending is not None:
-        data = await pending
-        if not data:
-            raise StoreFailure(f"store data ended at byte {offset} of {end}")
-        offset += len(data)
-        pending = loop.run_in_executor(None, reader.read, offset, min(chunk, end - offset)) if offset < end else None
-        yield data

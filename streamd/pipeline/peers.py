@@ -17,6 +17,7 @@ from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
 from ..errors import StoreFailure
+from ..sizes import CHUNK
 
 log = logging.getLogger(__name__)
 PEER_TOKEN_HEADER = "X-Streamd-Peer-Token"
@@ -47,7 +48,7 @@ class PeerSource:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                data = await loop.run_in_executor(None, self.response.read, 4 << 20)
+                data = await loop.run_in_executor(None, self.response.read, CHUNK)
             except (OSError, http.client.HTTPException) as exc:
                 raise StoreFailure(f"reading from peer {self.url} failed: {exc}") from exc
             if not data:

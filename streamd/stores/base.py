@@ -8,6 +8,7 @@ which driver it is. Stores know nothing of HTTP or the catalogue.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,24 @@ class Reader(abc.ABC):
         """The descriptor of a plain file holding the image from offset 0, or None: lets the
         edge copy the bytes to the socket in a thread, off the event loop."""
         return None
+
+
+class FdReader(Reader):
+    """A plain file open for reading, the image from offset 0: the one reader of a file
+    descriptor (file store and cache alike). ``close`` closes the descriptor."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class Store(abc.ABC):

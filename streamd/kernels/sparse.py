@@ -1,0 +1,41 @@
+"""Writing buffers into files with ``pwrite``: whole, or sparse (zero blocks left as holes).
+
+Built on the zero scan, so both run with the GIL released for the scan and every write:
+callers use them from worker threads. A sparse write never writes a zero block; whoever
+writes a file this way sizes it at the end (``ftruncate``) so trailing holes count.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from . import zeroscan
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+
+def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def pwrite_sparse(fd: int, data: Buffer, offset: int, block_size: int) -> int:
+    """Write the non-zero ``block_size`` blocks of ``data`` at ``offset``, skipping the zero ones.
+
+    Returns the bytes actually written."""
+    view = memoryview(data)
+    written = 0
+    for start, length, is_zero in zeroscan.zero_runs(view, block_size):
+        if not is_zero:
+            pwrite_all(fd, view[start:start + length], offset + start)
+            written += length
+    return written
+
+
+__all__ = ["pwrite_all", "pwrite_sparse"]
