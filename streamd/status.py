@@ -45,7 +45,13 @@ def status_of(exc: e.StreamdError) -> int:
     return 500
 
 
+# Where webob's reason phrase (what Glance sends) differs from the standard library's.
+_WEBOB_REASONS = {414: "Request-URI Too Long", 416: "Request Range Not Satisfiable"}
+
+
 def reason_of(status: int) -> str:
+    if status in _WEBOB_REASONS:
+        return _WEBOB_REASONS[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:

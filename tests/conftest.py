@@ -102,6 +102,13 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    @property
+    def error(self) -> dict[str, Any]:
+        """An error answer in Glance's flat JSON shape (the client asks for JSON), as code/title/message."""
+        body = self.json
+        assert set(body) == {"message", "code", "title"}, body
+        return {"code": int(body["code"].split()[0]), "title": body["title"], "message": body["message"]}
+
 
 class ApiClient:
     """A thin client over a real HTTP connection; every call names the identity it runs as."""
@@ -113,7 +120,8 @@ class ApiClient:
 
     async def call(self, method: str, path: str, *, as_: dict[str, str] | None = None, json_body: Any = None,
                    data: Any = None, headers: dict[str, str] | None = None, params: Any = None) -> Reply:
-        all_headers = dict(as_ or {})
+        all_headers = {"Accept": "application/json"}
+        all_headers.update(as_ or {})
         all_headers.update(headers or {})
         if json_body is not None:
             data = json.dumps(json_body)

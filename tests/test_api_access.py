@@ -58,7 +58,7 @@ async def observe(api: ApiClient, case: str, caller: str) -> tuple[int, bool, in
     if shown.status == 200:
         assert shown.json == image
     else:
-        assert shown.json["error"]["code"] == shown.status and "original" not in shown.body.decode()
+        assert shown.error["code"] == shown.status and "original" not in shown.body.decode()
     listed = image["id"] in await api.list_ids(as_=who)
     patched = await api.patch(image["id"], [{"op": "replace", "path": "/name", "value": f"by-{caller}"}], as_=who)
     expected_name = f"by-{caller}" if patched.status == 200 else "original"

@@ -65,7 +65,7 @@ async def test_client_chosen_id_and_duplicate(api: ApiClient) -> None:
     assert first["id"] == image_id
     again = await api.call("POST", "/v2/images", as_=MEMBER_A, json_body={"id": image_id})
     assert again.status == 409
-    assert "already exists" in again.json["error"]["message"]
+    assert "already exists" in again.error["message"]
 
 
 @pytest.mark.parametrize("attribute", ["status", "checksum", "size", "virtual_size", "created_at",
@@ -74,7 +74,7 @@ async def test_client_chosen_id_and_duplicate(api: ApiClient) -> None:
 async def test_create_refuses_read_only(api: ApiClient, attribute: str) -> None:
     reply = await api.call("POST", "/v2/images", as_=MEMBER_A, json_body={"name": "x", attribute: "1"})
     assert reply.status == 403
-    assert "read-only" in reply.json["error"]["message"]
+    assert "read-only" in reply.error["message"]
     assert await api.list_ids() == []
 
 
@@ -82,7 +82,7 @@ async def test_create_refuses_read_only(api: ApiClient, attribute: str) -> None:
 async def test_create_refuses_reserved(api: ApiClient, attribute: str) -> None:
     reply = await api.call("POST", "/v2/images", as_=MEMBER_A, json_body={attribute: "1"})
     assert reply.status == 403
-    assert "reserved" in reply.json["error"]["message"]
+    assert "reserved" in reply.error["message"]
 
 
 @pytest.mark.parametrize("body,status", [
@@ -101,14 +101,14 @@ async def test_create_refuses_reserved(api: ApiClient, attribute: str) -> None:
 async def test_create_bad_input(api: ApiClient, body: dict, status: int) -> None:
     reply = await api.call("POST", "/v2/images", as_=MEMBER_A, json_body=body)
     assert reply.status == status, reply.body
-    assert reply.json["error"]["code"] == status and reply.json["error"]["message"]
+    assert reply.error["code"] == status and reply.error["message"]
     assert await api.list_ids(as_=ADMIN) == []
 
 
 async def test_create_malformed_json_and_reader(api: ApiClient) -> None:
     reply = await api.call("POST", "/v2/images", as_=MEMBER_A, data=b"{nope",
                            headers={"Content-Type": "application/json"})
-    assert reply.status == 400 and "JSON" in reply.json["error"]["message"]
+    assert reply.status == 400 and "JSON" in reply.error["message"]
     reply = await api.call("POST", "/v2/images", as_=MEMBER_A, data=b"[1, 2]",
                            headers={"Content-Type": "application/json"})
     assert reply.status == 400
@@ -143,7 +143,7 @@ async def test_property_and_tag_quotas_on_create(tmp_path, database_url: str) ->
 async def test_show_non_uuid_and_unknown_are_404(api: ApiClient) -> None:
     assert (await api.call("GET", "/v2/images/not-a-uuid", as_=MEMBER_A)).status == 404
     reply = await api.call("GET", f"/v2/images/{uuid.uuid4()}", as_=MEMBER_A)
-    assert reply.status == 404 and reply.json["error"]["title"] == "Not Found"
+    assert reply.status == 404 and reply.error["title"] == "Not Found"
 
 
 async def test_delete_and_protected(api: ApiClient) -> None:
@@ -173,13 +173,13 @@ async def test_method_not_allowed_has_allow_and_json(api: ApiClient) -> None:
     reply = await api.call("PUT", "/v2/images", as_=MEMBER_A)
     assert reply.status == 405
     assert "GET" in reply.headers["Allow"] and "POST" in reply.headers["Allow"]
-    assert reply.json["error"]["code"] == 405
+    assert reply.error["code"] == 405
 
 
 async def test_unknown_route_is_json_404(api: ApiClient) -> None:
     reply = await api.call("GET", "/v2/nothing-here", as_=MEMBER_A)
     assert reply.status == 404
-    assert reply.json["error"]["code"] == 404
+    assert reply.error["code"] == 404
 
 
 async def test_default_identity_when_none_sent(api: ApiClient) -> None:

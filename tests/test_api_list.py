@@ -69,8 +69,8 @@ async def name_set(api: ApiClient, params: Params = (), as_: dict[str, str] = ME
 async def bad(api: ApiClient, params: Params, as_: dict[str, str] = MEMBER_A, status: int = 400) -> str:
     reply = await listing(api, params, as_)
     assert reply.status == status, (params, reply.status, reply.body)
-    assert reply.json["error"]["code"] == status
-    return str(reply.json["error"]["message"])
+    assert reply.error["code"] == status
+    return str(reply.error["message"])
 
 
 def query_of(link: str) -> list[tuple[str, str]]:

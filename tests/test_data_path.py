@@ -78,10 +78,10 @@ async def test_declared_size_header(api: ApiClient) -> None:
     assert reply.status == 204
     short = await api.create()
     reply = await upload(api, short["id"], chunked(data, 30_000), headers={"x-openstack-image-size": "100001"})
-    assert reply.status == 400 and "ended after" in reply.json["error"]["message"]
+    assert reply.status == 400 and "ended after" in reply.error["message"]
     long = await api.create()
     reply = await upload(api, long["id"], chunked(data, 30_000), headers={"x-openstack-image-size": "99999"})
-    assert reply.status == 400 and "longer than" in reply.json["error"]["message"]
+    assert reply.status == 400 and "longer than" in reply.error["message"]
     for image_id in (short["id"], long["id"]):
         shown = (await api.call("GET", f"/v2/images/{image_id}", as_=MEMBER_A)).json
         assert shown["status"] == "queued" and shown["size"] is None
@@ -95,14 +95,14 @@ async def test_wrong_content_type_is_415(api: ApiClient) -> None:
     image = await api.create()
     reply = await api.call("PUT", f"/v2/images/{image['id']}/file", as_=MEMBER_A, data=b"abc",
                            headers={"Content-Type": "text/plain"})
-    assert reply.status == 415 and reply.json["error"]["code"] == 415
+    assert reply.status == 415 and reply.error["code"] == 415
     assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "queued"
 
 
 async def test_upload_needs_formats_and_queued_status(api: ApiClient) -> None:
     bare = await api.create(disk_format=None, container_format=None)
     reply = await upload(api, bare["id"], b"abc")
-    assert reply.status == 400 and "disk_format" in reply.json["error"]["message"]
+    assert reply.status == 400 and "disk_format" in reply.error["message"]
     image = await api.create()
     assert (await upload(api, image["id"], b"first")).status == 204
     again = await upload(api, image["id"], b"second")
@@ -309,7 +309,7 @@ async def test_unsatisfiable_ranges_are_416(api: ApiClient, header: str) -> None
     reply = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A, headers={"Range": header})
     assert reply.status == 416
     assert reply.headers["Content-Range"] == "bytes */100000"
-    assert reply.json["error"]["code"] == 416
+    assert reply.error["code"] == 416
 
 
 async def test_multi_range_is_400_and_if_range(api: ApiClient) -> None:
@@ -339,7 +339,7 @@ async def test_disk_full_puts_image_back_to_queued(tmp_path: Path) -> None:
             image = await api.create()
             reply = await upload(api, image["id"], payload(3 << 20))
             assert reply.status == 413, reply.body
-            assert "space" in reply.json["error"]["message"]
+            assert "space" in reply.error["message"]
             assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["status"] == "queued"
             assert [p.name for p in mount.iterdir()] == [".incoming"]
             assert list((mount / ".incoming").iterdir()) == []

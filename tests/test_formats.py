@@ -274,7 +274,7 @@ async def test_api_refuses_hostile_upload(api: ApiClient, name: str, declared: s
     image = await api.create(disk_format=declared, container_format="bare")
     reply = await put(api, image["id"], data)
     assert reply.status == 415, reply.body
-    message = reply.json["error"]["message"]
+    message = reply.error["message"]
     assert check in message
     shown = (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json
     assert shown["status"] == "queued" and shown["size"] is None
@@ -285,14 +285,14 @@ async def test_api_qed_refused(api: ApiClient) -> None:
     data = [h for h in HOSTILE if h[0] == "qed-claimed-raw"][0][2]
     image = await api.create(disk_format="raw", container_format="bare")
     reply = await put(api, image["id"], data)
-    assert reply.status == 415 and "banned" in reply.json["error"]["message"]
+    assert reply.status == 415 and "banned" in reply.error["message"]
     assert_nothing_stored(api, image["id"])
 
 
 async def test_api_truncated_qcow2(api: ApiClient) -> None:
     image = await api.create(disk_format="qcow2", container_format="bare")
     reply = await put(api, image["id"], qcow2_image()[:300])
-    assert reply.status == 415 and "truncated" in reply.json["error"]["message"]
+    assert reply.status == 415 and "truncated" in reply.error["message"]
     assert_nothing_stored(api, image["id"])
 
 
@@ -330,7 +330,7 @@ async def test_api_mismatch_allowed_when_not_required(tmp_path: Path) -> None:
         assert (await put(client, image["id"], qcow2_image())).status == 204
         image = await client.create(disk_format="vmdk", container_format="bare")
         reply = await put(client, image["id"], qcow2_image(backing_offset=512, backing_size=4))
-        assert reply.status == 415 and "backing_file" in reply.json["error"]["message"]
+        assert reply.status == 415 and "backing_file" in reply.error["message"]
     finally:
         await session.close()
         await server.close()
@@ -355,7 +355,7 @@ async def test_api_refuses_early_without_reading_the_whole_body(api: ApiClient) 
     image = await api.create(disk_format="qcow2", container_format="bare")
     try:
         reply = await put(api, image["id"], body())
-        assert reply.status == 415 and "backing_file" in reply.json["error"]["message"]
+        assert reply.status == 415 and "backing_file" in reply.error["message"]
     except aiohttp.ClientError:
         pass  # the server may close the connection while the client still sends
     assert sent < total // 4

@@ -20,7 +20,7 @@ def node(tmp_path: Path, name: str, catalogue: Path, extra: str = "") -> Daemon:
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(daemon.url + path, method=method, data=body,
-                                     headers={**MEMBER_A, **(headers or {})})
+                                     headers={"Accept": "application/json", **MEMBER_A, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read()
@@ -70,7 +70,7 @@ def test_import_is_passed_to_the_node_holding_the_staged_data(tmp_path: Path) ->
         stop_daemon(a)
         status, body = import_via(b, other)
         assert status == 504, body
-        assert json.loads(body)["error"]["code"] == 504
+        assert json.loads(body)["code"] == "504 Gateway Timeout"
         assert json.loads(call(b, "GET", f"/v2/images/{other}")[1])["status"] == "uploading"
     finally:
         stop_daemon(a)

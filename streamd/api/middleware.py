@@ -11,6 +11,7 @@ from aiohttp import web
 from ..context import RequestContext
 from ..errors import StreamdError
 from ..status import reason_of, status_of
+from .errors import render_error
 from .keys import CONTEXT, SERVICES
 from .versions import allowed_url_versions, multiple_choices
 
@@ -20,13 +21,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
 
 
-def error_body(status: int, title: str, message: str) -> dict[str, object]:
-    # glanceclient reads "message" from every object in the body; openstacksdk reads error.message.
-    return {"error": {"code": status, "title": title, "message": message}}
+def error_response(request: web.Request, status: int, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """An error in Glance's shape (HTML, flat JSON or plain text by the request's Accept)."""
+    content_type, body = render_error(status, message, request.headers.get("Accept"))
+    response = web.Response(status=status, reason=reason_of(status), text=body, headers=headers)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
-def error_response(status: int, title: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(error_body(status, title, message), status=status, headers=headers)
+# webob's explanations, which Glance sends when it has no message of its own (e.g. no such route).
+_DEFAULT_EXPLANATIONS = {404: "The resource could not be found."}
 
 
 @web.middleware
@@ -37,7 +42,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc.message)
-        return error_response(status, reason_of(status), exc.message, getattr(exc, "headers", None))
+        return error_response(request, status, exc.message, getattr(exc, "headers", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -47,8 +52,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 # Glance answers an unknown API version with the versions document.
                 return multiple_choices(request)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "accept-patch", "retry-after")}
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        return error_response(exc.status, exc.reason, message or exc.reason, headers)
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+        return error_response(request, exc.status, message or _DEFAULT_EXPLANATIONS.get(exc.status, exc.reason),
+                              headers)
 
 
 @web.middleware
