@@ -136,7 +136,7 @@ def test_cache_queue_caches_and_cache_list_shows_both_states(server: Daemon, tmp
     no_data = image(server, None)
     other = image(server, payload(3000, 3))
     result = glance(server, tmp_path, "cache-queue", no_data, other)
-    assert result.stderr == (f"'HTTP Only images with status active can be targeted for queueing': "
+    assert result.stderr == (f"'HTTP 400 Bad Request: Only images with status active can be targeted for queueing': "
                              f"Unable to queue image '{no_data}' for caching.\n")
     wait_cached(server, other)
     assert cached_ids(server) == {cached, other} and queued_ids(server) == [waiting]
@@ -156,7 +156,7 @@ def test_cache_delete_removes_from_cache_and_queue(server: Daemon, tmp_path: Pat
     assert queued_ids(server) == []
     # Neither cached nor queued: Glance's 404, reported by the client.
     result = glance(server, tmp_path, "cache-delete", waiting)
-    assert result.stderr == f"'HTTP Image {waiting} not found.': Unable to delete image '{waiting}' from cache.\n"
+    assert result.stderr == f"'HTTP 404 Not Found: Image {waiting} not found.': Unable to delete image '{waiting}' from cache.\n"
 
 
 def test_cache_clear_targets(server: Daemon, tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_a_non_admin_is_refused_by_every_command(tmp_path: Path) -> None:
         image_id = image(daemon, payload(1000, 9))
         assert call(daemon, "PUT", f"/v2/queued_images/{image_id}")[0] == 200  # as the admin
         listing = glance(daemon, tmp_path, "cache-list")
-        assert listing.returncode == 1 and listing.stderr == "HTTP You are not authorized to manage the image cache.\n"
+        assert listing.returncode == 1 and listing.stderr == "HTTP 403 Forbidden: You are not authorized to manage the image cache.\n"
         for command, message in ((["cache-queue", image_id], "not permitted to queue"),
                                  (["cache-delete", image_id], "not permitted to delete"),
                                  (["cache-clear"], "not permitted to delete")):

@@ -71,7 +71,8 @@ class Cli:
         return result
 
     def http(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(self.daemon.url + path, method=method, headers=headers or {})
+        request = urllib.request.Request(self.daemon.url + path, method=method,
+                                         headers={"Accept": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 raw, status = response.read(), response.status
@@ -307,7 +308,7 @@ def test_copy_image_and_stores_delete(cli: Cli, tmp_path: Path) -> None:
     assert cli.store_file("fs3", image_id).read_bytes() == data
     # Every store holds it now: copying to one again is Glance's 400, with its message.
     again = cli.run("image-import", "--import-method", "copy-image", "--stores", "fs3", image_id, ok=False)
-    assert "already present at store 'fs3'" in again.stdout + again.stderr
+    assert "already present at store &#x27;fs3&#x27;" in again.stdout + again.stderr  # as against Glance
     # copy-image needs --stores or --all-stores (the CLI's own check).
     cli.run("image-import", "--import-method", "copy-image", image_id, ok=False)
 

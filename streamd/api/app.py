@@ -14,6 +14,7 @@ from . import cache as cache_routes
 from . import image_data, images, imports, members, peer, schemas, tags, versions
 from .keys import SERVICES, request_id_of
 from .middleware import errors_middleware, identity_middleware, version_middleware
+from .versions import VersionNegotiatingRouter
 
 # Every v2 route is served under /v2 and under the listed /v2.N prefixes (checked by version_middleware).
 V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
@@ -21,6 +22,7 @@ V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
 
 def create_app(services: Services) -> web.Application:
     app = web.Application(
+        router=VersionNegotiatingRouter(services.config),
         middlewares=[errors_middleware, version_middleware, identity_middleware],
         client_max_size=1 << 20,  # JSON bodies; image data is streamed, not read whole
         handler_args={"max_field_size": 65536},

@@ -63,6 +63,24 @@ async def queue_image(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
+async def cached_nodes(request: web.Request) -> web.Response:
+    """``GET /v2/cache/nodes/{id}`` (2.18): the URLs of the nodes sharing this catalogue that cache the
+    image, this node first when it does (Glance's centralized_db cache driver answers the same list)."""
+    cache = _cache(request)
+    services = request.app[SERVICES]
+    image_id = request.match_info["image_id"]
+    try:
+        await services.catalog.get_image(image_id, RequestContext.admin())
+    except DoesNotExist:
+        raise DoesNotExist(f"Image {image_id} not found.") from None
+    config = services.config
+    nodes = await services.catalog.cache_peers(image_id, exclude=config.host_id)
+    if await cache.entry(image_id) is not None:
+        own = config.default.peer_url or config.default.public_endpoint or f"{request.scheme}://{request.host}"
+        nodes.insert(0, own)
+    return web.json_response(nodes)
+
+
 async def delete_cache_entry(request: web.Request) -> web.Response:
     cache = _cache(request)
     image_id = request.match_info["image_id"]
@@ -133,6 +151,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_delete(prefix + "/cache", clear_cache)
     r.add_post(prefix + "/cache/clean", clean_cache)
     r.add_post(prefix + "/cache/prune", prune_cache)
+    r.add_get(prefix + "/cache/nodes/{image_id}", cached_nodes)
     r.add_put(prefix + "/cache/{image_id}", queue_image)
     r.add_delete(prefix + "/cache/{image_id}", delete_cache_entry)
     r.add_get(prefix + "/cached_images", legacy_list_cached)

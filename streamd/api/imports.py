@@ -235,6 +235,12 @@ async def info_import(request: web.Request) -> web.Response:
         "description": "Import methods available.", "type": "array", "value": list(methods)}})
 
 
+async def info_usage(request: web.Request) -> web.Response:
+    """``GET /v2/info/usage`` (2.13). Without Keystone unified limits (``use_keystone_limits``), Glance
+    answers an empty usage map, as streamd does until it enforces them."""
+    return web.json_response({"usage": {}})
+
+
 def _stores_info(config: Config) -> list[dict[str, Any]]:
     found = []
     for entry in config.stores:
@@ -274,5 +280,6 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(prefix + "/tasks", list_tasks)
     r.add_get(prefix + "/tasks/{task_id}", show_task)
     r.add_get(prefix + "/info/import", info_import)
+    r.add_get(prefix + "/info/usage", info_usage)
     r.add_get(prefix + "/info/stores", info_stores)
     r.add_get(prefix + "/info/stores/detail", info_stores_detail)

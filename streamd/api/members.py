@@ -13,9 +13,12 @@ from .keys import SERVICES, context_of
 from .views import member_view
 
 
-def _check_shared(image: ImageRecord) -> None:
-    """Glance refuses every member call on an image that is not ``shared`` (403, or 404 on show)."""
+def _check_shared(image: ImageRecord, action: str | None = None) -> None:
+    """Glance refuses every member call on an image that is not ``shared`` (403, or 404 on show).
+    Its create, update and delete answer with their own message (``action``), list with the reason."""
     if image.visibility != "shared":
+        if action is not None:
+            raise NotPermitted(f"Not allowed to {action} members for image {image.id}.")
         raise NotPermitted("Only shared images have members.")
 
 
@@ -49,7 +52,7 @@ async def add_member(request: web.Request) -> web.Response:
     if len(body["member"]) > 255:
         raise InvalidRequest("Member id is at most 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
-    _check_shared(image)
+    _check_shared(image, "create")
     policy.require_modify(ctx, image, "add_member")
     member = await request.app[SERVICES].catalog.add_member(image.id, body["member"],
                                                    quota=request.app[SERVICES].config.default.image_member_quota)
@@ -74,7 +77,7 @@ async def update_member(request: web.Request) -> web.Response:
         raise InvalidRequest("Status not specified")
     status = body["status"]
     image = await _get_visible(request, request.match_info["image_id"])
-    _check_shared(image)
+    _check_shared(image, "update")
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     policy.require_modify_member(ctx, image, member.member)
     if not isinstance(status, str) or status not in MEMBER_STATUSES:
@@ -86,7 +89,7 @@ async def update_member(request: web.Request) -> web.Response:
 async def delete_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    _check_shared(image)
+    _check_shared(image, "delete")
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     policy.require_modify(ctx, image, "delete_member")
     await request.app[SERVICES].catalog.delete_member(image.id, member.member)

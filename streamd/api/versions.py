@@ -1,4 +1,10 @@
-"""Version discovery: ``GET /`` (300) and ``GET /versions`` (200), as Glance lists them."""
+"""Version discovery and negotiation, as Glance does them.
+
+``GET /`` (300) and ``GET /versions`` (200) list the versions; a request picks
+one by its URL prefix (``/v2``, ``/v2.N``) or, as with Glance's
+VersionNegotiationFilter, by ``Accept: application/vnd.openstack.images-v2.N``
+on an unprefixed path.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +62,27 @@ async def versions(request: web.Request) -> web.Response:
 
 async def healthcheck(request: web.Request) -> web.Response:
     return web.Response(text="OK")
+
+
+VERSION_MEDIA_TYPE = "application/vnd.openstack.images-"
+
+
+class VersionNegotiatingRouter(web.UrlDispatcher):
+    """Glance's media-type versioning: ``Accept: application/vnd.openstack.images-v2.N`` on a path
+    without a version prefix serves ``/v2`` + the path; an unknown version gets the versions
+    document (300). As in Glance, the path is then not searched for a prefix of its own."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self._allowed = allowed_url_versions(config)
+
+    async def resolve(self, request: web.Request) -> web.UrlMappingMatchInfo:  # type: ignore[override]
+        accept = request.headers.get("Accept", "")
+        if not accept.startswith(VERSION_MEDIA_TYPE) or request.path.split("/")[1:2] == ["versions"]:
+            return await super().resolve(request)  # type: ignore[return-value]
+        if accept[len(VERSION_MEDIA_TYPE):] in self._allowed:
+            return await super().resolve(request.clone(rel_url=f"/v2{request.rel_url}"))  # type: ignore[return-value]
+        return await super().resolve(request.clone(method="GET", rel_url="/"))  # type: ignore[return-value]
 
 
 def add_routes(app: web.Application) -> None:
