@@ -270,7 +270,7 @@ def main() -> int:
         print("starting streamd nodes A and B, Glance, the reference sources ...", flush=True)
         a = stack.enter_context(Node(out / "cache-a", "streamd-A", shared))
         b = stack.enter_context(Node(out / "cache-b", "streamd-B", shared))
-        glance = stack.enter_context(Glance(out / "cache-glance", out / "glance-venv"))
+        glance = stack.enter_context(Glance(out / "cache-glance", REPO / ".venv-glance"))
         sources = {m: stack.enter_context(RefSource(out / f"cache-ref-{m}", m, path.parent))
                    for m in ("sendfile", "readwrite")}
         print("uploading ...", flush=True)

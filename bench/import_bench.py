@@ -132,7 +132,7 @@ def main() -> None:
         streamd.staging_uri = args.copy_staging.resolve().as_uri()
     servers = [streamd]
     if not args.no_glance:
-        servers.append(GlanceStores(out / "import-glance", out / "glance-venv"))
+        servers.append(GlanceStores(out / "import-glance", REPO / ".venv-glance"))
     results: dict[str, dict[str, list[dict]]] = {s.name: {t: [] for t in TARGETS} for s in servers}
     for server in servers:
         server.__enter__()

@@ -410,7 +410,7 @@ def main() -> int:
     files = make_files(out / "data", size)
     print("md5 of the files ...", flush=True)
     file_md5 = {kind: md5_of(path) for kind, path in files.items()}
-    glance_venv = out / "glance-venv"
+    glance_venv = REPO / ".venv-glance"
     glance_skipped = "--no-glance" if args.no_glance else link_glance_bindings(glance_venv)
     meta["glance"] = "not run" if glance_skipped else \
         "33.0.0, uWSGI 2x2, glance_store rbd driver, rbd_thin_provisioning = True, rbd_store_chunk_size 8 (default)"

@@ -235,7 +235,7 @@ def main() -> int:
     with ExitStack() as stack:
         print("starting streamd, Glance and the reference sources ...", flush=True)
         servers = [stack.enter_context(Streamd(out / "streamd")),
-                   stack.enter_context(Glance(out / "glance", out / "glance-venv"))]
+                   stack.enter_context(Glance(out / "glance", REPO / ".venv-glance"))]
         sources = {mode: stack.enter_context(RefSource(out / f"ref-{mode}", mode, out / "data"))
                    for mode in ("sendfile", "readwrite")}
         for rep in range(reps):

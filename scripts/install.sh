@@ -166,6 +166,14 @@ if [ "$with_test" -eq 1 ] && [ "${#CEPH_APT_PACKAGES[@]}" -gt 0 ]; then
     "$ROOT/scripts/link-ceph-bindings.sh" "$VPY"
 fi
 
+# --- 6. real Glance 33 for the parity tests and the bench (--test only) ------------------
+# tests/test_glance_parity.py runs the real glance CLI against streamd and against Glance 33
+# (glance, python-glanceclient and uWSGI from PyPI, in their own venv: bench/servers.py).
+if [ "$with_test" -eq 1 ]; then
+    say "Glance 33 reference venv in $ROOT/.venv-glance"
+    (cd "$ROOT" && "$VPY" -c 'import sys; sys.path.insert(0, "bench"); from pathlib import Path; from servers import Glance; Glance.ensure_venv(Path(".venv-glance"))')
+fi
+
 say "done: $("$VPY" -c 'import sys; print(sys.prefix)')"
 if [ "$with_test" -eq 1 ]; then
     say "run the tests with: scripts/test.sh"

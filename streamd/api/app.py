@@ -14,7 +14,6 @@ from . import cache as cache_routes
 from . import image_data, images, imports, members, peer, schemas, tags, versions
 from .keys import SERVICES, request_id_of
 from .middleware import errors_middleware, identity_middleware, version_middleware
-from .versions import VersionNegotiatingRouter
 
 # Every v2 route is served under /v2 and under the listed /v2.N prefixes (checked by version_middleware).
 V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
@@ -22,7 +21,6 @@ V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
 
 def create_app(services: Services) -> web.Application:
     app = web.Application(
-        router=VersionNegotiatingRouter(services.config),
         middlewares=[errors_middleware, version_middleware, identity_middleware],
         client_max_size=1 << 20,  # JSON bodies; image data is streamed, not read whole
         handler_args={"max_field_size": 65536},
@@ -32,6 +30,8 @@ def create_app(services: Services) -> web.Application:
     peer.add_routes(app)
     for module in (images, image_data, imports, members, tags, schemas, cache_routes):
         module.add_routes(app, V2_PREFIX)
+        # Unprefixed, for Glance's media-type versioning (Accept: application/vnd.openstack.images-v2.N).
+        module.add_routes(app, "")
     app.on_response_prepare.append(_add_request_id)
     return app
 

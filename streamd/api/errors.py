@@ -15,9 +15,11 @@ class ProtocolError(StreamdError):
     """An answer that exists because of HTTP itself and needs its own headers
     (a 416 with ``Content-Range``, a 415 with ``Accept-Patch``)."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, *, detail: str = "",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
         self.headers = dict(headers or {})
 
 
@@ -69,8 +71,10 @@ def negotiate_error_type(accept: str | None) -> str:
         kind, sub = offer.split("/")
         best: tuple[int, float] | None = None
         for rkind, rsub, q, params in ranges:
+            if params:
+                continue  # a range with media type parameters matches only offers with those: ours have none
             if rkind == kind and rsub == sub:
-                specificity = 3 + params
+                specificity = 3
             elif rkind == kind and rsub == "*":
                 specificity = 2
             elif rkind == "*" and rsub == "*":
@@ -95,12 +99,20 @@ def _strip_tags(text: str) -> str:
     return re.sub(r"<.*?>", "", text, flags=re.S)
 
 
-def render_error(status: int, message: str, accept: str | None) -> tuple[str, str]:
-    """(content type with charset, body) of an error answer."""
+def render_error(status: int, message: str, accept: str | None, detail: str = "",
+                 request_content_type: str | None = None) -> tuple[str, str]:
+    """(content type with charset, body) of an error answer: ``message`` is webob's explanation,
+    ``detail`` its detail line. A 415 has webob's own text naming the request's content type, and
+    the message as its detail (as Glance's answers read)."""
     line = f"{status} {reason_of(status)}"
 
     def body(escape: Callable[[str], str]) -> str:
-        return f"{escape(message)}<br /><br />\n\n\n"
+        if status == 415:
+            # webob leaves the placeholder as it is when the request has no Content-Type.
+            media = escape(request_content_type) if request_content_type is not None else "${CONTENT_TYPE}"
+            return (f"The request media type {media} is not supported by this server.\n<br /><br />\n"
+                    f"{escape(detail or message)}")
+        return f"{escape(message)}<br /><br />\n{escape(detail)}\n\n"
 
     media = negotiate_error_type(accept)
     if media == "text/html":

@@ -79,14 +79,14 @@ def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
             return None
         match = _CONTENT_RANGE.match(legacy.strip())
         if not match:
-            raise _unsatisfiable(f"Invalid Content-Range {legacy}", size)
+            raise _unsatisfiable("Invalid Content-Range header.", size)
         first, last = int(match.group(1)), int(match.group(2))
     else:
         if "," in header:
             raise InvalidRequest("Multiple ranges are not supported")
         match = _RANGE.match(header.strip())
         if not match or (not match.group(1) and not match.group(2)):
-            raise _unsatisfiable(f"Invalid Range {header}", size)
+            raise _unsatisfiable("Invalid Range header.", size)
         if not match.group(1):
             suffix = int(match.group(2))
             if suffix == 0 or size == 0:
@@ -94,13 +94,18 @@ def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
             return max(0, size - suffix), size - 1
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) else size - 1
-    if first >= size or last < first:
-        raise _unsatisfiable(f"Range not satisfiable for an image of {size} bytes", size)
+    if first >= size:
+        raise _unsatisfiable("Invalid start position in Range header. Start position MUST be in the inclusive "
+                             f"range [0, {size - 1}].", size)
+    if last < first:
+        raise _unsatisfiable("Invalid Range header.", size)
     return first, min(last, size - 1)
 
 
-def _unsatisfiable(message: str, size: int) -> ProtocolError:
-    return ProtocolError(416, message, headers={"Content-Range": f"bytes */{size}"})
+def _unsatisfiable(detail: str, size: int) -> ProtocolError:
+    # Glance's wording (webob's explanation, its detail); Content-Range as RFC 9110 asks.
+    return ProtocolError(416, "The Range requested is not available.", detail=detail,
+                         headers={"Content-Range": f"bytes */{size}"})
 
 
 def _etag(image: ImageRecord) -> str:

@@ -13,18 +13,21 @@ from ..errors import StreamdError
 from ..status import reason_of, status_of
 from .errors import render_error
 from .keys import CONTEXT, SERVICES
-from .versions import allowed_url_versions, multiple_choices
+from .versions import VERSION_MEDIA_TYPE, allowed_url_versions, multiple_choices
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Served without a version: discovery, health and the peer protocol.
+_UNVERSIONED = ("/versions", "/healthcheck", "/peer/")
 _VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
 
 
 def error_response(request: web.Request, status: int, message: str,
-                   headers: dict[str, str] | None = None) -> web.Response:
+                   headers: dict[str, str] | None = None, detail: str = "") -> web.Response:
     """An error in Glance's shape (HTML, flat JSON or plain text by the request's Accept)."""
-    content_type, body = render_error(status, message, request.headers.get("Accept"))
+    content_type, body = render_error(status, message, request.headers.get("Accept"), detail,
+                                      request.headers.get("Content-Type"))
     response = web.Response(status=status, reason=reason_of(status), text=body, headers=headers)
     response.headers["Content-Type"] = content_type
     return response
@@ -42,7 +45,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc.message)
-        return error_response(request, status, exc.message, getattr(exc, "headers", None))
+        return error_response(request, status, exc.message, getattr(exc, "headers", None),
+                              getattr(exc, "detail", ""))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -82,7 +86,18 @@ def identify(request: web.Request) -> RequestContext:
 
 @web.middleware
 async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API version of the request: its URL prefix, or (Glance's VersionNegotiationFilter) an
+    ``Accept: application/vnd.openstack.images-vN`` on an unprefixed path. An unknown version, or an
+    unprefixed API path without that Accept, gets the versions document (300)."""
+    if request.match_info.route.resource is None or request.path.startswith(_UNVERSIONED):
+        return await handler(request)
+    allowed = allowed_url_versions(request.app[SERVICES].config)
+    accept = request.headers.get("Accept", "")
     version = request.match_info.get("version")
-    if version is not None and version not in allowed_url_versions(request.app[SERVICES].config):
+    if accept.startswith(VERSION_MEDIA_TYPE):
+        if version is not None:
+            raise web.HTTPNotFound()  # Glance prepends /v2 to the path as it is: /v2/v2/...
+        version = accept[len(VERSION_MEDIA_TYPE):]
+    if version not in allowed:
         return multiple_choices(request)
     return await handler(request)

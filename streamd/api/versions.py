@@ -1,9 +1,9 @@
-"""Version discovery and negotiation, as Glance does them.
+"""Version discovery, as Glance does it.
 
 ``GET /`` (300) and ``GET /versions`` (200) list the versions; a request picks
 one by its URL prefix (``/v2``, ``/v2.N``) or, as with Glance's
 VersionNegotiationFilter, by ``Accept: application/vnd.openstack.images-v2.N``
-on an unprefixed path.
+on an unprefixed path (checked in ``middleware.version_middleware``).
 """
 
 from __future__ import annotations
@@ -64,25 +64,9 @@ async def healthcheck(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
+# Glance's media-type versioning: ``Accept: application/vnd.openstack.images-v2.N`` on a path
+# without a version prefix (see ``middleware.version_middleware``).
 VERSION_MEDIA_TYPE = "application/vnd.openstack.images-"
-
-
-class VersionNegotiatingRouter(web.UrlDispatcher):
-    """Glance's media-type versioning: ``Accept: application/vnd.openstack.images-v2.N`` on a path
-    without a version prefix serves ``/v2`` + the path; an unknown version gets the versions
-    document (300). As in Glance, the path is then not searched for a prefix of its own."""
-
-    def __init__(self, config: Config) -> None:
-        super().__init__()
-        self._allowed = allowed_url_versions(config)
-
-    async def resolve(self, request: web.Request) -> web.UrlMappingMatchInfo:  # type: ignore[override]
-        accept = request.headers.get("Accept", "")
-        if not accept.startswith(VERSION_MEDIA_TYPE) or request.path.split("/")[1:2] == ["versions"]:
-            return await super().resolve(request)  # type: ignore[return-value]
-        if accept[len(VERSION_MEDIA_TYPE):] in self._allowed:
-            return await super().resolve(request.clone(rel_url=f"/v2{request.rel_url}"))  # type: ignore[return-value]
-        return await super().resolve(request.clone(method="GET", rel_url="/"))  # type: ignore[return-value]
 
 
 def add_routes(app: web.Application) -> None:
