@@ -1,0 +1,184 @@
+"""The catalogue's shared database plumbing, under every concern's methods.
+
+``CatalogBase`` owns the engine and the two ways to reach it: ``_read`` (a plain
+connection) and ``_write`` (one transaction, serialised as SQLite needs). It also
+holds what several concerns share: loading image rows as ``ImageRecord``s,
+writing a property diff, adding a location, and the status compare-and-swap that
+says why when it loses.
+
+SQLite has one writer at a time. Real Glance on SQLite fails uploads with
+"database is locked" when clients write together; streamd never does: the
+database is in WAL mode (readers never wait for the writer), every write
+transaction in this process goes through one asyncio lock, and starts with
+``BEGIN IMMEDIATE`` so that a writer in *another* process makes us wait
+(``busy_timeout``) rather than fail on a lock upgrade. On PostgreSQL a write is
+an ordinary transaction; rows it must not lose are taken ``FOR UPDATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Mapping, Self, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import DoesNotExist, InvalidStatusTransition
+from . import models as m
+from .records import CORE_ATTRIBUTES, ImageRecord, Location
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class CatalogBase:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # One writer at a time in this process on SQLite; PostgreSQL takes row locks.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str, *, busy_timeout: float = 30.0, pool_size: int = 10) -> Self:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
+            _configure_sqlite(engine, busy_timeout)
+        else:
+            engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
+        catalog = cls(engine)
+        await catalog.migrate()
+        return catalog
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        def upgrade(sync_conn: sa.Connection) -> None:
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(_MIGRATIONS))
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self._write() as conn:
+            await conn.run_sync(upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- connections ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_immediate=True)
+                async with conn.begin():
+                    yield conn
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    # -- image rows ----------------------------------------------------------------
+
+    async def _load(self, conn: AsyncConnection, image_id: str, *, for_update: bool = False) -> ImageRecord:
+        stmt = sa.select(m.images).where(m.images.c.id == image_id, m.images.c.deleted.is_(False))
+        if for_update and not self.is_sqlite:
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            raise DoesNotExist(f"No image found with ID {image_id}")
+        records = await self._hydrate(conn, [row])
+        return records[0]
+
+    async def _hydrate(self, conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[ImageRecord]:
+        """Image rows with their properties, tags and locations, in three queries for any number of rows."""
+        ids = [r["id"] for r in rows]
+        props: dict[str, dict[str, str]] = {i: {} for i in ids}
+        tags: dict[str, list[str]] = {i: [] for i in ids}
+        locs: dict[str, list[Location]] = {i: [] for i in ids}
+        if ids:
+            for p in await conn.execute(sa.select(m.image_properties).where(m.image_properties.c.image_id.in_(ids))):
+                props[p.image_id][p.name] = p.value
+            for t in await conn.execute(sa.select(m.image_tags).where(m.image_tags.c.image_id.in_(ids))
+                                        .order_by(m.image_tags.c.created_at, m.image_tags.c.value)):
+                tags[t.image_id].append(t.value)
+            for loc in await conn.execute(sa.select(m.image_locations).where(m.image_locations.c.image_id.in_(ids))
+                                          .order_by(m.image_locations.c.id)):
+                locs[loc.image_id].append(Location(loc.store, loc.url, json.loads(loc.metadata_json), loc.status))
+        return [ImageRecord(**{k: r[k] for k in CORE_ATTRIBUTES}, properties=props[r["id"]],
+                            tags=tuple(tags[r["id"]]), locations=tuple(locs[r["id"]])) for r in rows]
+
+    async def _swap_status(self, conn: AsyncConnection, image_id: str, expected_status: str,
+                           values: Mapping[str, Any], *, gone: str, moved_on: Callable[[str], str]) -> None:
+        """UPDATE the image only while it is (not deleted and) ``expected_status``.
+
+        Of two racing writers exactly one matches the row. The other re-reads it to say why it lost:
+        DoesNotExist(``gone``) if the image was deleted, else InvalidStatusTransition with
+        ``moved_on(status it has now)``.
+        """
+        i = m.images.c
+        result = await conn.execute(m.images.update().where(
+            i.id == image_id, i.status == expected_status, i.deleted.is_(False)).values(**values))
+        if result.rowcount == 1:
+            return
+        current = await conn.scalar(sa.select(i.status).where(i.id == image_id, i.deleted.is_(False)))
+        if current is None:
+            raise DoesNotExist(gone)
+        raise InvalidStatusTransition(moved_on(current))
+
+
+async def write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
+                           after: Mapping[str, str]) -> None:
+    """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ."""
+    for key in set(before) - set(after):
+        await conn.execute(m.image_properties.delete().where(
+            m.image_properties.c.image_id == image_id, m.image_properties.c.name == key))
+    for key, value in after.items():
+        if key not in before:
+            await conn.execute(m.image_properties.insert().values(image_id=image_id, name=key, value=value))
+        elif before[key] != value:
+            await conn.execute(m.image_properties.update().where(
+                m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
+
+
+async def insert_location(conn: AsyncConnection, image_id: str, store: str, url: str,
+                          metadata: Mapping[str, Any], created_at: dt.datetime) -> None:
+    """An active location row; ``_hydrate`` reads ``metadata_json`` back."""
+    await conn.execute(m.image_locations.insert().values(
+        image_id=image_id, store=store, url=url, metadata_json=json.dumps(dict(metadata)),
+        status="active", created_at=created_at))
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN IMMEDIATE can be issued.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,159 @@
+"""The image rows themselves: create, read, change, move between statuses, delete.
+
+Also the one change to an image's locations that is not part of writing data
+(dropping the copy in one store); uploads and imports add locations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..context import RequestContext
+from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTransition, NotPermitted, QuotaExceeded
+from . import models as m
+from .base import CatalogBase, write_properties
+from .members import membership
+from .policy import can_see
+from .records import ImageRecord, Location, utcnow
+from .status import NEEDS_FORMATS, check_transition
+
+
+class ImagesMixin(CatalogBase):
+    async def create_image(self, values: Mapping[str, Any], properties: Mapping[str, str],
+                           tags: Iterable[str]) -> ImageRecord:
+        now = utcnow()
+        row = {
+            "id": values.get("id") or str(uuid.uuid4()),
+            "name": values.get("name"),
+            "status": "queued",
+            "visibility": values.get("visibility") or "shared",
+            "protected": bool(values.get("protected", False)),
+            "os_hidden": bool(values.get("os_hidden", False)),
+            "disk_format": values.get("disk_format"),
+            "container_format": values.get("container_format"),
+            "size": None, "virtual_size": None, "checksum": None,
+            "os_hash_algo": None, "os_hash_value": None,
+            "min_disk": int(values.get("min_disk") or 0),
+            "min_ram": int(values.get("min_ram") or 0),
+            "owner": values.get("owner"),
+            "created_at": now, "updated_at": now, "deleted": False, "deleted_at": None,
+        }
+        async with self._write() as conn:
+            exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == row["id"]))
+            if exists is not None:
+                raise Duplicate(f"An image with identifier {row['id']} already exists")
+            await conn.execute(m.images.insert().values(**row))
+            if properties:
+                await conn.execute(m.image_properties.insert(), [
+                    {"image_id": row["id"], "name": k, "value": v} for k, v in properties.items()])
+            tag_list = list(dict.fromkeys(tags))
+            if tag_list:
+                await conn.execute(m.image_tags.insert(), [
+                    {"image_id": row["id"], "value": t, "created_at": now} for t in tag_list])
+            return await self._load(conn, str(row["id"]))
+
+    async def get_image(self, image_id: str, ctx: RequestContext | None = None) -> ImageRecord:
+        """The image, if it exists and ``ctx`` (when given) may see it; else DoesNotExist."""
+        async with self._read() as conn:
+            image = await self._load(conn, image_id)
+            if ctx is not None and not await self._visible(conn, ctx, image):
+                raise DoesNotExist(f"No image found with ID {image_id}")
+            return image
+
+    async def _visible(self, conn: AsyncConnection, ctx: RequestContext, image: ImageRecord) -> bool:
+        member_status = None
+        if image.visibility == "shared" and ctx.project_id and not ctx.is_admin and not ctx.owns(image.owner):
+            member_status = await membership(conn, image.id, ctx.project_id)
+        return can_see(ctx, image, member_status)
+
+    async def update_image(self, image_id: str, *, changes: Mapping[str, Any] | None = None,
+                           set_properties: Mapping[str, str] | None = None,
+                           remove_properties: Iterable[str] = (),
+                           tags: Iterable[str] | None = None, tag_quota: int = -1,
+                           expected_status: str | None = None) -> ImageRecord:
+        """Apply a whole set of changes in one transaction (Glance's single ``save``)."""
+        changes = dict(changes or {})
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            if expected_status is not None and image.status != expected_status:
+                raise InvalidStatusTransition(f"Image {image_id} is {image.status}, not {expected_status}")
+            if "status" in changes and changes["status"] != image.status:
+                check_transition(image_id, image.status, changes["status"])
+            new_props = dict(image.properties)
+            for key in remove_properties:
+                new_props.pop(key, None)
+            new_props.update(set_properties or {})
+            now = utcnow()
+            changes["updated_at"] = now
+            stmt = m.images.update().where(m.images.c.id == image_id).values(**changes)
+            if "status" in changes:
+                stmt = stmt.where(m.images.c.status == image.status)
+            result = await conn.execute(stmt)
+            if result.rowcount != 1:
+                raise InvalidStatusTransition(f"Image {image_id} changed while it was being updated")
+            await write_properties(conn, image_id, image.properties, new_props)
+            if tags is not None:
+                wanted = list(dict.fromkeys(tags))
+                if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
+                    raise QuotaExceeded(f"Maximum number of tags exceeded: {len(wanted)} > {tag_quota}")
+                for tag in set(image.tags) - set(wanted):
+                    await conn.execute(m.image_tags.delete().where(
+                        m.image_tags.c.image_id == image_id, m.image_tags.c.value == tag))
+                for tag in wanted:
+                    if tag not in image.tags:
+                        await conn.execute(m.image_tags.insert().values(image_id=image_id, value=tag, created_at=now))
+            return await self._load(conn, image_id)
+
+    async def transition(self, image_id: str, from_status: str, to_status: str,
+                         values: Mapping[str, Any] | None = None) -> ImageRecord:
+        """Compare-and-swap the status: of two racing callers exactly one wins, the other gets 409."""
+        check_transition(image_id, from_status, to_status)
+        async with self._write() as conn:
+            if to_status in NEEDS_FORMATS:
+                image = await self._load(conn, image_id)
+                if not (image.disk_format and image.container_format):
+                    raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
+            await self._swap_status(
+                conn, image_id, from_status, dict(status=to_status, updated_at=utcnow(), **dict(values or {})),
+                gone=f"No image found with ID {image_id}",
+                moved_on=lambda current: (f"Image {image_id} is {current}; "
+                                          f"it cannot move from {from_status} to {to_status}"))
+            return await self._load(conn, image_id)
+
+    async def delete_image(self, image_id: str) -> ImageRecord:
+        """Soft-delete: the row stays (status deleted) so ids are never reused."""
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            if image.protected:
+                raise NotPermitted(f"Image {image_id} is protected and cannot be deleted.")
+            now = utcnow()
+            result = await conn.execute(m.images.update().where(
+                m.images.c.id == image_id, m.images.c.deleted.is_(False), m.images.c.status == image.status
+            ).values(status="deleted", deleted=True, deleted_at=now, updated_at=now))
+            if result.rowcount != 1:
+                raise InvalidStatusTransition(f"Image {image_id} changed while it was being deleted")
+            await conn.execute(m.image_properties.delete().where(m.image_properties.c.image_id == image_id))
+            await conn.execute(m.image_tags.delete().where(m.image_tags.c.image_id == image_id))
+            await conn.execute(m.image_members.delete().where(m.image_members.c.image_id == image_id))
+            await conn.execute(m.image_locations.delete().where(m.image_locations.c.image_id == image_id))
+            await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
+            return image
+
+    async def remove_location(self, image_id: str, store: str) -> Location:
+        """Drop the image's location in ``store``; with the last one go its size and digests (Glance)."""
+        async with self._write() as conn:
+            image = await self._load(conn, image_id, for_update=True)
+            found = [loc for loc in image.locations if loc.store == store]
+            if not found:
+                raise DoesNotExist(f"Image {image_id} has no data in store {store}")
+            await conn.execute(m.image_locations.delete().where(
+                m.image_locations.c.image_id == image_id, m.image_locations.c.store == store))
+            values: dict[str, Any] = {"updated_at": utcnow()}
+            if len(image.locations) == len(found):
+                values.update(size=None, virtual_size=None, checksum=None, os_hash_algo=None, os_hash_value=None)
+            await conn.execute(m.images.update().where(m.images.c.id == image_id).values(**values))
+            return found[0]

@@ -1,0 +1,148 @@
+"""Listing images: one page of ``GET /v2/images`` as SQL.
+
+``query.py`` turns the query string into an ``ImageQuery`` by Glance's rules;
+this module turns that into one SELECT (filters, visibility, keyset paging after
+the marker, sort) and hydrates the page's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+
+from ..context import RequestContext
+from ..errors import InvalidRequest, NotPermitted
+from . import models as m
+from .base import CatalogBase
+from .members import membership
+from .query import ImageQuery
+from .records import ImageRecord
+
+# Sort keys that may be NULL are ordered through a non-NULL stand-in, so that
+# SQLite and PostgreSQL (which order NULLs differently) page identically.
+_SORT_EXPR = {
+    "name": sa.func.coalesce(m.images.c.name, ""),
+    "status": m.images.c.status,
+    "container_format": sa.func.coalesce(m.images.c.container_format, ""),
+    "disk_format": sa.func.coalesce(m.images.c.disk_format, ""),
+    "size": sa.func.coalesce(m.images.c.size, -1),
+    "id": m.images.c.id,
+    "created_at": m.images.c.created_at,
+    "updated_at": m.images.c.updated_at,
+}
+_NULL_STANDIN = {"name": "", "container_format": "", "disk_format": "", "size": -1}
+
+
+class ListingMixin(CatalogBase):
+    async def list_images(self, ctx: RequestContext, query: ImageQuery) -> tuple[list[ImageRecord], bool]:
+        """One page of images ``ctx`` may see, and whether the page was full (Glance's ``next``)."""
+        i = m.images.c
+        conds: list[sa.ColumnElement[bool]] = [i.deleted.is_(False), i.status != "killed"]
+        conds.append(i.os_hidden.is_(query.os_hidden))
+        if query.protected is not None:
+            conds.append(i.protected.is_(query.protected))
+        for column, op, value in query.conditions:
+            col = i[column]
+            conds.append(_compare(col, op, value))
+        for name, value in query.properties:
+            p = m.image_properties.alias()
+            conds.append(sa.exists().where(p.c.image_id == i.id, p.c.name == name, p.c.value == value))
+        for tag in query.tags:
+            t = m.image_tags.alias()
+            conds.append(sa.exists().where(t.c.image_id == i.id, t.c.value == tag))
+        conds.append(_visibility_condition(ctx, query))
+
+        sort = list(query.sort)
+        keys = [k for k, _ in sort]
+        for extra in ("created_at", "id"):
+            if extra not in keys:
+                sort.append((extra, query.tiebreak_dir))
+                keys.append(extra)
+
+        async with self._read() as conn:
+            if query.marker is not None:
+                # Glance's marker lookup (``_image_get``): admins may page from a deleted image;
+                # an unknown marker is a 400, an image the caller may not see a 403.
+                stmt = sa.select(m.images).where(i.id == query.marker)
+                if not ctx.is_admin:
+                    stmt = stmt.where(i.deleted.is_(False))
+                marker_row = (await conn.execute(stmt)).mappings().first()
+                if marker_row is None:
+                    raise InvalidRequest(f"No image found with ID {query.marker}")
+                if not (ctx.is_admin or marker_row["owner"] is None or ctx.owns(marker_row["owner"])
+                        or marker_row["visibility"] in ("public", "community")
+                        or (marker_row["visibility"] == "shared" and ctx.project_id is not None
+                            and await membership(conn, marker_row["id"], ctx.project_id) is not None)):
+                    raise NotPermitted(f"Forbidding request, image {query.marker} not visible")
+                conds.append(_after_marker(sort, marker_row))
+            order = [(_SORT_EXPR[k].asc() if d == "asc" else _SORT_EXPR[k].desc()) for k, d in sort]
+            stmt = sa.select(m.images).where(*conds).order_by(*order)
+            if query.limit is not None:
+                stmt = stmt.limit(query.limit)
+            rows = list((await conn.execute(stmt)).mappings())
+            images = await self._hydrate(conn, rows)
+        return images, query.limit is not None and len(rows) == query.limit and query.limit > 0
+
+
+def _compare(col: sa.ColumnElement[Any], op: str, value: Any) -> sa.ColumnElement[bool]:
+    if op == "eq":
+        return col == value
+    if op == "neq":
+        return col != value
+    if op == "in":
+        return col.in_(list(value))
+    if op == "outside":
+        low, high = value
+        return sa.or_(col < low, col >= high)
+    if op == "gt":
+        return col > value
+    if op == "gte":
+        return col >= value
+    if op == "lt":
+        return col < value
+    if op == "lte":
+        return col <= value
+    raise InvalidRequest(f"Unable to filter by unknown operator '{op}'.")
+
+
+def _visibility_condition(ctx: RequestContext, query: ImageQuery) -> sa.ColumnElement[bool]:
+    """Glance's ``_select_images_query`` plus its visibility post-filter, as one condition."""
+    i = m.images.c
+    if ctx.is_admin:
+        base: sa.ColumnElement[bool] = sa.true()
+    else:
+        mem = m.image_members.c
+        member_conds = [mem.image_id == i.id, mem.member == (ctx.project_id or "")]
+        if query.member_status != "all":
+            member_conds.append(mem.status == query.member_status)
+        shared_with_me = sa.and_(i.visibility == "shared", sa.exists().where(*member_conds))
+        parts = [i.visibility.in_(("public", "community")), shared_with_me]
+        if ctx.project_id is not None:
+            parts.append(i.owner == ctx.project_id)
+        base = sa.or_(*parts)
+    if query.visibility is not None:
+        if query.visibility != "all":
+            return sa.and_(base, i.visibility == query.visibility)
+        return base
+    if ctx.project_id is None:
+        return sa.and_(base, i.visibility != "community")
+    return sa.and_(base, sa.or_(i.owner == ctx.project_id, i.visibility != "community"))
+
+
+def _after_marker(sort: list[tuple[str, str]], marker: Mapping[Any, Any]) -> sa.ColumnElement[bool]:
+    """Keyset condition: rows strictly after the marker in the given order."""
+    ors = []
+    for n, (key, direction) in enumerate(sort):
+        ands = []
+        for prev_key, _ in sort[:n]:
+            ands.append(_SORT_EXPR[prev_key] == _marker_value(marker, prev_key))
+        expr, value = _SORT_EXPR[key], _marker_value(marker, key)
+        ands.append(expr > value if direction == "asc" else expr < value)
+        ors.append(sa.and_(*ands))
+    return sa.or_(*ors)
+
+
+def _marker_value(marker: Mapping[str, Any], key: str) -> Any:
+    value = marker[key]
+    return _NULL_STANDIN.get(key) if value is None else value
