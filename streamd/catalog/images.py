@@ -45,7 +45,7 @@ class ImagesMixin(CatalogBase):
         async with self._write() as conn:
             exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == row["id"]))
             if exists is not None:
-                raise Duplicate(f"An image with identifier {row['id']} already exists")
+                raise Duplicate(f"Image ID {row['id']} already exists!")  # Glance's words
             await conn.execute(m.images.insert().values(**row))
             if properties:
                 await conn.execute(m.image_properties.insert(), [

@@ -29,5 +29,5 @@ class TagsMixin(CatalogBase):
             result = await conn.execute(m.image_tags.delete().where(
                 m.image_tags.c.image_id == image_id, m.image_tags.c.value == tag))
             if result.rowcount == 0:
-                raise DoesNotExist(f"Tag {tag} not found")
+                raise DoesNotExist("The resource could not be found.")  # Glance answers webob's default
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(updated_at=utcnow()))

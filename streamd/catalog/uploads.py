@@ -30,8 +30,9 @@ class UploadsMixin(CatalogBase):
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if image.status != from_status:
+                # Glance's words (its domain's status check).
                 raise InvalidStatusTransition(
-                    f"Image {image_id} is {image.status}; data can only be uploaded to a {from_status} image")
+                    f"Image status transition from {image.status} to {to_status} is not allowed")
             if to_status in NEEDS_FORMATS and not (image.disk_format and image.container_format):
                 raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
             result = await conn.execute(m.images.update().where(
