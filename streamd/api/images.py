@@ -118,8 +118,9 @@ async def create_image(request: web.Request) -> web.Response:
 
 def _check_quota(name: str, limit: int, count: int) -> None:
     if limit >= 0 and count > limit:
-        raise QuotaExceeded(f"Maximum number of {name.replace('image_', '').replace('_quota', '')}s exceeded: "
-                            f"{count} > {limit}")
+        what = {"image_property_quota": "properties", "image_tag_quota": "tags"}.get(name, name)
+        raise QuotaExceeded(f"The limit has been exceeded on the number of allowed image {what}. "
+                            f"Attempted: {count}, Maximum: {limit}")
 
 
 def _split_document(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
@@ -312,7 +313,8 @@ def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, s
         return
     count = sum(1 for key in after if not key.startswith("os_glance"))
     if count > limit:
-        raise QuotaExceeded(f"Maximum number of image properties exceeded: {count} > {limit}")
+        raise QuotaExceeded("The limit has been exceeded on the number of allowed image properties. "
+                            f"Attempted: {count}, Maximum: {limit}")
 
 
 def _check_tags(tags: list[str]) -> None:

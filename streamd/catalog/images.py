@@ -99,7 +99,8 @@ class ImagesMixin(CatalogBase):
             if tags is not None:
                 wanted = list(dict.fromkeys(tags))
                 if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
-                    raise QuotaExceeded(f"Maximum number of tags exceeded: {len(wanted)} > {tag_quota}")
+                    raise QuotaExceeded("The limit has been exceeded on the number of allowed image tags. "
+                                    f"Attempted: {len(wanted)}, Maximum: {tag_quota}")
                 for tag in set(image.tags) - set(wanted):
                     await conn.execute(m.image_tags.delete().where(
                         m.image_tags.c.image_id == image_id, m.image_tags.c.value == tag))

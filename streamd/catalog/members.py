@@ -39,7 +39,8 @@ class MembersMixin(CatalogBase):
                 m.image_members.c.image_id == image_id)) or 0
             exists = await conn.scalar(sa.select(m.image_members.c.member).where(*_the_member(image_id, member)))
             if quota >= 0 and count + 1 > quota:
-                raise QuotaExceeded(f"Maximum number of image members exceeded: {count + 1} > {quota}")
+                raise QuotaExceeded("The limit has been exceeded on the number of allowed image members for this "
+                                    f"image. Attempted: {count + 1}, Maximum: {quota}")
             if exists is not None:
                 raise Duplicate(f"Member {member} is duplicated for image {image_id}")
             now = utcnow()

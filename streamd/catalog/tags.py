@@ -18,7 +18,8 @@ class TagsMixin(CatalogBase):
             now = utcnow()
             if tag not in image.tags:
                 if quota >= 0 and len(image.tags) + 1 > quota:
-                    raise QuotaExceeded(f"Maximum number of tags exceeded: {len(image.tags) + 1} > {quota}")
+                    raise QuotaExceeded("The limit has been exceeded on the number of allowed image tags. "
+                                    f"Attempted: {len(image.tags) + 1}, Maximum: {quota}")
                 await conn.execute(m.image_tags.insert().values(image_id=image_id, value=tag, created_at=now))
             # Glance saves the image even when the tag was already there: updated_at moves.
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(updated_at=now))
