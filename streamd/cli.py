@@ -1,4 +1,4 @@
-"""Command line: ``streamd serve``, ``streamd config-example``, ``streamd --version``."""
+"""Command line: ``streamd serve``, ``streamd check-config``, ``streamd config-example``, ``streamd --version``."""
 
 from __future__ import annotations
 
@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streamd: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{args.config}: OK")
+        # Ignored options are no error: the same warning as at start-up, and success.
+        if config.warning:
+            print(f"streamd: warning: {config.warning}", file=sys.stderr)
+        print(f"{', '.join(config.sources)}: OK")
         return 0
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if config.warning:
+        logging.getLogger("streamd").warning("%s", config.warning)
     from .daemon import run
 
     try:

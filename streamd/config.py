@@ -10,6 +10,15 @@ Each section is a dataclass whose fields carry their parser and help text in
 ``field(metadata=...)``; the loader, the validator and the example file
 (``etc/streamd.conf.example``, see ``render_example``) all come from that one
 description.
+
+A glance-api.conf written for Glance 33 loads unchanged. Values are read as
+oslo.config reads them (enclosing quotes, the ``[a, b]`` list syntax, deprecated
+option names), a glance-image-import.conf beside the file is read first (the main
+file overrides it, option by option), and every option Glance and glance_store know
+(``streamd.glance_options``, generated from Glance) is accepted: the ones streamd
+implements are honoured, every other one is collected in ``Config.ignored`` with
+the reason it does nothing here (``IGNORED_REASONS``), for the one start-up warning
+``Config.warning``. An option neither knows stays an error, with a "did you mean".
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from . import glance_options
 from .errors import ConfigError
 
 # -- value parsers: each takes the raw string and returns the value or raises ValueError
@@ -83,8 +93,82 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
+def _oslo_list(item: Callable[[str], Any], *, bracketed: bool = False) -> Callable[[str], tuple[Any, ...]]:
+    """A parser of lists as oslo.config's ``ListOpt`` reads them (``oslo_config.types.List``).
+
+    Trailing commas are dropped, then the brackets of ``[a, b]``; the rest is split on commas
+    and every item stripped of whitespace and parsed by ``item``. An item that ``item``
+    refuses is joined with the next one and tried again, so ``'a,b'`` is one quoted item,
+    as in oslo.config. Two leniencies: the brackets may be left out even where Glance
+    demands them (``bracketed``: Glance's ``bounds=True``; streamd always took ``a,b``), and
+    empty items are dropped (oslo.config keeps them as '' or None, which mean nothing).
+    ``bracketed`` also makes the example file write the list in brackets, as Glance needs.
+    """
+    def parse(raw: str) -> tuple[Any, ...]:
+        text = raw.strip().rstrip(",")
+        if text.startswith("[") or text.endswith("]"):
+            if not (text.startswith("[") and text.endswith("]")):
+                raise ValueError("a list in brackets must start with [ and end with ]")
+            text = text[1:-1]
+        parts = text.split(",") if text.strip() else []
+        result: list[Any] = []
+        while parts:
+            value = parts.pop(0)
+            first_error: ValueError | None = None
+            while True:
+                try:
+                    parsed = item(value.strip())
+                    break
+                except ValueError as exc:
+                    first_error = first_error or exc
+                    if not parts:
+                        raise first_error from None
+                    value += "," + parts.pop(0)
+            if parsed is not None and parsed != "":
+                result.append(parsed)
+        return tuple(result)
+
+    parse.bracketed = bracketed  # type: ignore[attr-defined]
+    return parse
+
+
+def _text_item(raw: str) -> str:
+    """An item of oslo.config's ``String()``: kept as written."""
+    return raw
+
+
+def _quoted_item(raw: str) -> str:
+    """An item of oslo.config's ``String(quotes=True)``: one pair of enclosing quotes removed."""
+    if raw and raw[0] in "\"'":
+        if len(raw) == 1 or raw[-1] != raw[0]:
+            raise ValueError(f"non-closed quote: {raw}")
+        return raw[1:-1]
+    return raw
+
+
+def _host_item(raw: str) -> str:
+    """An item of oslo.config's ``HostAddress()``: one IP address or host name."""
+    if not raw:
+        return raw
+    if any(c.isspace() or c in "/[]'\"" for c in raw):
+        raise ValueError(f"{raw!r} is not a valid host address")
+    return raw
+
+
+def _port_item(raw: str) -> int | None:
+    """An item of oslo.config's ``Integer(min=1, max=65535)``."""
+    if not raw:
+        return None
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1-65535")
+    return port
+
+
+_list = _oslo_list(_text_item)
+_quoted_list = _oslo_list(_quoted_item, bracketed=True)
+_host_list = _oslo_list(_host_item, bracketed=True)
+_port_list = _oslo_list(_port_item, bracketed=True)
 
 
 def _backends(raw: str) -> tuple[tuple[str, str], ...]:
@@ -107,22 +191,6 @@ def _backends(raw: str) -> tuple[tuple[str, str], ...]:
     if not result:
         raise ValueError("at least one store is required")
     return tuple(result)
-
-
-def _oslo_list(raw: str) -> tuple[str, ...]:
-    """A list as oslo.config's bounded ListOpt writes it (``['a', 'b']``) or plain ``a,b``."""
-    text = raw.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return tuple(item.strip().strip("'\"") for item in text.split(",") if item.strip().strip("'\""))
-
-
-def _ports(raw: str) -> tuple[int, ...]:
-    ports = tuple(int(item) for item in _list(raw))
-    for port in ports:
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} is not in 1-65535")
-    return ports
 
 
 def _dict(raw: str) -> tuple[tuple[str, str], ...]:
@@ -225,7 +293,7 @@ class DefaultOptions:
     limit_param_default: int = opt(25, _int_range(1), "Page size of image lists when the request gives no limit.")
     api_limit_max: int = opt(1000, _int_range(1), "Largest page size a request may ask for.")
     enabled_import_methods: tuple[str, ...] = opt(
-        ("glance-direct", "web-download", "copy-image"), _list, "Import methods offered by POST /v2/images/{id}/import.")
+        ("glance-direct", "web-download", "copy-image"), _quoted_list, "Import methods offered by POST /v2/images/{id}/import.")
     host_id: str | None = opt(
         None, _opt_str,
         "Name of this node in a shared catalogue, used to recover its own interrupted uploads after a "
@@ -357,18 +425,18 @@ class RbdStoreOptions:
 @dataclass(frozen=True)
 class ImportFilteringOptions:
     allowed_schemes: tuple[str, ...] = opt(
-        ("http", "https"), _list, "Schemes web-download may fetch from (empty: any scheme not disallowed).")
+        ("http", "https"), _quoted_list, "Schemes web-download may fetch from, of http, https and ftp (empty: any scheme not disallowed).")
     disallowed_schemes: tuple[str, ...] = opt(
-        (), _list, "Schemes web-download refuses; ignored when allowed_schemes is set.")
+        (), _quoted_list, "Schemes web-download refuses; ignored when allowed_schemes is set.")
     allowed_hosts: tuple[str, ...] = opt(
-        (), _list, "Hosts web-download may fetch from (empty: any host not disallowed).")
+        (), _host_list, "Hosts web-download may fetch from (empty: any host not disallowed).")
     disallowed_hosts: tuple[str, ...] = opt(
-        (), _list, "Hosts web-download refuses; ignored when allowed_hosts is set.")
+        (), _host_list, "Hosts web-download refuses; ignored when allowed_hosts is set.")
     allowed_ports: tuple[int, ...] = opt(
-        (80, 443), _ports,
+        (80, 443), _port_list,
         "Ports web-download may fetch from when the URI names one (a URI with no port is not checked).")
     disallowed_ports: tuple[int, ...] = opt(
-        (), _ports, "Ports web-download refuses when the URI names one; ignored when allowed_ports is set.")
+        (), _port_list, "Ports web-download refuses when the URI names one; ignored when allowed_ports is set.")
     allow_private_networks: bool = opt(
         False, _bool,
         "Let web-download reach loopback, link-local, private and other non-global addresses "
@@ -378,7 +446,7 @@ class ImportFilteringOptions:
 @dataclass(frozen=True)
 class ImageImportOptions:
     image_import_plugins: tuple[str, ...] = opt(
-        (), _oslo_list,
+        (), _quoted_list,
         "Plugins run on imported data before it is stored (never for copy-image): image_decompression, "
         "image_conversion, inject_image_metadata, in the order given.")
     import_lock_timeout: float = opt(
@@ -406,20 +474,156 @@ class InjectMetadataOptions:
 
 STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions}
 
-# Sections of glance-api.conf that streamd has no use for: accepted and ignored so that
-# an operator's existing file loads.
-IGNORED_SECTIONS = frozenset({
-    "keystone_authtoken", "paste_deploy", "oslo_policy", "oslo_messaging_notifications",
-    "oslo_concurrency", "oslo_middleware", "profiler", "cors", "healthcheck", "task",
-    "taskflow_executor", "wsgi", "os_glance_tasks_store", "os_glance_staging_store",
-})
-# Options of glance-api.conf's [DEFAULT] that have no meaning in streamd.
-IGNORED_DEFAULT_OPTIONS = frozenset({
-    "debug", "verbose", "log_file", "log_dir", "use_syslog", "use_stderr", "workers",
-    "show_image_direct_url", "show_multiple_locations", "transport_url", "registry_host",
-    "worker_self_reference_url", "delayed_delete", "scrub_time",
-    "use_keystone_limits", "enforce_secure_rbac", "lock_path",
-})
+
+@dataclass(frozen=True)
+class StagingStoreOptions:
+    filesystem_store_datadir: str | None = opt(
+        None, _opt_str,
+        "Directory where PUT /stage and web-download keep data before import, as Glance's reserved "
+        "staging store; when set it wins over node_staging_uri, as it does in a Glance with "
+        "enabled_backends.")
+
+
+# Options of a Glance 33 glance-api.conf (streamd.glance_options, generated from Glance) that
+# streamd does not implement: accepted, and named in the start-up warning with the reason.
+# Section -> option -> reason; "*" is the reason of every other option of the section.
+def _because(reason: str, *names: str) -> dict[str, str]:
+    return dict.fromkeys(names, reason)
+
+
+_LOGGING = "streamd logs to stderr at the level of `streamd serve --log-level`; oslo.log is not used"
+_MESSAGING = "streamd sends no notifications and makes no RPC calls (no oslo.messaging)"
+_READ_ORDER = "image data is read from the cache, then from the locations in the order they were added, then peers"
+_NO_GLANCE_DOWNLOAD = "streamd does not offer the glance-download import method"
+IGNORED_REASONS: dict[str, dict[str, str]] = {
+    "DEFAULT": {
+        **_because(_LOGGING, "debug", "default_log_levels", "fatal_deprecations", "instance_format",
+                   "instance_uuid_format", "log_color", "log_config_append", "log_date_format", "log_dir",
+                   "log_file", "log_rotate_interval", "log_rotate_interval_type", "log_rotation_type",
+                   "logging_context_format_string", "logging_debug_format_suffix",
+                   "logging_default_format_string", "logging_exception_prefix",
+                   "logging_user_identity_format", "max_logfile_count", "max_logfile_size_mb", "publish_errors",
+                   "rate_limit_burst", "rate_limit_except_level", "rate_limit_interval", "syslog_log_facility",
+                   "use_journal", "use_json", "use_stderr", "use_syslog", "verbose"),
+        **_because(_MESSAGING, "control_exchange", "default_publisher_id", "disabled_notifications",
+                   "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout", "transport_url"),
+        **_because("image data is deleted at once; there is no scrubber", "delayed_delete", "scrub_pool_size",
+                   "scrub_time"),
+        **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
+        **_because("streamd enforces no property protections: who may modify an image may set any of its "
+                   "properties", "property_protection_file", "property_protection_rule_format"),
+        **_because("streamd never shows locations or direct_url (Glance's default)", "show_image_direct_url",
+                   "show_multiple_locations"),
+        **_because("streamd does not debug remotely", "pydev_worker_debug_host", "pydev_worker_debug_port"),
+        **_because("one event loop per process", "workers", "backlog", "tcp_keepidle", "http_keepalive",
+                   "max_header_line"),
+        **_because("streamd serves plain HTTP; terminate TLS in front of it", "cert_file", "key_file", "ca_file"),
+        **_because("there is no registry", "registry_host", "registry_port"),
+        "allow_anonymous_access": "identity comes from auth_strategy noauth (X-* headers or [noauth])",
+        "digest_algorithm": "streamd does not verify image signatures",
+        "do_secure_hash": "streamd always computes os_hash_value while it stores data",
+        "enforce_secure_rbac": "streamd's policy is built in: Glance's secure RBAC defaults",
+        "http_retries": _NO_GLANCE_DOWNLOAD,
+        "location_strategy": _READ_ORDER,
+        "lock_path": "streamd takes no external locks",
+        "max_request_id_length": "streamd makes its own request ids",
+        "metadata_encryption_key": "location URLs are kept in the catalogue unencrypted",
+        "use_keystone_limits": "quotas are the image_*_quota options; there are no Keystone unified limits",
+        "user_storage_quota": "streamd enforces no per-project storage quota",
+        "worker_self_reference_url": "nodes reach each other at peer_url",
+        # The only staging area is [os_glance_staging_store] when both are set (see load_config).
+        "node_staging_uri": "[os_glance_staging_store] filesystem_store_datadir is the staging area",
+    },
+    "database": {"*": "streamd's catalogue pool is configured by connection, pool_size and busy_timeout"},
+    "glance_store": {
+        "stores": "the stores are those of enabled_backends",
+        "default_store": "default_backend names the default store (default_store is the single-store form)",
+        "*": "single-store form of a store option: streamd reads each store's options from its own section",
+    },
+    "image_format": {"vmdk_allowed_types": "streamd accepts the VMDK subformats monolithicSparse and "
+                                           "streamOptimized only (Glance's default)"},
+    "image_import_opts": {"max_parallel_stores": "an import writes all its stores in one pass over the data"},
+    "file": {
+        "filesystem_store_datadirs": "a file store has one directory, filesystem_store_datadir",
+        "filesystem_store_file_perm": "image files are created mode 0640",
+        "filesystem_store_metadata_file": "locations carry no metadata file",
+        "*": "streamd's file store has no tunable thread pool or timeout",
+        "weight": _READ_ORDER,
+    },
+    "rbd": {"weight": _READ_ORDER},
+    "os_glance_staging_store": {"*": "Glance does not use it either"},
+    "os_glance_tasks_store": {"*": "streamd keeps no task work files"},
+    "glance_download_properties": {"*": _NO_GLANCE_DOWNLOAD},
+    "keystone_authtoken": {"*": "streamd validates no Keystone tokens: with auth_strategy noauth the caller's "
+                                "identity comes from the X-* headers (a proxy in front must check tokens)"},
+    "paste_deploy": {"*": "streamd's request pipeline is built in"},
+    "oslo_policy": {"*": "streamd's policy is built in (Glance's defaults); policy files are not read"},
+    "oslo_limit": {"*": "there are no Keystone unified limits"},
+    "oslo_concurrency": {"*": "streamd takes no external locks"},
+    "oslo_middleware": {"*": "the URL clients see is public_endpoint"},
+    "cors": {"*": "streamd sends no CORS headers"},
+    "healthcheck": {"*": "streamd's /healthcheck answers from the daemon itself"},
+    "profiler": {"*": "no osprofiler tracing"},
+    "profiler_jaeger": {"*": "no osprofiler tracing"},
+    "profiler_otlp": {"*": "no osprofiler tracing"},
+    "task": {"*": "imports are run and kept by streamd's own import supervisor"},
+    "taskflow_executor": {"*": "imports run in the daemon's event loop, not in taskflow"},
+    "wsgi": {"*": "one event loop per process, no WSGI server"},
+    "os_brick": {"*": "only Glance's cinder store uses os-brick"},
+    "oslo_messaging_notifications": {"*": _MESSAGING},
+    "oslo_messaging_rabbit": {"*": _MESSAGING},
+    "oslo_messaging_kafka": {"*": _MESSAGING},
+    "store_type_location_strategy": {"*": _READ_ORDER},
+}
+# Options of earlier Glance releases that files written for them still carry: accepted like
+# Glance 33's own (the reasons above name them).
+EARLIER_GLANCE_OPTIONS: dict[str, frozenset[str]] = {
+    "DEFAULT": frozenset({"verbose", "workers", "backlog", "tcp_keepidle", "http_keepalive", "max_header_line",
+                          "cert_file", "key_file", "ca_file", "registry_host", "registry_port",
+                          "enforce_secure_rbac", "lock_path", "location_strategy"}),
+    "keystone_authtoken": frozenset({"auth_uri", "signing_dir", "identity_uri", "admin_user", "admin_password",
+                                     "admin_tenant_name", "auth_host", "auth_port", "auth_protocol"}),
+    "store_type_location_strategy": frozenset({"store_type_preference"}),
+    "oslo_policy": frozenset({"enforce_scope"}),
+    "oslo_messaging_rabbit": frozenset({"heartbeat_in_pthread"}),
+}
+
+
+def glance_option_names(section: str, store_type: str | None = None) -> frozenset[str]:
+    """The options Glance (33, or earlier for ``EARLIER_GLANCE_OPTIONS``) knows in ``section``."""
+    if store_type is not None:
+        return glance_options.STORE_SECTIONS.get(store_type, frozenset())
+    return glance_options.SECTIONS.get(section, frozenset()) | EARLIER_GLANCE_OPTIONS.get(section, frozenset())
+
+
+def ignored_reason(section: str, option: str, store_type: str | None = None) -> str:
+    """Why ``option`` of ``section`` (a store's section when ``store_type``) does nothing in streamd."""
+    reasons = IGNORED_REASONS.get(store_type or section, {})
+    return reasons.get(option) or reasons["*"]
+
+
+@dataclass(frozen=True)
+class IgnoredOption:
+    """An option Glance knows that the configuration sets and streamd accepts without using."""
+
+    section: str
+    option: str
+    reason: str
+
+
+def ignored_warning(ignored: Iterable[IgnoredOption]) -> str | None:
+    """The one start-up warning naming every ignored option, options of one reason on one line."""
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    count = 0
+    for entry in ignored:
+        by_reason.setdefault((entry.section, entry.reason), []).append(entry.option)
+        count += 1
+    if not count:
+        return None
+    lines = [f"{count} configuration option(s) accepted, ignored here, because:"]
+    for (section, reason), options in by_reason.items():
+        lines.append(f"  [{section}] {', '.join(options)}: {reason}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -440,8 +644,18 @@ class Config:
     image_import_opts: ImageImportOptions
     image_conversion: ImageConversionOptions
     inject_metadata_properties: InjectMetadataOptions
+    os_glance_staging_store: StagingStoreOptions
     stores: tuple[StoreConfig, ...]
     source: str | None = None
+    # Every file read, in order (glance-image-import.conf first when it is there); later ones win.
+    sources: tuple[str, ...] = ()
+    # Options Glance knows that this configuration sets and streamd does not use.
+    ignored: tuple[IgnoredOption, ...] = ()
+
+    @property
+    def warning(self) -> str | None:
+        """The start-up warning naming every ignored option, or None when there is none."""
+        return ignored_warning(self.ignored)
 
     # Derived values, resolved once so the rest of the code never re-derives paths.
     @property
@@ -461,6 +675,9 @@ class Config:
 
     @property
     def staging_dir(self) -> Path:
+        staging_store = self.os_glance_staging_store.filesystem_store_datadir
+        if staging_store:
+            return Path(staging_store).absolute()
         value = self.default.node_staging_uri
         if value:
             return Path(value[len("file://"):]).absolute()
@@ -497,7 +714,10 @@ _SECTION_CLASSES: dict[str, type] = {
     "image_import_opts": ImageImportOptions,
     "image_conversion": ImageConversionOptions,
     "inject_metadata_properties": InjectMetadataOptions,
+    "os_glance_staging_store": StagingStoreOptions,
 }
+# Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
+IMPORT_CONFIG_NAME = "glance-image-import.conf"
 
 # The import plugins there are (streamd.imports.plugins runs them): the one list of their names.
 IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata", "no_op")
@@ -509,9 +729,15 @@ def unknown_import_plugins(names: Iterable[str]) -> list[str]:
             for name in names if name not in IMPORT_PLUGINS]
 
 
-def _parse_section(cls: type, section: str, raw: Mapping[str, str], problems: list[str],
-                   ignored: frozenset[str] = frozenset()) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
+def _parse_section(cls: type | None, section: str, raw: Mapping[str, str], problems: list[str],
+                   ignored: list[IgnoredOption], store_type: str | None = None) -> Any:
+    """``cls`` from the options of ``section``; Glance's options that ``cls`` lacks go to ``ignored``.
+
+    With ``cls`` None (a section of Glance's that streamd has no use for) every option Glance
+    knows there is ignored, and None returned.
+    """
+    known = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+    glance_known = glance_option_names(section, store_type)
     values: dict[str, Any] = {}
     for key, text in raw.items():
         if key in known:
@@ -519,51 +745,91 @@ def _parse_section(cls: type, section: str, raw: Mapping[str, str], problems: li
                 values[key] = known[key].metadata["parse"](text)
             except ValueError as exc:
                 problems.append(f"[{section}] {key} = {text!r}: {exc}")
-        elif key not in ignored:
-            hint = difflib.get_close_matches(key, known, n=1)
+        elif key in glance_known:
+            ignored.append(IgnoredOption(section, key, ignored_reason(section, key, store_type)))
+        else:
+            hint = difflib.get_close_matches(key, sorted(set(known) | glance_known), n=1)
             problems.append(f"[{section}] {key}: unknown option" + (f" (did you mean {hint[0]}?)" if hint else ""))
-    return cls(**values)
+    return cls(**values) if cls is not None else None
+
+
+def _read_files(parser: configparser.ConfigParser, path: str | os.PathLike[str]) -> list[str]:
+    """Read glance-image-import.conf beside ``path`` when it is there, then ``path``: the files read.
+
+    As in oslo.config, a later file overrides an earlier one option by option, so the main
+    file wins over the import file (Glance reads them in that order too).
+    """
+    main = Path(path)
+    files = [main.parent / IMPORT_CONFIG_NAME, main]
+    if files[0].name == main.name or not files[0].is_file():
+        files = [main]
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                parser.read_file(handle, source=str(file))
+        except OSError as exc:
+            raise ConfigError([f"cannot read {file}: {exc.strerror}"]) from exc
+        except configparser.Error as exc:
+            raise ConfigError([f"{file}: {exc}"]) from exc
+    return [str(file) for file in files]
+
+
+def _ini_value(raw: str) -> str:
+    """A value as oslo.config's ini parser reads it: stripped, and one pair of enclosing quotes removed."""
+    value = raw.strip()
+    if value and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def _apply_deprecated_names(sections: dict[str, dict[str, str]]) -> None:
+    """Move options spelled by a deprecated name to the current one, as oslo.config reads them."""
+    for (old_section, old_name), (section, name) in glance_options.DEPRECATED.items():
+        value = sections.get(old_section, {}).pop(old_name, None)
+        if value is not None:
+            sections.setdefault(section, {}).setdefault(name, value)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mapping[str, Mapping[str, str]] | None = None) -> Config:
     """Read, validate and freeze the configuration.
 
-    ``overrides`` maps section -> option -> raw string and wins over the file;
-    tests and the command line use it. Raises ``ConfigError`` naming every
-    wrong option at once.
+    ``path`` is a glance-api.conf-shaped file; a glance-image-import.conf in the same
+    directory is read first, as Glance does, and ``path`` overrides it. ``overrides`` maps
+    section -> option -> raw string and wins over the files; tests and the command line use
+    it. Every option a Glance 33 glance-api.conf may hold is accepted: the ones streamd
+    implements are honoured, the others end up in ``Config.ignored`` (and its start-up
+    ``warning``). Raises ``ConfigError`` naming every wrong option at once.
     """
     parser = configparser.ConfigParser(interpolation=None, default_section="__none__", strict=False)
     parser.optionxform = str  # option names are case-sensitive in oslo.config
     problems: list[str] = []
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as exc:
-            raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
-        except configparser.Error as exc:
-            raise ConfigError([f"{path}: {exc}"]) from exc
+    ignored: list[IgnoredOption] = []
+    sources = _read_files(parser, path) if path is not None else []
     for section, options in (overrides or {}).items():
         if not parser.has_section(section):
             parser.add_section(section)
         for key, value in options.items():
             parser.set(section, key, value)
 
-    sections: dict[str, Mapping[str, str]] = {name: dict(parser.items(name)) for name in parser.sections()}
+    sections = {name: {key: _ini_value(value) for key, value in parser.items(name)} for name in parser.sections()}
+    _apply_deprecated_names(sections)
     parsed: dict[str, Any] = {}
     for name, cls in _SECTION_CLASSES.items():
-        ignored = IGNORED_DEFAULT_OPTIONS if name == "DEFAULT" else frozenset()
         parsed[name] = _parse_section(cls, name, sections.get(name, {}), problems, ignored)
 
     default: DefaultOptions = parsed["DEFAULT"]
     stores: list[StoreConfig] = []
     for store_name, kind in default.enabled_backends:
-        cls = STORE_OPTION_CLASSES[kind]
-        stores.append(StoreConfig(store_name, kind, _parse_section(cls, store_name, sections.get(store_name, {}), problems)))
+        options = _parse_section(STORE_OPTION_CLASSES[kind], store_name, sections.get(store_name, {}), problems,
+                                 ignored, store_type=kind)
+        stores.append(StoreConfig(store_name, kind, options))
 
     store_names = {s.name for s in stores}
-    unknown = set(sections) - set(_SECTION_CLASSES) - store_names - IGNORED_SECTIONS
-    for name in sorted(unknown):
+    glance_sections = set(glance_options.SECTIONS) | set(EARLIER_GLANCE_OPTIONS)
+    for name in sorted(set(sections) - set(_SECTION_CLASSES) - store_names):
+        if name in glance_sections:
+            _parse_section(None, name, sections[name], problems, ignored)
+            continue
         hint = difflib.get_close_matches(name, list(_SECTION_CLASSES) + sorted(store_names), n=1)
         problems.append(f"[{name}]: unknown section" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
 
@@ -584,10 +850,18 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         problems.append("[image_format] container_formats: must name at least one format")
     if default.node_staging_uri and not default.node_staging_uri.startswith("file:///"):
         problems.append(f"[DEFAULT] node_staging_uri = {default.node_staging_uri!r}: must be a file:/// URI")
+    staging_store: StagingStoreOptions = parsed["os_glance_staging_store"]
+    if staging_store.filesystem_store_datadir and default.node_staging_uri:
+        ignored.append(IgnoredOption("DEFAULT", "node_staging_uri", ignored_reason("DEFAULT", "node_staging_uri")))
     problems += unknown_import_plugins(parsed["image_import_opts"].image_import_plugins)
-    for method in default.enabled_import_methods:
-        if method not in ("glance-direct", "web-download", "copy-image"):
+    methods = default.enabled_import_methods
+    for method in methods:
+        if method == "glance-download":
+            ignored.append(IgnoredOption("DEFAULT", "enabled_import_methods (glance-download)", _NO_GLANCE_DOWNLOAD))
+        elif method not in ("glance-direct", "web-download", "copy-image"):
             problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")
+    if "glance-download" in methods:
+        default = dataclasses.replace(default, enabled_import_methods=tuple(m for m in methods if m != "glance-download"))
 
     if problems:
         raise ConfigError(problems)
@@ -595,17 +869,21 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   glance_store=glance_store, image_format=fmt,
                   import_filtering_opts=parsed["import_filtering_opts"], image_import_opts=parsed["image_import_opts"],
                   image_conversion=parsed["image_conversion"],
-                  inject_metadata_properties=parsed["inject_metadata_properties"], stores=tuple(stores),
-                  source=str(path) if path is not None else None)
+                  inject_metadata_properties=parsed["inject_metadata_properties"],
+                  os_glance_staging_store=staging_store, stores=tuple(stores),
+                  source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored))
 
 
-def _render_default(value: Any) -> str:
+def _render_default(f: dataclasses.Field[Any]) -> str:
+    value = f.default
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(":".join(v) if isinstance(v, tuple) else str(v) for v in value)
+        text = ",".join(":".join(v) if isinstance(v, tuple) else str(v) for v in value)
+        # Glance refuses these lists without their brackets: write them so the file suits both.
+        return f"[{text}]" if getattr(f.metadata["parse"], "bracketed", False) else text
     return str(value)
 
 
@@ -618,6 +896,11 @@ def render_example() -> str:
         "# Every option is shown with its default, commented out. Option names are",
         "# Glance's wherever the meaning is the same.",
         "# Generated by `streamd config-example`; tests check it is up to date.",
+        "#",
+        "# A glance-api.conf written for Glance 33 loads as it is: the options streamd",
+        "# does not use are accepted and named, with the reason, in one warning at",
+        "# start-up (and by `streamd check-config`). A glance-image-import.conf in the",
+        "# same directory is read first; options in this file override it.",
     ]
 
     def section(title: str, cls: type, note: str | None = None) -> None:
@@ -628,7 +911,7 @@ def render_example() -> str:
         for f in dataclasses.fields(cls):
             lines.append("")
             lines.extend(textwrap.wrap(f.metadata["help"], 76, initial_indent="# ", subsequent_indent="# "))
-            lines.append(f"#{f.name} = {_render_default(f.default)}")
+            lines.append(f"#{f.name} = {_render_default(f)}")
 
     for title, cls in _SECTION_CLASSES.items():
         section(title, cls)

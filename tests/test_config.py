@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +137,84 @@ def test_shipped_example_documents_every_option_and_loads(tmp_path: Path) -> Non
     assert config.default.bind_port == 9292
     assert config.store("rbd").options.rbd_thin_provisioning is True
     assert config.store("rbd").options.rbd_store_pool == "images"
+
+
+# oslo.config's ListOpt (oslo_config/types.py List) on the values of glance-api.conf: what
+# Glance 33 reads, checked against oslo.config 10.7, with streamd's two leniencies (no
+# brackets needed, empty items dropped) at the end.
+QUOTED_LISTS = [
+    ("[http,https,ftp]", ("http", "https", "ftp")),
+    ("[]", ()),
+    ("[glance-direct,web-download]", ("glance-direct", "web-download")),
+    ("[ 'http' , \"https\" ]", ("http", "https")),
+    ("['a,b', c]", ("a,b", "c")),             # a quoted item may hold a comma
+    ("[http,https],", ("http", "https")),     # trailing commas go before the brackets
+    (" [ http ] ", ("http",)),
+    ("http,https", ("http", "https")),        # Glance: an error (bounds); streamd always took it
+    ("[a,,b]", ("a", "b")),                   # Glance: 'a', '', 'b'
+]
+PORT_LISTS = [("[80,443]", (80, 443)), ("[]", ()), ("[ 80 , 443 ]", (80, 443)), ("[80, 443, ]", (80, 443)),
+              ("80,443", (80, 443))]
+REFUSED = ["['http]", "[http", "http]", "[80,http]", "[0]", "[65536]"]
+
+
+@pytest.mark.parametrize("raw, expected", QUOTED_LISTS)
+def test_bracketed_lists_parse_as_oslo_config(tmp_path: Path, raw: str, expected: tuple[str, ...]) -> None:
+    config = load_config(write(tmp_path, f"[import_filtering_opts]\nallowed_schemes = {raw}\n"))
+    assert config.import_filtering_opts.allowed_schemes == expected
+
+
+@pytest.mark.parametrize("raw, expected", PORT_LISTS)
+def test_port_lists_parse_as_oslo_config(tmp_path: Path, raw: str, expected: tuple[int, ...]) -> None:
+    config = load_config(write(tmp_path, f"[import_filtering_opts]\nallowed_ports = {raw}\n"))
+    assert config.import_filtering_opts.allowed_ports == expected
+
+
+@pytest.mark.parametrize("raw", REFUSED)
+def test_malformed_lists_are_refused(tmp_path: Path, raw: str) -> None:
+    key = "allowed_ports" if any(c.isdigit() for c in raw) else "allowed_schemes"
+    with pytest.raises(ConfigError, match=rf"\[import_filtering_opts\] {key} = "):
+        load_config(write(tmp_path, f"[import_filtering_opts]\n{key} = {raw}\n"))
+
+
+def test_values_are_unquoted_as_oslo_config_reads_them(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[DEFAULT]\npublic_endpoint = "https://image.example:9292"\n'
+                                         "[noauth]\ndefault_user_id = 'u1'\n"))
+    assert config.default.public_endpoint == "https://image.example:9292"
+    assert config.noauth.default_user_id == "u1"
+
+
+def _glance_python() -> str | None:
+    for candidate in (os.environ.get("STREAMD_GLANCE_PYTHON"), ROOT / "bench" / "out" / "glance-venv" / "bin" / "python",
+                      Path("/work/main/bench/out/glance-venv/bin/python")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    return None
+
+
+@pytest.mark.skipif(_glance_python() is None, reason="no Python with oslo.config (a Glance venv) to compare with")
+def test_list_parsing_matches_the_installed_oslo_config() -> None:
+    lenient = {"http,https", "[a,,b]", "[80, 443, ]", "80,443"}
+    cases = [raw for raw, _ in QUOTED_LISTS + PORT_LISTS if raw not in lenient] + REFUSED
+    script = (
+        "import json, sys\n"
+        "from oslo_config import types\n"
+        "quoted = types.List(types.String(quotes=True), bounds=True)\n"
+        "ports = types.List(types.Integer(min=1, max=65535), bounds=True)\n"
+        "out = {}\n"
+        "for raw in json.load(sys.stdin):\n"
+        "    t = ports if any(c.isdigit() for c in raw) and 'a' not in raw else quoted\n"
+        "    try:\n"
+        "        out[raw] = t(raw)\n"
+        "    except ValueError:\n"
+        "        out[raw] = None\n"
+        "print(json.dumps(out))\n")
+    result = subprocess.run([_glance_python(), "-c", script], input=json.dumps(cases), capture_output=True,
+                            text=True, timeout=60, check=True)
+    theirs = json.loads(result.stdout)
+    ours = dict(QUOTED_LISTS + PORT_LISTS)
+    for raw in cases:
+        if raw in REFUSED:
+            assert theirs[raw] is None, raw
+        else:
+            assert tuple(theirs[raw]) == ours[raw], raw

@@ -1,6 +1,6 @@
 """Imports flow one way, from the HTTP edge inward.
 
-errors/config/context/sizes < kernels < stores/cache/catalog/formats < pipeline/imports < api/admin < daemon < cli
+errors/config/glance_options/context/sizes < kernels < stores/cache/catalog/formats < pipeline/imports < api/admin < daemon < cli
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "streamd"
 
 LAYERS = {
-    "errors": 0, "config": 0, "context": 0, "sizes": 0, "__init__": 0, "background": 0,
+    "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "__init__": 0, "background": 0,
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
     "pipeline": 3, "imports": 3, "services": 3.5,

@@ -20,6 +20,7 @@ from ..config import Config
 from ..errors import (PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist,
                       UnsupportedContent)
 from ..imports import ImportPlan
+from ..imports.web import SUPPORTED_SCHEMES as WEB_DOWNLOAD_SCHEMES
 from .image_data import _body_chunks, _declared_size
 from .images import _get_visible
 from .keys import SERVICES, context_of, request_id_of
@@ -88,8 +89,10 @@ async def import_image(request: web.Request) -> web.Response:
         if not isinstance(uri, str) or not uri:
             raise InvalidRequest("web-download needs a 'uri'")
         importer.uri_filter.check(uri)
-        if uri.split(":", 1)[0].lower() not in ("http", "https"):
-            raise InvalidRequest("web-download fetches http and https URIs only")
+        # The filter decides which schemes are allowed (Glance's allowed_schemes); these are what
+        # web-download can fetch at all.
+        if uri.split(":", 1)[0].lower() not in WEB_DOWNLOAD_SCHEMES:
+            raise InvalidRequest(f"web-download fetches {', '.join(sorted(WEB_DOWNLOAD_SCHEMES))} URIs only")
     if method == "glance-direct" and importer.staging.load(image.id) is None:
         stage_host = image.properties.get(STAGE_HOST, "")
         if stage_host.startswith(("http://", "https://")) and stage_host.rstrip("/") != _own_url(config):

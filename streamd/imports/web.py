@@ -1,4 +1,7 @@
-"""The web-download source: stream an image from an HTTP(S) URI, under the import URI filter.
+"""The web-download source: stream an image from an HTTP(S) or FTP URI, under the import URI filter.
+
+ftp:// URIs (fetched only when ``allowed_schemes`` names ftp) are handed to
+:mod:`streamd.imports.ftp`, under the same filter and limits; the rest of this module is HTTP.
 
 A URI the caller hands us is an invitation to make requests from inside our network,
 so every hop is checked, not just the first one:
@@ -38,11 +41,14 @@ from yarl import URL
 
 from ..errors import InvalidRequest, DisallowedAddress, ImportSourceError
 from .filtering import UriFilter
+from .ftp import FtpDownload, open_ftp_source
 
-__all__ = ["WebDownload", "open_web_source"]
+__all__ = ["WebDownload", "WebSource", "open_web_source"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-SUPPORTED_SCHEMES = frozenset({"http", "https"})
+HTTP_SCHEMES = frozenset({"http", "https"})
+# What web-download can fetch at all; which of them it may is allowed_schemes' business.
+SUPPORTED_SCHEMES = HTTP_SCHEMES | {"ftp"}
 # Larger reads mean fewer trips through Python per gigabyte; aiohttp pauses the socket
 # at about twice this much buffered, which bounds the memory of one download.
 READ_BUFFER_BYTES = 1 << 20
@@ -82,8 +88,8 @@ class FilteringResolver(AbstractResolver):
         await self._system.close()
 
 
-def _checked_url(uri: str, uri_filter: UriFilter) -> URL:
-    """``uri`` as the URL to request, once the filter and this downloader accept it."""
+def _checked_url(uri: str, uri_filter: UriFilter, schemes: frozenset[str] = SUPPORTED_SCHEMES) -> URL:
+    """``uri`` as the URL to request, once the filter and this downloader (for ``schemes``) accept it."""
     uri_filter.check(uri)
     try:
         url = URL(uri).with_fragment(None)
@@ -92,8 +98,9 @@ def _checked_url(uri: str, uri_filter: UriFilter) -> URL:
     # The filter parsed the text with urllib, the request uses yarl's reading of it; check
     # yarl's serialization too, so a URI the two parsers read differently cannot slip by.
     uri_filter.check(str(url))
-    if url.scheme not in SUPPORTED_SCHEMES:
-        raise InvalidRequest(f"scheme {url.scheme!r} is not supported by web-download (http and https are)")
+    if url.scheme not in schemes:
+        raise InvalidRequest(f"scheme {url.scheme!r} is not supported by web-download here "
+                             f"({', '.join(sorted(schemes))} are)")
     raw_host = url.raw_host or ""
     # aiohttp connects without asking the resolver when the host merely looks like an IP
     # address (any colon, or digits and dots), so apply the address rule to exactly those.
@@ -159,17 +166,21 @@ class WebDownload:
         await self.close()
 
 
+# What open_web_source gives: the body of an HTTP response or of an FTP transfer, alike to its reader.
+WebSource = WebDownload | FtpDownload
+
+
 class WebSourceOpener:
     """What ``open_web_source`` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, opening: Coroutine[Any, Any, WebDownload]) -> None:
+    def __init__(self, opening: Coroutine[Any, Any, WebSource]) -> None:
         self._opening = opening
-        self._download: WebDownload | None = None
+        self._download: WebSource | None = None
 
-    def __await__(self) -> Generator[Any, None, WebDownload]:
+    def __await__(self) -> Generator[Any, None, WebSource]:
         return self._opening.__await__()
 
-    async def __aenter__(self) -> WebDownload:
+    async def __aenter__(self) -> WebSource:
         self._download = await self._opening
         return self._download
 
@@ -183,7 +194,8 @@ def open_web_source(uri: str, uri_filter: UriFilter, *, stall_timeout: float, ma
                     connect_timeout: float = 30.0) -> WebSourceOpener:
     """Request ``uri``, following at most ``max_redirects`` redirects, each one filtered.
 
-    Returns the open 2xx response as a ``WebDownload``. Raises ``InvalidRequest`` (or its
+    Returns the open 2xx response as a ``WebDownload``, or for an ftp:// URI the started
+    transfer as an ``FtpDownload`` (no redirects there). Raises ``InvalidRequest`` (or its
     ``DisallowedAddress``) when the URI or a redirect target is refused, and
     ``ImportSourceError`` when the source fails, answers other than 2xx, redirects too
     often, or stalls for ``stall_timeout`` seconds.
@@ -193,8 +205,10 @@ def open_web_source(uri: str, uri_filter: UriFilter, *, stall_timeout: float, ma
 
 
 async def _open(uri: str, uri_filter: UriFilter, *, stall_timeout: float, max_redirects: int,
-                connect_timeout: float) -> WebDownload:
+                connect_timeout: float) -> WebSource:
     url = _checked_url(uri, uri_filter)
+    if url.scheme == "ftp":
+        return await open_ftp_source(url, uri_filter, stall_timeout=stall_timeout, connect_timeout=connect_timeout)
     session = aiohttp.ClientSession(
         # No DNS cache: every connection resolves, and so checks, its addresses afresh.
         connector=aiohttp.TCPConnector(resolver=FilteringResolver(uri_filter), use_dns_cache=False),
@@ -242,7 +256,8 @@ def _redirect_target(current: URL, location: str, uri_filter: UriFilter) -> URL:
     except (ValueError, TypeError) as exc:
         raise ImportSourceError(f"{current} redirected to a malformed Location {location!r}") from exc
     try:
-        return _checked_url(str(target), uri_filter)
+        # An HTTP redirect stays on HTTP: aiohttp would not fetch another scheme anyway.
+        return _checked_url(str(target), uri_filter, HTTP_SCHEMES)
     except InvalidRequest as exc:
         # Same class, so a refused address stays a DisallowedAddress; the message says which hop.
         raise type(exc)(f"redirect from {current} to {target} refused: {exc.message}") from exc
