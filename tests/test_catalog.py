@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import MEMBER_A, both_databases, start_daemon, stop_daemon
+from streamd.status import status_of
 from streamd.catalog import Catalog
 from streamd.errors import InvalidStatusTransition, DoesNotExist
 
@@ -24,7 +25,7 @@ async def test_status_race_has_exactly_one_winner(database_url: str) -> None:
             winners = [r for r in results if not isinstance(r, BaseException)]
             losers = [r for r in results if isinstance(r, InvalidStatusTransition)]
             assert len(winners) == 1 and len(losers) == 7, results
-            assert losers[0].status == 409
+            assert status_of(losers[0]) == 409
             await catalog.transition(image.id, "saving", "queued")
         # Conflicting targets from the same state: still one winner.
         results = await asyncio.gather(catalog.transition(image.id, "queued", "saving"),
