@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,11 @@ async def test_cache_nodes_lists_the_nodes_caching_an_image(tmp_path: Path) -> N
                                   headers={"Content-Type": "application/octet-stream"})).status == 204
         assert (await client.call("GET", f"/v2/cache/nodes/{image['id']}", as_=ADMIN)).json == []
         assert (await client.call("GET", f"/v2/images/{image['id']}/file", as_=ADMIN)).status == 200
-        nodes = await client.call("GET", f"/v2/cache/nodes/{image['id']}", as_=ADMIN)
+        for _ in range(200):  # the fill commits just after the body went out
+            nodes = await client.call("GET", f"/v2/cache/nodes/{image['id']}", as_=ADMIN)
+            if nodes.json:
+                break
+            await asyncio.sleep(0.025)
         assert nodes.status == 200 and nodes.json == ["http://node-a:9292"]
         assert (await client.call("GET", f"/v2/cache/nodes/{image['id']}", as_=MEMBER_A)).status == 403
         gone = await client.call("GET", "/v2/cache/nodes/00000000-0000-0000-0000-000000000000", as_=ADMIN)

@@ -653,7 +653,12 @@ async def test_a_cached_file_whose_size_changed_is_evicted_at_the_next_get(api: 
     image_id = await api.image(data)
     await api.get_settled(image_id)
     path = api.cache_dir / image_id
-    for damage in (lambda: path.open("ab").write(b"extra"), lambda: os.truncate(path, MiB)):
+
+    def grow() -> None:
+        with path.open("ab") as cached:
+            cached.write(b"extra")
+
+    for damage in (grow, lambda: os.truncate(path, MiB)):
         damage()
         reads = api.store_reads()
         reply = await api.get(image_id)

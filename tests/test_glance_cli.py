@@ -31,6 +31,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,9 +42,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import MEMBER_B, PROJECT_B, PROJECT_C, ROOT, Daemon, start_daemon, stop_daemon
+from conftest import MEMBER_B, PROJECT_B, PROJECT_C, Daemon, start_daemon, stop_daemon
 
-GLANCE = ROOT / ".venv" / "bin" / "glance"
+GLANCE = Path(sys.executable).with_name("glance")  # the venv running the tests has python-glanceclient
 DEFAULT_PROJECT = "0" * 31 + "1"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,12 +26,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import MEMBER_B, ROOT, Daemon, start_daemon, stop_daemon
+from conftest import MEMBER_B, Daemon, start_daemon, stop_daemon
 from test_glance_cli import show_table, table_rows
 from test_import_crash import DATA as SOURCE_DATA
 from test_import_crash import Source
 
-GLANCE = ROOT / ".venv" / "bin" / "glance"
+GLANCE = Path(sys.executable).with_name("glance")  # the venv running the tests has python-glanceclient
 MIB = 1 << 20
 
 
