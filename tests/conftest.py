@@ -5,6 +5,10 @@ on PostgreSQL (the throwaway server ``scripts/test.sh`` starts and names in
 ``STREAMD_TEST_PG_URL``; without it the PostgreSQL cases fail, they never skip).
 ``daemon`` runs ``python -m streamd serve`` as a separate process, for tests
 that drive it with the real ``glance`` CLI or send it signals.
+
+Hypothesis runs the property tests under the profile named by
+``HYPOTHESIS_PROFILE``: ``bounded`` (the default: few examples, so the whole
+suite stays fast) or ``long`` (many more, for a hunt).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +33,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from streamd.api import create_app
 from streamd.config import Config, load_config
@@ -35,6 +42,15 @@ from streamd.services import open_services
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+# Hypothesis' own files go to the temp dir, never into the checkout; no example database either.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "streamd-hypothesis"))
+# The property tests against a live server share one server across their examples
+# (function_scoped_fixture) and time themselves by example count, not by a deadline.
+settings.register_profile("bounded", max_examples=30, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", settings.get_profile("bounded"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
 
 # Identities used across the tests: two projects, each with a member user, and an admin.
 PROJECT_A = "a" * 32

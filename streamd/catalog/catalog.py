@@ -36,6 +36,7 @@ from .policy import can_see
 from .query import ImageQuery
 from .records import CORE_ATTRIBUTES, ImageRecord, Location, MemberRecord, TaskRecord, utcnow
 from .status import NEEDS_FORMATS, check_transition
+from .values import check_row
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ class Catalog:
             "owner": values.get("owner"),
             "created_at": now, "updated_at": now, "deleted": False, "deleted_at": None,
         }
+        tag_list = list(dict.fromkeys(tags))
+        check_row(m.images, row)
+        _check_properties(properties)
+        _check_tags(tag_list)
         async with self._write() as conn:
             exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == row["id"]))
             if exists is not None:
@@ -165,7 +170,6 @@ class Catalog:
             if properties:
                 await conn.execute(m.image_properties.insert(), [
                     {"image_id": row["id"], "name": k, "value": v} for k, v in properties.items()])
-            tag_list = list(dict.fromkeys(tags))
             if tag_list:
                 await conn.execute(m.image_tags.insert(), [
                     {"image_id": row["id"], "value": t, "created_at": now} for t in tag_list])
@@ -220,6 +224,11 @@ class Catalog:
                            expected_status: str | None = None) -> ImageRecord:
         """Apply a whole set of changes in one transaction (Glance's single ``save``)."""
         changes = dict(changes or {})
+        check_row(m.images, changes)
+        _check_properties(set_properties or {})
+        if tags is not None:
+            tags = list(tags)
+            _check_tags(tags)
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if expected_status is not None and image.status != expected_status:
@@ -388,6 +397,7 @@ class Catalog:
         The lock is Glance's ``os_glance_import_task`` property. A lock whose task stopped
         beating for ``lock_timeout`` seconds (its node died) is broken; a live one is a 409.
         """
+        check_row(m.tasks, {"owner": owner, "user_id": user_id, "request_id": request_id})
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if image.status != from_status:
@@ -701,6 +711,7 @@ class Catalog:
     # -- tags ------------------------------------------------------------------------------
 
     async def add_tag(self, image_id: str, tag: str, *, quota: int = -1) -> None:
+        _check_tags([tag])
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             now = utcnow()
@@ -737,6 +748,7 @@ class Catalog:
         return members[0]
 
     async def add_member(self, image_id: str, member: str, *, quota: int = -1) -> MemberRecord:
+        check_row(m.image_members, {"member": member}, "Member id")
         async with self._write() as conn:
             await self._load(conn, image_id, for_update=True)
             count = await conn.scalar(sa.select(sa.func.count()).select_from(m.image_members).where(
@@ -841,6 +853,17 @@ def _after_marker(sort: list[tuple[str, str]], marker: Mapping[Any, Any]) -> sa.
 def _marker_value(marker: Mapping[str, Any], key: str) -> Any:
     value = marker[key]
     return _NULL_STANDIN.get(key) if value is None else value
+
+
+def _check_properties(properties: Mapping[str, str]) -> None:
+    for name, value in properties.items():
+        check_row(m.image_properties, {"name": name}, "A property name")
+        check_row(m.image_properties, {"value": value}, f"Property '{name}'")
+
+
+def _check_tags(tags: Iterable[str]) -> None:
+    for tag in tags:
+        check_row(m.image_tags, {"value": tag}, "A tag")
 
 
 async def _write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
