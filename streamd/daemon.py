@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import __version__, kernels
 from .api import create_app
+from .api.client_faults import install_log_filter
 from .admin import AdminServer
 from .admin.server import claim
 from .config import Config
@@ -38,6 +39,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 async def _serve(services: Services, ready: asyncio.Event | None) -> None:
     config = services.config
     app = create_app(services)
+    install_log_filter()  # aiohttp's records of clients' faults: one INFO line, no traceback
     runner = web.AppRunner(
         app,
         # Uploads get the graceful period below; aiohttp's own wait is for the other requests.

@@ -8,6 +8,10 @@ that drive it with the real ``glance`` CLI or send it signals.
 
 Every async test runs twice, on asyncio's own loop and on uvloop (which the
 daemon runs in production); the loop is in the test id, ``test_x[uvloop]``.
+
+Hypothesis runs the property tests under the profile named by
+``HYPOTHESIS_PROFILE``: ``bounded`` (the default: few examples, so the whole
+suite stays fast) or ``long`` (many more, for a hunt).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +38,8 @@ import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from streamd.api import create_app
 from streamd.config import Config, load_config
@@ -40,6 +47,15 @@ from streamd.services import open_services
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+# Hypothesis' own files go to the temp dir, never into the checkout; no example database either.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "streamd-hypothesis"))
+# The property tests against a live server share one server across their examples
+# (function_scoped_fixture) and time themselves by example count, not by a deadline.
+settings.register_profile("bounded", max_examples=30, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", settings.get_profile("bounded"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
 
 # Identities used across the tests: two projects, each with a member user, and an admin.
 PROJECT_A = "a" * 32

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from conftest import MEMBER_A, both_databases, start_daemon, stop_daemon
 from streamd.status import status_of
 from streamd.catalog import Catalog
-from streamd.errors import InvalidStatusTransition, DoesNotExist
+from streamd.errors import InvalidRequest, InvalidStatusTransition, DoesNotExist
 
 
 @both_databases
@@ -35,6 +35,37 @@ async def test_status_race_has_exactly_one_winner(database_url: str) -> None:
     finally:
         await catalog.close()
 
+
+
+@both_databases
+async def test_values_no_column_can_hold_are_refused_before_anything_is_written(database_url: str) -> None:
+    """The floor under the HTTP edge: INTEGER is 32-bit on PostgreSQL, text must be UTF-8 without NUL."""
+    catalog = await Catalog.open(database_url)
+    try:
+        image = await catalog.create_image({"name": "kept", "min_ram": 2**31 - 1}, {"p": "v"}, ["t"])
+        refusals = [
+            catalog.create_image({"min_ram": 2**31}, {}, []),
+            catalog.create_image({"min_disk": -(2**31) - 1}, {}, []),
+            catalog.create_image({"name": "a\x00b"}, {}, []),
+            catalog.create_image({"name": "ok"}, {"p": "\ud800"}, []),
+            catalog.create_image({"name": "ok"}, {"\udcff": "v"}, []),
+            catalog.create_image({"name": "ok"}, {}, ["fine", "\x00"]),
+            catalog.update_image(image.id, changes={"min_ram": 2**63}),
+            catalog.update_image(image.id, changes={"name": "new"}, set_properties={"p": "\udfff"}),
+            catalog.update_image(image.id, changes={"name": "new"}, tags=["a", "\ud800"]),
+            catalog.add_tag(image.id, "\ud800"),
+            catalog.add_member(image.id, "m\x00"),
+        ]
+        for refusal in refusals:
+            with pytest.raises(InvalidRequest):
+                await refusal
+        after = await catalog.get_image(image.id)
+        assert after == image
+        assert await catalog.list_members(image.id) == []
+        async with catalog.engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM images")) == 1
+    finally:
+        await catalog.close()
 
 @both_databases
 async def test_transition_rules(database_url: str) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from ..services import Services
 from . import cache as cache_routes
 from . import image_data, images, imports, members, peer, schemas, tags, versions
+from .inputs import inputs_middleware
 from .keys import SERVICES, request_id_of
 from .middleware import errors_middleware, identity_middleware, version_middleware
 
@@ -21,7 +22,8 @@ V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
 
 def create_app(services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, version_middleware, identity_middleware],
+        # inputs_middleware checks the request target (path, query string) of every request.
+        middlewares=[errors_middleware, inputs_middleware, version_middleware, identity_middleware],
         client_max_size=1 << 20,  # JSON bodies; image data is streamed, not read whole
         handler_args={"max_field_size": 65536},
     )

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import AsyncIterator
 
 from aiohttp import web
 
 from ..catalog import ImageRecord, policy
-from ..errors import InvalidRequest, NotPermitted, UnsupportedContent
+from ..errors import InvalidRequest, NotPermitted
 from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible
+from .inputs import require_content_type, size_header, text_header
 from .keys import SERVICES, context_of
-
-log = logging.getLogger(__name__)
 
 # Below this, the copy thread's hop costs more than it saves.
 THREAD_COPY_MIN = 1 << 20
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_CONTENT_RANGE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")
+# A byte position past any image: what a longer number in a Range header means (int() would
+# parse thousands of digits slowly, or refuse them).
+_BEYOND_ANY_IMAGE = 1 << 63
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
@@ -39,14 +40,8 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 
 
 def _declared_size(request: web.Request) -> int | None:
-    header = request.headers.get("x-openstack-image-size")
-    if header is not None:
-        try:
-            size = int(header)
-        except ValueError:
-            raise InvalidRequest(f"x-openstack-image-size must be an integer, not {header!r}") from None
-        if size < 0:
-            raise InvalidRequest("x-openstack-image-size must not be negative")
+    size = size_header(request, "x-openstack-image-size")
+    if size is not None:
         if request.content_length is not None and request.content_length != size:
             raise InvalidRequest("x-openstack-image-size does not match Content-Length")
         return size
@@ -58,10 +53,8 @@ async def upload(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "upload_image")
-    if request.content_type != "application/octet-stream":
-        raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
-                                   "image data must be application/octet-stream")
-    store = request.app[SERVICES].stores.get(request.headers.get("X-Image-Meta-Store"))
+    require_content_type(request, "application/octet-stream", "image data")
+    store = request.app[SERVICES].stores.get(text_header(request, "X-Image-Meta-Store"))
     async with request.app[SERVICES].uploads.track():
         await upload_image(
             request.app[SERVICES].catalog, store, image.id, _body_chunks(request), declared_size=_declared_size(request),
@@ -80,7 +73,7 @@ def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
         match = _CONTENT_RANGE.match(legacy.strip())
         if not match:
             raise _unsatisfiable("Invalid Content-Range header.", size)
-        first, last = int(match.group(1)), int(match.group(2))
+        first, last = _position(match.group(1)), _position(match.group(2))
     else:
         if "," in header:
             raise InvalidRequest("Multiple ranges are not supported")
@@ -88,18 +81,24 @@ def parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
         if not match or (not match.group(1) and not match.group(2)):
             raise _unsatisfiable("Invalid Range header.", size)
         if not match.group(1):
-            suffix = int(match.group(2))
+            suffix = _position(match.group(2))
             if suffix == 0 or size == 0:
-                raise _unsatisfiable(f"Range {header} is empty", size)
+                raise _unsatisfiable("Invalid Range header.", size)
             return max(0, size - suffix), size - 1
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) else size - 1
+        first = _position(match.group(1))
+        last = _position(match.group(2)) if match.group(2) else size - 1
     if first >= size:
         raise _unsatisfiable("Invalid start position in Range header. Start position MUST be in the inclusive "
                              f"range [0, {size - 1}].", size)
     if last < first:
         raise _unsatisfiable("Invalid Range header.", size)
     return first, min(last, size - 1)
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range header; any number past 2**63 means the same: beyond the image."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _BEYOND_ANY_IMAGE
 
 
 def _unsatisfiable(detail: str, size: int) -> ProtocolError:
@@ -159,9 +158,10 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
                 await copy_file_to_socket(sock.fileno(), file_fd, first, length,
                                       idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
             except (OSError, EOFError) as exc:
-                log.info("download of image %s ended early: %s", image.id, exc)
-                request.transport.abort()
-                raise ConnectionResetError(f"download of image {image.id} ended early") from exc
+                if request.transport is not None:  # None once aiohttp saw the connection go
+                    request.transport.abort()
+                # The errors middleware logs it (one INFO line with the request id): the client is gone.
+                raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
             await response.write_eof()
             return response
     async for data in source.chunks(first, length):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import urllib.parse
 from typing import Any
@@ -14,8 +13,10 @@ from aiohttp import web
 from ..catalog import policy
 from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
+from ..catalog.values import INTEGER_MAX, short_number
 from ..errors import InvalidRequest, StateConflict as Conflict, NotPermitted, DoesNotExist, QuotaExceeded
 from .errors import ProtocolError
+from .inputs import json_body
 from .keys import SERVICES, context_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
@@ -54,16 +55,11 @@ def _check_property(name: str, value: Any) -> None:
 
 
 def _check_base_value(name: str, value: Any) -> None:
-    if name in ("min_disk", "min_ram") and isinstance(value, int) and value < 0:
-        raise InvalidRequest(f"{name} must be >= 0")
-
-
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"Malformed JSON in request body: {exc}") from None
+    if name in ("min_disk", "min_ram") and isinstance(value, int):
+        if value < 0:
+            raise InvalidRequest(f"{name} must be >= 0")
+        if value > INTEGER_MAX:  # the column is a 32-bit INTEGER
+            raise InvalidRequest(f"{name} must be <= {INTEGER_MAX}, not {short_number(value)}")
 
 
 def _image_url(request: web.Request, image_id: str) -> str:
@@ -86,7 +82,7 @@ async def create_image(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
     ctx = context_of(request)
     policy.require_writer(ctx, "add_image")
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("Image body must be a JSON object")
     for key in body:
@@ -242,7 +238,7 @@ async def update_image(request: web.Request) -> web.Response:
         raise ProtocolError(415, f"Image PATCH expects Content-Type one of: {', '.join(sorted(PATCH_MEDIA_TYPES))}",
                             headers={"Accept-Patch": ", ".join(sorted(PATCH_MEDIA_TYPES))})
     # Glance's deserializer parses and checks every change before the image is looked up.
-    changes = _parse_changes(await _json_body(request), media_type, config)
+    changes = _parse_changes(await json_body(request), media_type, config)
     image = await _get_visible(request, request.match_info["image_id"])
     if not changes:
         # Glance checks policies per change and saves only if there was one: nothing to refuse.

@@ -7,7 +7,6 @@ Glance's answers where clients can see them (``glance/api/v2/images.py``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
@@ -17,12 +16,12 @@ from ..catalog import TaskRecord, policy
 from ..catalog.catalog import STAGE_HOST
 from ..catalog.records import isotime
 from ..config import Config
-from ..errors import (PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist,
-                      UnsupportedContent)
+from ..errors import PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist
 from ..imports import ImportPlan
 from ..imports.web import SUPPORTED_SCHEMES as WEB_DOWNLOAD_SCHEMES
 from .image_data import _body_chunks, _declared_size
 from .images import _get_visible
+from .inputs import json_body, require_content_type, text_header
 from .keys import SERVICES, context_of, request_id_of
 
 # -- PUT /stage ---------------------------------------------------------------------------------
@@ -35,9 +34,7 @@ async def stage(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     policy.require_modify(ctx, image, "upload_image")
-    if request.content_type != "application/octet-stream":
-        raise UnsupportedContent(f"Unsupported Content-Type {request.content_type}: "
-                                   "image data must be application/octet-stream")
+    require_content_type(request, "application/octet-stream", "image data")
     services = request.app[SERVICES]
     async with services.uploads.track():
         await services.importer.stage(image, _body_chunks(request), declared_size=_declared_size(request))
@@ -51,10 +48,7 @@ async def import_image(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("Malformed JSON in request body") from None
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
         raise InvalidRequest("Import request requires a 'method' object")
     method = body["method"].get("name")
@@ -135,7 +129,7 @@ async def _proxy_to_stage_host(request: web.Request, stage_host: str, body: dict
 def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[str, ...]) -> list[str]:
     """Glance's rules: the header, ``stores`` or ``all_stores`` (never two of them), else the default."""
     registry = request.app[SERVICES].stores
-    header = request.headers.get("X-Image-Meta-Store")
+    header = text_header(request, "X-Image-Meta-Store")
     stores = body.get("stores")
     all_stores = body.get("all_stores", False)
     if not isinstance(all_stores, bool):

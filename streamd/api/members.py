@@ -8,7 +8,8 @@ from ..catalog import policy
 from ..catalog.records import MEMBER_STATUSES, ImageRecord, MemberRecord
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
-from .images import _get_visible, _json_body
+from .images import _get_visible
+from .inputs import json_body
 from .keys import SERVICES, context_of
 from .views import member_view
 
@@ -46,7 +47,7 @@ async def list_members(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     # Glance's order: the body (400), the image (404), shared (403), the policy (403), quota, duplicate.
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not body["member"].strip():
         raise InvalidRequest("Member to be added not specified")
     if len(body["member"]) > 255:
@@ -72,7 +73,7 @@ async def update_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     # Glance's order: the body (400), the image (404), shared (403), the membership (404),
     # modify_member (403), and only then whether the status is a valid one (400).
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or "status" not in body:
         raise InvalidRequest("Status not specified")
     status = body["status"]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..context import RequestContext
 from ..errors import StreamdError
 from ..status import reason_of, status_of
+from .client_faults import client_is_gone, client_went_away, describe
 from .errors import render_error
-from .keys import CONTEXT, SERVICES
+from .inputs import text_header
+from .keys import CONTEXT, SERVICES, request_id_of
 from .versions import VERSION_MEDIA_TYPE, allowed_url_versions, multiple_choices
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,8 @@ _VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
 def error_response(request: web.Request, status: int, message: str,
                    headers: dict[str, str] | None = None, detail: str = "") -> web.Response:
     """An error in Glance's shape (HTML, flat JSON or plain text by the request's Accept)."""
+    # A message may quote what the client sent: whatever that held, the answer must encode.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     content_type, body = render_error(status, message, request.headers.get("Accept"), detail,
                                       request.headers.get("Content-Type"))
     response = web.Response(status=status, reason=reason_of(status), text=body, headers=headers)
@@ -59,6 +65,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
         return error_response(request, exc.status, message or _DEFAULT_EXPLANATIONS.get(exc.status, exc.reason),
                               headers)
+    except (ConnectionError, HttpProcessingError) as exc:
+        if client_is_gone(request):
+            return client_went_away(request, exc)
+        if isinstance(exc, HttpProcessingError):  # the body broke HTTP's framing (chunk sizes, length)
+            log.info("%s %s (%s): malformed request body: %s", request.method, request.path,
+                     request_id_of(request), describe(exc))
+            return error_response(request, 400, f"Malformed request body: {describe(exc)}")
+        raise  # a connection of ours failed: our fault, logged with its traceback
+    except asyncio.CancelledError:
+        log.info("%s %s (%s): cancelled", request.method, request.path, request_id_of(request))
+        raise
 
 
 @web.middleware
@@ -73,10 +90,10 @@ def identify(request: web.Request) -> RequestContext:
     This is the one place a token validator (Keystone) will slot in: it will set
     the same three values from the validated token instead of from the headers.
     """
-    headers = request.headers
-    project = headers.get("X-Project-Id") or headers.get("X-Tenant-Id")
-    user = headers.get("X-User-Id")
-    roles_header = headers.get("X-Roles")
+    # Each becomes a name the catalogue stores or compares: checked text (inputs.py).
+    project = text_header(request, "X-Project-Id") or text_header(request, "X-Tenant-Id")
+    user = text_header(request, "X-User-Id")
+    roles_header = text_header(request, "X-Roles")
     if project is None and user is None and roles_header is None:
         default = request.app[SERVICES].config.noauth
         return RequestContext(default.default_project_id, default.default_user_id, frozenset(default.default_roles))

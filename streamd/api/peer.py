@@ -21,7 +21,8 @@ from .keys import SERVICES
 async def serve_cached(request: web.Request) -> web.StreamResponse:
     token = request.app[SERVICES].config.default.peer_token
     offered = request.headers.get(PEER_TOKEN_HEADER, "")
-    if not token or not hmac.compare_digest(offered.encode(), token.encode()):
+    # surrogateescape: aiohttp keeps undecodable header bytes as lone surrogates.
+    if not token or not hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), token.encode()):
         raise NotPermitted("peer requests need the shared peer token")
     image_id = request.match_info["image_id"]
     if not is_uuid_like(image_id):

@@ -20,6 +20,7 @@ from .members import membership
 from .policy import can_see
 from .records import ImageRecord, Location, utcnow
 from .status import NEEDS_FORMATS, check_transition
+from .values import check_properties, check_row, check_tags
 
 
 class ImagesMixin(CatalogBase):
@@ -42,6 +43,10 @@ class ImagesMixin(CatalogBase):
             "owner": values.get("owner"),
             "created_at": now, "updated_at": now, "deleted": False, "deleted_at": None,
         }
+        tag_list = list(dict.fromkeys(tags))
+        check_row(m.images, row)
+        check_properties(properties)
+        check_tags(tag_list)
         async with self._write() as conn:
             exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == row["id"]))
             if exists is not None:
@@ -50,7 +55,6 @@ class ImagesMixin(CatalogBase):
             if properties:
                 await conn.execute(m.image_properties.insert(), [
                     {"image_id": row["id"], "name": k, "value": v} for k, v in properties.items()])
-            tag_list = list(dict.fromkeys(tags))
             if tag_list:
                 await conn.execute(m.image_tags.insert(), [
                     {"image_id": row["id"], "value": t, "created_at": now} for t in tag_list])
@@ -77,6 +81,11 @@ class ImagesMixin(CatalogBase):
                            expected_status: str | None = None) -> ImageRecord:
         """Apply a whole set of changes in one transaction (Glance's single ``save``)."""
         changes = dict(changes or {})
+        check_row(m.images, changes)
+        check_properties(set_properties or {})
+        if tags is not None:
+            tags = list(tags)
+            check_tags(tags)
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if expected_status is not None and image.status != expected_status:

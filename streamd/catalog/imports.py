@@ -24,6 +24,7 @@ from . import models as m
 from .base import CatalogBase, insert_location, write_properties
 from .records import ImageRecord, TaskRecord, utcnow
 from .status import check_transition
+from .values import check_row
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ImportsMixin(CatalogBase):
         The lock is Glance's ``os_glance_import_task`` property. A lock whose task stopped
         beating for ``lock_timeout`` seconds (its node died) is broken; a live one is a 409.
         """
+        check_row(m.tasks, {"owner": owner, "user_id": user_id, "request_id": request_id})
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if image.status != from_status:

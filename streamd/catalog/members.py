@@ -15,6 +15,7 @@ from ..errors import DoesNotExist, Duplicate, QuotaExceeded
 from . import models as m
 from .base import CatalogBase
 from .records import MemberRecord, utcnow
+from .values import check_row
 
 
 class MembersMixin(CatalogBase):
@@ -33,6 +34,7 @@ class MembersMixin(CatalogBase):
         return members[0]
 
     async def add_member(self, image_id: str, member: str, *, quota: int = -1) -> MemberRecord:
+        check_row(m.image_members, {"member": member}, "Member id")
         async with self._write() as conn:
             await self._load(conn, image_id, for_update=True)
             count = await conn.scalar(sa.select(sa.func.count()).select_from(m.image_members).where(

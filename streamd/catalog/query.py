@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
+from . import models
+from .values import integer_bounds, short_number
 
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
 SORT_DIRS = ("asc", "desc")
@@ -315,6 +317,7 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
             if column not in RANGE_FIELDS:
                 raise InvalidRequest(f"Unable to filter on a range of '{column}': "
                                  f"ranges apply to {', '.join(RANGE_FIELDS)}.")
+            _check_column_range(key, column, number)
             query.conditions.append((column, "gte" if key.endswith("_min") else "lte", number))
         elif key in TIME_FIELDS:
             op, text = split_filter_op(value)
@@ -338,16 +341,27 @@ def parse_list_params(params: list[tuple[str, str]], *, limit_default: int, limi
         elif key in EQUALITY_COLUMNS:
             if key in RANGE_FIELDS:
                 try:
-                    query.conditions.append((key, "eq", int(value)))
+                    number = int(value)
                 except ValueError:
                     # No integer equals it: Glance (on SQLite and MySQL) lists nothing.
                     query.conditions.append((key, "in", []))
+                else:
+                    _check_column_range(key, key, number)
+                    query.conditions.append((key, "eq", number))
             else:
                 query.conditions.append((key, "eq", value))
         else:
             # Glance treats any other key as an equality filter on an extra property.
             query.properties.append((key, value))
     return query
+
+
+def _check_column_range(key: str, column: str, number: int) -> None:
+    """A filter value the column's type cannot hold is refused: the database would fail on it."""
+    low, high = integer_bounds(models.images.c[column])
+    if not low <= number <= high:
+        raise InvalidRequest(f"Unable to filter on '{key}': {short_number(number)} is out of range "
+                             f"(from {low} to {high}).")
 
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")

@@ -9,10 +9,12 @@ from ..errors import DoesNotExist, QuotaExceeded
 from . import models as m
 from .base import CatalogBase
 from .records import utcnow
+from .values import check_tags
 
 
 class TagsMixin(CatalogBase):
     async def add_tag(self, image_id: str, tag: str, *, quota: int = -1) -> None:
+        check_tags([tag])
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             now = utcnow()
