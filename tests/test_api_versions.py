@@ -22,7 +22,8 @@ VERSION_ROUTES: dict[str, list[tuple[str, str]]] = {
     "2.17": [("POST", "/v2/images/{image_id}/locations"), ("GET", "/v2/images/{image_id}/locations")],
     "2.18": [("POST", "/v2/cache/clean"), ("POST", "/v2/cache/prune"), ("GET", "/v2/cache/nodes/{image_id}")],
 }
-# Listed (as Glance 33 lists it) but not served yet: the locations API belongs to the locations issue.
+# Glance 33 lists 2.17 (the locations API, which belongs to the locations issue); streamd lists
+# only what it serves, so 2.17 is left out until its routes exist.
 NOT_YET_SERVED = {"2.17"}
 
 
@@ -57,10 +58,13 @@ async def test_every_listed_version_has_its_routes(tmp_path: Path, cache: bool) 
         routes |= {(m, "/v2" + p) for m, p in routes}  # the unprefixed twins (media-type versioning)
         listed = {v for v, _ in listed_versions(config)}
         missing = {v for v in listed for route in VERSION_ROUTES.get(v, ()) if route not in routes}
-        assert missing == NOT_YET_SERVED & listed
+        assert missing == set()
+        assert not NOT_YET_SERVED & listed
+        # When the routes of a left-out version exist, it must be listed (and NOT_YET_SERVED emptied).
+        assert all(any(r not in routes for r in VERSION_ROUTES[v]) for v in NOT_YET_SERVED)
         versions = (await client.call("GET", "/versions")).json["versions"]
         assert {v["id"] for v in versions} == {f"v{v}" for v in listed}
-        assert [v["id"] for v in versions if v["status"] == "CURRENT"] == (["v2.18"] if cache else ["v2.17"])
+        assert [v["id"] for v in versions if v["status"] == "CURRENT"] == (["v2.18"] if cache else ["v2.15"])
     finally:
         await session.close()
         await server.close()

@@ -584,6 +584,8 @@ def _cache_routes(server: TestServer, image_id: str) -> list[tuple[str, str]]:
         if getattr(handler, "__module__", None) != cache_module.__name__:
             continue
         template = route.resource.canonical  # type: ignore[union-attr]
+        if not template.startswith("/{version}"):
+            continue  # the unprefixed twin of a route, for media-type versioning
         path = template.replace("{version}", "v2").replace("{image_id}", image_id)
         routes.append((route.method, path))
     return sorted(routes)
@@ -595,6 +597,7 @@ EXPECTED_ROUTES = {
     ("DELETE", "/v2/cached_images"), ("DELETE", "/v2/cached_images/{id}"), ("GET", "/v2/queued_images"),
     ("DELETE", "/v2/queued_images"), ("PUT", "/v2/queued_images/{id}"), ("DELETE", "/v2/queued_images/{id}"),
     ("HEAD", "/v2/cache"), ("HEAD", "/v2/cached_images"), ("HEAD", "/v2/queued_images"),
+    ("GET", "/v2/cache/nodes/{id}"), ("HEAD", "/v2/cache/nodes/{id}"),
 }
 
 
@@ -619,17 +622,19 @@ async def test_versions_list_2_18_when_the_cache_is_on(api: Api) -> None:
     reply = await api.call("GET", "/versions")
     current = [v["id"] for v in reply.json["versions"] if v["status"] == "CURRENT"]
     assert current == ["v2.18"]
-    assert {"v2.14", "v2.15", "v2.16", "v2.17"} <= {v["id"] for v in reply.json["versions"]}
+    # 2.17 (the locations API) is not served yet, so it is not listed (Glance lists it).
+    assert {"v2.14", "v2.15", "v2.16"} <= {v["id"] for v in reply.json["versions"]} - {"v2.17"}
+    assert "v2.17" not in {v["id"] for v in reply.json["versions"]}
 
 
-async def test_cache_off_means_no_cache_routes_and_2_17(tmp_path: Path) -> None:
+async def test_cache_off_means_no_cache_routes_and_2_15(tmp_path: Path) -> None:
     api = Api(*await start_api(make_config(tmp_path, None, DEFAULT={"image_cache_dir": "none"})))
     try:
         assert api.server.app[SERVICES].cache is None
         reply = await api.call("GET", "/versions")
         listed = {v["id"]: v["status"] for v in reply.json["versions"]}
-        assert [v for v, s in listed.items() if s == "CURRENT"] == ["v2.17"]
-        assert "v2.18" not in listed and "v2.14" not in listed
+        assert [v for v, s in listed.items() if s == "CURRENT"] == ["v2.15"]
+        assert "v2.18" not in listed and "v2.14" not in listed and "v2.17" not in listed
         data = payload(MiB, 70)
         image_id = await api.image(data)
         for _ in range(2):
