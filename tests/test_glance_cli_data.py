@@ -92,7 +92,7 @@ def test_image_upload_then_download_to_stdout(server: Daemon, tmp_path: Path) ->
     assert result.stdout == data
     # A second upload to an active image is refused with Glance's 409.
     again = glance(server, tmp_path, "image-upload", "--file", str(tmp_path / "second.qcow2"), image_id, check=False)
-    assert again.returncode != 0 and "only be uploaded to a queued image" in again.stdout + again.stderr
+    assert again.returncode != 0 and "HTTP 409 Conflict: Image status transition from active to saving is not allowed" in again.stdout + again.stderr
 
 
 def test_download_of_image_without_data_fails_cleanly(server: Daemon, tmp_path: Path) -> None:

@@ -8,21 +8,31 @@ under uWSGI, as in the benches (``bench/servers.py``).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from conftest import ROOT, start_daemon, stop_daemon
 
-sys.path.insert(0, str(ROOT / "bench"))
-from servers import Glance  # noqa: E402
+
+def _bench_servers() -> Any:
+    """bench/servers.py, loaded by its path: bench/ on sys.path would shadow Ceph's ``rbd`` module
+    with bench/rbd.py for every later test in the process."""
+    spec = importlib.util.spec_from_file_location("streamd_bench_servers", ROOT / "bench" / "servers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+Glance = _bench_servers().Glance
 
 GLANCE_CLI = ROOT / ".venv" / "bin" / "glance"
 SHARED = "11111111-2222-3333-4444-555555555555"
@@ -34,7 +44,7 @@ PROPERTY_QUOTA = 3
 _DROPPED = re.compile(r"Connection aborted|Connection reset by peer|Remote end closed connection")
 
 
-class QuotaGlance(Glance):
+class QuotaGlance(Glance):  # type: ignore[misc, valid-type]
     """Glance 33 with the same property quota as the streamd it is compared with."""
 
     def prepare(self) -> list[str]:

@@ -11,6 +11,7 @@ Through the API, ftp is fetched when allowed_schemes names it and refused otherw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ftplib
 import hashlib
 import random
@@ -153,8 +154,10 @@ Script = Callable[[asyncio.StreamWriter, asyncio.StreamWriter], Awaitable[None]]
 async def fake_ftp(*, size: int, on_retr: Script, epsv: bool = True, pasv_host: str = "127,0,0,1") -> AsyncIterator[int]:
     """An FTP server on 127.0.0.1 that logs anyone in and, on RETR, runs ``on_retr(control, data)``."""
     data_ready: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+    opened: list[asyncio.StreamWriter] = []  # closed at the end, whatever the script left open
 
     async def on_data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer)
         if not data_ready.done():
             data_ready.set_result(writer)
 
@@ -162,6 +165,7 @@ async def fake_ftp(*, size: int, on_retr: Script, epsv: bool = True, pasv_host: 
     data_port = data_server.sockets[0].getsockname()[1]
 
     async def on_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer)
         writer.write(b"220-fake\r\n220 ready\r\n")
         try:
             while line := await reader.readline():
@@ -196,6 +200,17 @@ async def fake_ftp(*, size: int, on_retr: Script, epsv: bool = True, pasv_host: 
     finally:
         control_server.close()
         data_server.close()
+        await _close_all(opened)
+        await control_server.wait_closed()
+        await data_server.wait_closed()
+
+
+async def _close_all(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def _send_all(control: asyncio.StreamWriter, data: asyncio.StreamWriter) -> None:
@@ -248,16 +263,22 @@ async def test_transfer_broken_off_by_the_server_fails() -> None:
 
 
 async def test_silent_server_fails() -> None:
+    opened: list[asyncio.StreamWriter] = []
+    hold = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(STALL * 6)
-        writer.close()
+        opened.append(writer)
+        await hold.wait()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     try:
         with pytest.raises(ImportSourceError, match="sent no reply for 0.5 s"):
             await _fetch(f"ftp://127.0.0.1:{server.sockets[0].getsockname()[1]}/x.img")
     finally:
+        hold.set()
         server.close()
+        await _close_all(opened)
+        await server.wait_closed()
 
 
 # -- through the API -------------------------------------------------------------------------------

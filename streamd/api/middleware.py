@@ -14,7 +14,7 @@ from ..context import RequestContext
 from ..errors import StreamdError
 from ..status import reason_of, status_of
 from .client_faults import client_is_gone, client_went_away, describe
-from .errors import render_error
+from .errors import ProtocolError, render_error
 from .inputs import text_header
 from .keys import CONTEXT, SERVICES, request_id_of
 from .versions import VERSION_MEDIA_TYPE, allowed_url_versions, multiple_choices
@@ -51,8 +51,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc.message)
-        return error_response(request, status, exc.message, getattr(exc, "headers", None),
-                              getattr(exc, "detail", ""))
+        protocol = exc if isinstance(exc, ProtocolError) else None
+        return error_response(request, status, exc.message, protocol.headers if protocol else None,
+                              protocol.detail if protocol else "")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
