@@ -2,7 +2,7 @@
 
 Run with the Python of an environment where Glance is installed (not streamd's):
 
-    /path/to/glance-venv/bin/python scripts/glance_option_names.py > streamd/glance_options.py
+    .venv-glance/bin/python scripts/glance_option_names.py > streamd/glance_options.py
 
 The namespaces are those of Glance's own generator configurations for glance-api.conf
 (etc/oslo-config-generator/glance-api.conf) and glance-image-import.conf, plus osprofiler

@@ -184,15 +184,14 @@ def test_values_are_unquoted_as_oslo_config_reads_them(tmp_path: Path) -> None:
     assert config.noauth.default_user_id == "u1"
 
 
-def _glance_python() -> str | None:
-    for candidate in (os.environ.get("STREAMD_GLANCE_PYTHON"), ROOT / "bench" / "out" / "glance-venv" / "bin" / "python",
-                      Path("/work/main/bench/out/glance-venv/bin/python")):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
-    return None
+def _glance_python() -> str:
+    """The Python of the Glance 33 venv that scripts/install.sh --test makes (it has oslo.config)."""
+    candidate = Path(os.environ.get("STREAMD_GLANCE_PYTHON") or ROOT / ".venv-glance" / "bin" / "python")
+    if not candidate.exists():
+        pytest.fail(f"{candidate} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
+    return str(candidate)
 
 
-@pytest.mark.skipif(_glance_python() is None, reason="no Python with oslo.config (a Glance venv) to compare with")
 def test_list_parsing_matches_the_installed_oslo_config() -> None:
     lenient = {"http,https", "[a,,b]", "[80, 443, ]", "80,443"}
     cases = [raw for raw, _ in QUOTED_LISTS + PORT_LISTS if raw not in lenient] + REFUSED
