@@ -70,7 +70,9 @@ async def copy_file_to_socket(sock_fd: int, file_fd: int, offset: int, count: in
         stop.set()
         # Unblock a copy waiting on a slow client: the connection is going away anyway.
         try:
-            socket.socket(fileno=os.dup(sock)).shutdown(socket.SHUT_RDWR)
+            # A socket object over its own dup, closed here: the copy thread still owns ``sock``.
+            with socket.socket(fileno=os.dup(sock)) as unblock:
+                unblock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         await asyncio.wait([future])
