@@ -174,6 +174,14 @@ if [ "$with_test" -eq 1 ]; then
     (cd "$ROOT" && "$VPY" -c 'import sys; sys.path.insert(0, "bench"); from pathlib import Path; from servers import Glance; Glance.ensure_venv(Path(".venv-glance"))')
 fi
 
+# --- 7. Keystone 30 for the identity tests and Tempest (--test only) ---------------------
+# scripts/keystone-dev.sh starts a throwaway Keystone from its own venv; make it now so that
+# the suite does not pay for it.
+if [ "$with_test" -eq 1 ]; then
+    say "Keystone 30 venv in $ROOT/.venv-keystone"
+    "$ROOT/scripts/keystone-dev.sh" venv
+fi
+
 say "done: $("$VPY" -c 'import sys; print(sys.prefix)')"
 if [ "$with_test" -eq 1 ]; then
     say "run the tests with: scripts/test.sh"

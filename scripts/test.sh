@@ -15,12 +15,16 @@ PY="$ROOT/.venv/bin/python"
 
 PG_DIR=""
 CEPH_DIR=""
+KEYSTONE_DIR=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
     # --- Ceph: stop the throwaway Ceph cluster (scripts/ceph-dev.sh) ---------------
     if [ -n "$CEPH_DIR" ]; then
         "$ROOT/scripts/ceph-dev.sh" stop "$CEPH_DIR" || true
+    fi
+    if [ -n "$KEYSTONE_DIR" ]; then
+        "$ROOT/scripts/keystone-dev.sh" stop "$KEYSTONE_DIR" || true
     fi
     if [ -n "$PG_DIR" ]; then
         "$ROOT/scripts/pg-dev.sh" stop "$PG_DIR" || true
@@ -44,6 +48,11 @@ CEPH_DIR="$(mktemp -d "$ceph_tmp/streamd-ceph.XXXXXX")"
 unset CEPH_KEYRING CEPH_ARGS   # a user's own Ceph settings would override the cluster's
 ceph_env="$("$ROOT/scripts/ceph-dev.sh" start "$CEPH_DIR")"
 eval "$ceph_env"
+
+# --- Keystone: exports STREAMD_TEST_KEYSTONE_URL, _ADMIN_PASSWORD, _DIR --------------
+KEYSTONE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-keystone.XXXXXX")"
+keystone_env="$("$ROOT/scripts/keystone-dev.sh" start "$KEYSTONE_DIR")"
+eval "$keystone_env"
 # ------------------------------------------------------------------------------------
 
 [ "$#" -gt 0 ] || set -- tests/ -q

@@ -16,6 +16,15 @@ class RequestContext:
     project_id: str | None
     user_id: str | None
     roles: frozenset[str] = field(default_factory=frozenset)
+    # What a Keystone token adds (noauth leaves the defaults): the scope of the token
+    # (``system_scope`` is "all" for a system-scoped token, project_id is then None), the
+    # domains, and the service token that came with the user's, if any.
+    system_scope: str | None = None
+    domain_id: str | None = None
+    user_domain_id: str | None = None
+    project_domain_id: str | None = None
+    service_user_id: str | None = None
+    service_roles: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def is_admin(self) -> bool:
