@@ -85,6 +85,20 @@ async def create_image(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("Image body must be a JSON object")
+    image = await create_from_document(request, body)
+    headers = {
+        "Location": _image_url(request, image.id),
+        "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
+        "OpenStack-image-store-ids": ",".join(s.name for s in config.stores),
+    }
+    return web.json_response(image_view(image), status=201, headers=headers)
+
+
+async def create_from_document(request: web.Request, body: dict[str, Any]) -> ImageRecord:
+    """A new image from a create document (POST /v2/images, and a legacy import task's
+    ``image_properties``), checked as Glance checks it."""
+    config = request.app[SERVICES].config
+    ctx = context_of(request)
     for key in body:
         _check_allowed(key, creating=True)
     validate_image(config, body)
@@ -103,13 +117,7 @@ async def create_image(request: web.Request) -> web.Response:
     policy.require_visibility_change(ctx, base.get("visibility", "shared"))
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
-    image = await request.app[SERVICES].catalog.create_image(base, properties, tags)
-    headers = {
-        "Location": _image_url(request, image.id),
-        "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
-        "OpenStack-image-store-ids": ",".join(s.name for s in config.stores),
-    }
-    return web.json_response(image_view(image), status=201, headers=headers)
+    return await request.app[SERVICES].catalog.create_image(base, properties, tags)
 
 
 def _check_quota(name: str, limit: int, count: int) -> None:

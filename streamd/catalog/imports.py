@@ -72,7 +72,7 @@ class ImportsMixin(CatalogBase):
                 result_json=None, message="", created_at=now, updated_at=now, expires_at=None))
             importing = store_list(props.get(IMPORTING_TO)) + stores
             failed = [s for s in store_list(props.get(FAILED_IMPORT)) if s not in stores]
-            props = _with_store_lists(props, importing=importing, failed=failed)
+            props = _with_store_lists(props, importing=importing, failed=failed, starting=True)
             props[IMPORT_LOCK] = task_id
             props.pop(STAGE_HOST, None)
             await write_properties(conn, image_id, image.properties, props)
@@ -251,14 +251,17 @@ def task_record(row: Mapping[Any, Any]) -> TaskRecord:
         expires_at=row["expires_at"])
 
 
-def _with_store_lists(props: Mapping[str, str], *, importing: list[str], failed: list[str]) -> dict[str, str]:
-    """Set (or drop, when empty) the two comma-separated store lists, as Glance shows them."""
+def _with_store_lists(props: Mapping[str, str], *, importing: list[str], failed: list[str],
+                      starting: bool = False) -> dict[str, str]:
+    """Set the two comma-separated store lists as Glance shows them: once an import has started
+    both stay on the image, empty ("") when no store is left. Clients wait for an empty
+    ``os_glance_importing_to_stores`` (Tempest's waiter treats a missing one as "not started")."""
     props = dict(props)
     for key, stores in ((IMPORTING_TO, importing), (FAILED_IMPORT, failed)):
         if stores:
             props[key] = ",".join(dict.fromkeys(stores))
-        else:
-            props.pop(key, None)
+        elif starting or key in props:
+            props[key] = ""
     return props
 
 
