@@ -14,6 +14,8 @@
 #                export STREAMD_TEST_KEYSTONE_DIR=DIR
 #              so that callers can: eval "$(scripts/keystone-dev.sh start DIR)"
 #   stop DIR   stops uWSGI and removes DIR.
+# STREAMD_KEYSTONE_TOKEN_EXPIRATION sets [token] expiration, the lifetime of tokens in seconds
+# (default 3600); the tests start a second Keystone with a few seconds to see tokens expire.
 # Keystone 30 and uWSGI come from PyPI into $ROOT/.venv-keystone (made here if missing;
 # scripts/install.sh --test makes it too). Progress goes to stderr.
 set -euo pipefail
@@ -53,6 +55,8 @@ start() {
     chmod 700 "$DIR" "$DIR/fernet-keys" "$DIR/credential-keys"
     local port
     port="$(free_port)"
+    TOKEN_EXPIRATION="${STREAMD_KEYSTONE_TOKEN_EXPIRATION:-3600}"
+    [[ "$TOKEN_EXPIRATION" =~ ^[0-9]+$ ]] || die "STREAMD_KEYSTONE_TOKEN_EXPIRATION must be a number of seconds"
     cat >"$DIR/keystone.conf" <<CONF
 [DEFAULT]
 log_file = $DIR/keystone.log
@@ -63,7 +67,7 @@ connection = sqlite:///$DIR/keystone.db
 
 [token]
 provider = fernet
-expiration = 3600
+expiration = $TOKEN_EXPIRATION
 
 [fernet_tokens]
 key_repository = $DIR/fernet-keys

@@ -266,6 +266,11 @@ GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
 GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
 
 
+AUTH_STRATEGIES = ("noauth", "keystone")
+# Glance's paste pipelines (glance-api-paste.ini); the keystone ones authenticate.
+PASTE_FLAVORS = ("caching", "cachemanagement", "keystone", "keystone+caching", "keystone+cachemanagement")
+
+
 @dataclass(frozen=True)
 class DefaultOptions:
     bind_host: str = opt("127.0.0.1", _str, "Address the API listens on.")
@@ -330,9 +335,18 @@ class DefaultOptions:
         None, _opt_str,
         "Unix socket for streamd-cache-manage (default: <data_dir>/run/admin.sock; mode 0600 in a 0700 directory).")
     auth_strategy: str = opt(
-        "noauth", _str,
+        "noauth", _choice(*AUTH_STRATEGIES),
         "How callers are identified. noauth: identity from X-Project-Id, X-User-Id and X-Roles, "
-        "with the [noauth] default identity when none is sent; any X-Auth-Token is accepted.")
+        "with the [noauth] default identity when none is sent; any X-Auth-Token is accepted. "
+        "keystone: every request but the versions document and /healthcheck needs a Keystone token "
+        "(X-Auth-Token), validated as [keystone_authtoken] says; identity headers sent by clients "
+        "are ignored. [paste_deploy] flavor = keystone (or keystone+caching, "
+        "keystone+cachemanagement) selects keystone too, as in a Glance deployment.")
+    allow_noauth_on_network: bool = opt(
+        False, _bool,
+        "Let the daemon start with auth_strategy noauth on a bind_host that is not a loopback "
+        "address. Off, such a daemon refuses to start: in noauth mode anyone who can reach the port "
+        "is whoever the X-Roles header says (admin included).")
     graceful_shutdown_timeout: float = opt(
         60.0, _float_range(0.0),
         "Seconds a SIGTERM waits for in-flight requests (uploads included) before aborting them.")
@@ -354,6 +368,77 @@ class NoauthOptions:
         "00000000000000000000000000000002", _str, "User of callers that send no X-User-Id.")
     default_roles: tuple[str, ...] = opt(
         ("admin", "member", "reader"), _list, "Roles of callers that send no X-Roles.")
+
+
+def _password_auth_type(raw: str) -> str:
+    value = raw.strip()
+    if value not in ("password", "v3password"):
+        raise ValueError("only the password auth plugin is available (auth_type = password)")
+    return value
+
+
+def _delay_auth_decision(raw: str) -> bool:
+    if _bool(raw):
+        raise ValueError("only false is available: streamd decides every request itself (401 or 503)")
+    return False
+
+
+@dataclass(frozen=True)
+class KeystoneAuthtokenOptions:
+    """keystonemiddleware's auth_token options, with its names and meanings (those streamd uses)."""
+
+    www_authenticate_uri: str | None = opt(
+        None, _opt_str,
+        "Public Identity API endpoint named in the WWW-Authenticate header of 401 answers, where "
+        "clients go to authenticate (default: auth_url).")
+    auth_url: str | None = opt(
+        None, _opt_str,
+        "Identity API endpoint streamd authenticates its service user at and validates tokens "
+        "against (http://host:5000 or http://host:5000/v3).")
+    auth_type: str = opt("password", _password_auth_type, "Auth plugin of the service user: password only.")
+    username: str | None = opt(None, _opt_str, "Service user's name (in user_domain_name/user_domain_id).")
+    user_id: str | None = opt(None, _opt_str, "Service user's id (instead of username).")
+    password: str | None = opt(None, _opt_str, "Service user's password.")
+    user_domain_name: str | None = opt(None, _opt_str, "Domain name of the service user.")
+    user_domain_id: str | None = opt(None, _opt_str, "Domain id of the service user.")
+    project_name: str | None = opt(
+        None, _opt_str, "Project the service user's token is scoped to (Glance's deployment guide: service).")
+    project_id: str | None = opt(None, _opt_str, "Id of that project (instead of project_name).")
+    project_domain_name: str | None = opt(None, _opt_str, "Domain name of project_name.")
+    project_domain_id: str | None = opt(None, _opt_str, "Domain id of project_name.")
+    region_name: str | None = opt(
+        None, _opt_str,
+        "Region of the identity endpoint. Accepted for keystonemiddleware's files: streamd always "
+        "talks to auth_url.")
+    service_token_roles: tuple[str, ...] = opt(
+        ("service",), _list,
+        "Roles of which an X-Service-Token must hold one to let an expired user token through "
+        "(a service finishing work the user started).")
+    service_token_roles_required: bool = opt(
+        True, _bool,
+        "A service token without one of service_token_roles is refused (401). False: any valid "
+        "token is accepted as a service token, but only one with the roles may pass an expired "
+        "user token.")
+    token_cache_time: int = opt(
+        300, _int_range(-1),
+        "Seconds a validated token is kept in the in-process cache (never past its own expiry); "
+        "-1: no cache. A token revoked in Keystone is refused at the latest this long after its "
+        "revocation, as with keystonemiddleware.")
+    cafile: str | None = opt(None, _opt_str, "PEM file of the CAs to verify the identity endpoint's HTTPS with.")
+    insecure: bool = opt(False, _bool, "Do not verify the identity endpoint's HTTPS certificate.")
+    http_connect_timeout: int | None = opt(
+        None, lambda raw: _int_range(1)(raw) if raw.strip() else None,
+        "Seconds a request to the identity endpoint may take before the API answers 503 (unset: 30).")
+    delay_auth_decision: bool = opt(
+        False, _delay_auth_decision, "Only false: a request without a valid token is refused here.")
+
+
+@dataclass(frozen=True)
+class PasteDeployOptions:
+    flavor: str | None = opt(
+        None, lambda raw: _choice(*PASTE_FLAVORS)(raw) if raw.strip() else None,
+        "Glance's pipeline flavor: keystone, keystone+caching and keystone+cachemanagement select "
+        "auth_strategy keystone; the cache is streamd's own either way.")
 
 
 @dataclass(frozen=True)
@@ -495,6 +580,8 @@ _LOGGING = "streamd logs to stderr at the level of `streamd serve --log-level`; 
 _MESSAGING = "streamd sends no notifications and makes no RPC calls (no oslo.messaging)"
 _READ_ORDER = "image data is read from the cache, then from the locations in the order they were added, then peers"
 _NO_GLANCE_DOWNLOAD = "streamd does not offer the glance-download import method"
+_TOKENS_IN_PROCESS = ("streamd caches validated tokens in-process (bounded, for token_cache_time); "
+                      "memcached is not used")
 IGNORED_REASONS: dict[str, dict[str, str]] = {
     "DEFAULT": {
         **_because(_LOGGING, "debug", "default_log_levels", "fatal_deprecations", "instance_format",
@@ -554,8 +641,16 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     "os_glance_staging_store": {"*": "Glance does not use it either"},
     "os_glance_tasks_store": {"*": "streamd keeps no task work files"},
     "glance_download_properties": {"*": _NO_GLANCE_DOWNLOAD},
-    "keystone_authtoken": {"*": "streamd validates no Keystone tokens: with auth_strategy noauth the caller's "
-                                "identity comes from the X-* headers (a proxy in front must check tokens)"},
+    "keystone_authtoken": {
+        **_because(_TOKENS_IN_PROCESS, "memcached_servers", "memcache_password", "memcache_pool_conn_get_timeout",
+                   "memcache_pool_dead_retry", "memcache_pool_maxsize", "memcache_pool_socket_timeout",
+                   "memcache_pool_unused_timeout", "memcache_sasl_enabled", "memcache_secret_key",
+                   "memcache_security_strategy", "memcache_tls_allowed_ciphers", "memcache_tls_cafile",
+                   "memcache_tls_certfile", "memcache_tls_enabled", "memcache_tls_keyfile",
+                   "memcache_use_advanced_pool", "memcache_username", "cache"),
+        "*": "streamd validates tokens at auth_url with the password of the service user "
+             "(the options of other auth plugins, service catalogues and token binding are not used)",
+    },
     "paste_deploy": {"*": "streamd's request pipeline is built in"},
     "oslo_policy": {"*": "streamd's policy is built in (Glance's defaults); policy files are not read"},
     "oslo_limit": {"*": "there are no Keystone unified limits"},
@@ -646,6 +741,8 @@ class Config:
     inject_metadata_properties: InjectMetadataOptions
     os_glance_staging_store: StagingStoreOptions
     stores: tuple[StoreConfig, ...]
+    keystone_authtoken: KeystoneAuthtokenOptions = KeystoneAuthtokenOptions()
+    paste_deploy: PasteDeployOptions = PasteDeployOptions()
     source: str | None = None
     # Every file read, in order (glance-image-import.conf first when it is there); later ones win.
     sources: tuple[str, ...] = ()
@@ -656,6 +753,12 @@ class Config:
     def warning(self) -> str | None:
         """The start-up warning naming every ignored option, or None when there is none."""
         return ignored_warning(self.ignored)
+
+    @property
+    def auth_strategy(self) -> str:
+        """noauth or keystone: [DEFAULT] auth_strategy, or keystone when the paste flavor says so."""
+        flavor = self.paste_deploy.flavor or ""
+        return "keystone" if flavor.startswith("keystone") else self.default.auth_strategy
 
     # Derived values, resolved once so the rest of the code never re-derives paths.
     @property
@@ -715,6 +818,8 @@ _SECTION_CLASSES: dict[str, type] = {
     "image_conversion": ImageConversionOptions,
     "inject_metadata_properties": InjectMetadataOptions,
     "os_glance_staging_store": StagingStoreOptions,
+    "keystone_authtoken": KeystoneAuthtokenOptions,
+    "paste_deploy": PasteDeployOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -841,8 +946,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         problems.append("[DEFAULT] peer_url: needs peer_token, the secret peers present to each other")
     if default.limit_param_default > default.api_limit_max:
         problems.append("[DEFAULT] limit_param_default: must not exceed api_limit_max")
-    if default.auth_strategy not in ("noauth",):
-        problems.append(f"[DEFAULT] auth_strategy = {default.auth_strategy!r}: only noauth is available")
+    keystone: KeystoneAuthtokenOptions = parsed["keystone_authtoken"]
+    paste: PasteDeployOptions = parsed["paste_deploy"]
+    if default.auth_strategy == "keystone" or (paste.flavor or "").startswith("keystone"):
+        problems += _keystone_problems(keystone)
     fmt: ImageFormatOptions = parsed["image_format"]
     if not fmt.disk_formats:
         problems.append("[image_format] disk_formats: must name at least one format")
@@ -871,7 +978,29 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   image_conversion=parsed["image_conversion"],
                   inject_metadata_properties=parsed["inject_metadata_properties"],
                   os_glance_staging_store=staging_store, stores=tuple(stores),
+                  keystone_authtoken=keystone, paste_deploy=paste,
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored))
+
+
+def _keystone_problems(options: KeystoneAuthtokenOptions) -> list[str]:
+    """What keystone mode needs: where Keystone is, and the service user's password credentials."""
+    problems = []
+    if not options.auth_url:
+        problems.append("[keystone_authtoken] auth_url: needed with auth_strategy keystone")
+    elif not options.auth_url.startswith(("http://", "https://")):
+        problems.append(f"[keystone_authtoken] auth_url = {options.auth_url!r}: must be an http:// or https:// URL")
+    if not (options.username or options.user_id):
+        problems.append("[keystone_authtoken] username: needed with auth_strategy keystone (or user_id)")
+    if options.username and not options.user_id and not (options.user_domain_name or options.user_domain_id):
+        problems.append("[keystone_authtoken] user_domain_name: needed with username (or user_domain_id)")
+    if not options.password:
+        problems.append("[keystone_authtoken] password: needed with auth_strategy keystone")
+    if not (options.project_name or options.project_id):
+        problems.append("[keystone_authtoken] project_name: needed with auth_strategy keystone (or project_id)")
+    if options.project_name and not options.project_id and not (
+            options.project_domain_name or options.project_domain_id):
+        problems.append("[keystone_authtoken] project_domain_name: needed with project_name (or project_domain_id)")
+    return problems
 
 
 def _render_default(f: dataclasses.Field[Any]) -> str:

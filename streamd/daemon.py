@@ -24,12 +24,15 @@ from .api.client_faults import install_log_filter
 from .admin import AdminServer
 from .admin.server import claim
 from .config import Config
+from .identity import check_noauth_exposure
 from .services import Services, open_services
 
 log = logging.getLogger("streamd")
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    # A noauth API on a network address is refused before anything starts (ConfigError: exit 1).
+    check_noauth_exposure(config)
     # Before anything touches the data directory: a live daemon may own it (its uploads, its fills).
     await claim(config.admin_socket)
     async with open_services(config) as services:

@@ -47,6 +47,10 @@ class NotAuthenticated(RequestError):
     """The caller did not prove who they are."""
 
 
+class InvalidToken(NotAuthenticated):
+    """The request's token is missing, or Keystone does not know it (unknown, revoked, expired)."""
+
+
 class NotPermitted(RequestError):
     """The caller is known but not allowed to do this."""
 
@@ -109,6 +113,11 @@ class StoreFailure(BackendFailure):
 
 class StoreUnavailable(StoreFailure):
     """A store (or its cluster) does not answer now; trying again later may work."""
+
+
+class IdentityUnavailable(BackendFailure):
+    """The identity service (Keystone) did not answer, failed, or refused streamd's own
+    credentials: no token can be checked now, so the request is refused, never let through."""
 
 
 class OutOfSpace(StreamdError):

@@ -1,7 +1,8 @@
 """The composition root: everything a node runs, opened in order and closed in reverse.
 
 :func:`open_services` builds the catalogue, the stores, the cache and its peers,
-image delivery, the prefetcher, the staging area and the importer, recovers what
+image delivery, the prefetcher, the staging area, the importer and (auth_strategy
+keystone) the token validator, recovers what
 a crash of this node left behind, and registers every periodic job with one
 supervisor (:class:`~streamd.background.BackgroundJobs`). It yields one frozen
 :class:`Services`. The two edges, the HTTP API (``api.create_app``) and the
@@ -21,6 +22,8 @@ from .background import BackgroundJobs, PeriodicJob
 from .cache import ImageCache
 from .catalog import Catalog
 from .config import Config
+from .identity import KeystoneValidator
+from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
@@ -43,6 +46,8 @@ class Services:
     importer: Importer
     uploads: InflightUploads
     jobs: BackgroundJobs
+    # The Keystone token validator with auth_strategy keystone; None in noauth mode.
+    identity: KeystoneValidator | None = None
 
 
 @contextlib.asynccontextmanager
@@ -78,15 +83,23 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         await importer.recover()
         stack.push_async_callback(importer.stop, 0)
 
+        identity = None
+        if config.auth_strategy == "keystone":
+            identity = KeystoneValidator(config.keystone_authtoken)
+            await identity.start()
+            stack.push_async_callback(identity.stop)
+
         jobs = BackgroundJobs()
         for job in _periodic_jobs(config, catalog, stores, cache, prefetcher, delivery, importer):
             jobs.add(job)
+        if identity is not None:
+            jobs.add(PeriodicJob("keystone service token", RENEW_CHECK_INTERVAL, identity.renew_service_token))
         jobs.start()
         stack.push_async_callback(jobs.stop)
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs)
+                       jobs=jobs, identity=identity)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

@@ -219,7 +219,6 @@ EXPECTED_IGNORED = {
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),
     ("glance_download_properties", "extra_properties"),
-    ("paste_deploy", "flavor"),
     ("oslo_policy", "enforce_new_defaults"), ("oslo_policy", "enforce_scope"), ("oslo_policy", "policy_file"),
     ("oslo_concurrency", "lock_path"), ("os_brick", "lock_path"),
     ("oslo_messaging_notifications", "driver"), ("oslo_messaging_notifications", "topics"),
@@ -233,10 +232,9 @@ EXPECTED_IGNORED = {
     ("healthcheck", "backends"), ("healthcheck", "disable_by_file_path"),
     ("profiler", "enabled"), ("profiler", "trace_sqlalchemy"), ("profiler", "hmac_keys"),
 } | {
+    # The rest of [keystone_authtoken] is honoured (flavor = keystone selects Keystone validation).
     ("keystone_authtoken", o) for o in (
-        "www_authenticate_uri", "auth_url", "auth_type", "project_domain_id", "user_domain_id", "project_name",
-        "username", "password", "cafile", "region_name", "memcache_security_strategy", "memcache_secret_key",
-        "memcached_servers", "service_token_roles_required", "service_type")
+        "memcache_security_strategy", "memcache_secret_key", "memcached_servers", "service_type")
 } | {
     ("oslo_limit", o) for o in ("auth_url", "auth_type", "username", "password", "system_scope", "endpoint_id")
 }
@@ -286,6 +284,16 @@ def test_the_deployment_loads_and_honours_what_streamd_implements(tmp_path: Path
     assert filtering.disallowed_hosts == ("10.0.0.11", "metadata.internal")
     assert config.inject_metadata_properties.inject == (("hw_disk_bus", "scsi"), ("hw_scsi_model", "virtio-scsi"))
     assert config.inject_metadata_properties.ignore_user_roles == ("admin",)
+    # [paste_deploy] flavor = keystone: Keystone validation with the file's service user.
+    assert config.auth_strategy == "keystone" and config.default.auth_strategy == "noauth"
+    keystone = config.keystone_authtoken
+    assert (keystone.auth_url, keystone.www_authenticate_uri) == ("https://keystone-internal.cloud.example:5000",
+                                                                  "https://keystone.cloud.example:5000")
+    assert (keystone.username, keystone.password, keystone.project_name) == ("glance", SECRET, "service")
+    assert (keystone.user_domain_id, keystone.project_domain_id, keystone.region_name) == ("default", "default",
+                                                                                          "RegionOne")
+    assert keystone.cafile == "/etc/ssl/certs/ca-certificates.crt" and keystone.service_token_roles_required
+    assert keystone.service_token_roles == ("service",) and keystone.token_cache_time == 300
 
 
 def test_every_other_option_is_named_in_one_warning(tmp_path: Path) -> None:
@@ -303,7 +311,8 @@ def test_every_other_option_is_named_in_one_warning(tmp_path: Path) -> None:
                                                    if section in {"local", "ceph-fast", "ceph-slow"} else None))
     assert "[DEFAULT] image_cache_driver, image_cache_sqlite_db: streamd's cache has its own index" in warning
     assert "[DEFAULT] workers: one event loop per process" in warning
-    assert "streamd validates no Keystone tokens" in warning
+    assert ("[keystone_authtoken] memcache_security_strategy, memcache_secret_key, memcached_servers: "
+            "streamd caches validated tokens in-process") in warning
     assert SECRET not in warning  # names, never values
 
 
@@ -332,7 +341,9 @@ def test_an_option_neither_glance_nor_streamd_knows_is_still_an_error(tmp_path: 
     assert "[import_filtering_opts] alowed_ports: unknown option (did you mean allowed_ports?)" in text
     assert "[DEFAULT] location_stratgy: unknown option (did you mean location_strategy?)" in text
     assert "[os_brik]: unknown section" in text
-    assert len(info.value.problems) == 4
+    # flavor = keystone: the misspelt password leaves the service user without one.
+    assert "[keystone_authtoken] password: needed with auth_strategy keystone" in text
+    assert len(info.value.problems) == 5
 
 
 def test_a_bad_value_in_the_import_file_is_an_error(tmp_path: Path) -> None:
@@ -408,7 +419,11 @@ def _check_started(daemon: Daemon, stores: list[str]) -> None:
 
 def _start(tmp_path: Path, main: str) -> Daemon:
     """The daemon on the deployment's files: conftest's streamd.conf (its [DEFAULT] lines, then
-    the glance-api.conf text, which merges in) with glance-image-import.conf beside it."""
+    the glance-api.conf text, which merges in) with glance-image-import.conf beside it.
+
+    Without its paste flavor: the file's Keystone is not there (tests/test_keystone_auth.py runs
+    keystone mode against a real one); these tests are about the stores."""
+    main = main.replace("flavor = keystone\n", "")
     port = free_port()
     write_deployment(tmp_path, port=port, main=main)
     return start_daemon(tmp_path, main.format(port=port, data_dir=tmp_path / "data", secret=SECRET), port=port)

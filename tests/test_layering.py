@@ -1,6 +1,6 @@
 """The package's shape, checked from its source: imports flow one way, from the HTTP edge inward.
 
-errors/config/glance_options/context/sizes/background < kernels < stores/cache/catalog/formats < pipeline/imports < services
+errors/config/glance_options/context/sizes/background < kernels < stores/cache/catalog/formats < pipeline/imports/identity < services
 < api/admin/status < daemon < cli
 
 On top of "never import a higher layer" a few sideways rules hold, each its own test:
@@ -31,6 +31,7 @@ LAYERS = {
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
     "pipeline": 3, "imports": 3,
+    "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
     "services": 4,  # the composition root: builds stores, cache, pipeline and importer for the edges
     "api": 5, "admin": 5,
     "status": 5,  # class -> HTTP status: read by the edges (and daemon/cli), never by the core

@@ -14,7 +14,7 @@ from . import cache as cache_routes
 from . import image_data, images, imports, members, peer, schemas, tags, tasks, versions
 from .inputs import inputs_middleware
 from .keys import SERVICES, request_id_of
-from .middleware import errors_middleware, identity_middleware, version_middleware
+from .middleware import add_www_authenticate, errors_middleware, identity_middleware, version_middleware
 
 # Every v2 route is served under /v2 and under the listed /v2.N prefixes (checked by version_middleware).
 V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
@@ -35,6 +35,8 @@ def create_app(services: Services) -> web.Application:
         # Unprefixed, for Glance's media-type versioning (Accept: application/vnd.openstack.images-v2.N).
         module.add_routes(app, "")
     app.on_response_prepare.append(_add_request_id)
+    if services.identity is not None:
+        app.on_response_prepare.append(add_www_authenticate)
     return app
 
 

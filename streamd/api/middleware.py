@@ -1,8 +1,9 @@
-"""The HTTP edge: errors to JSON, the caller's identity, version prefixes."""
+"""The HTTP edge: errors to JSON, the caller's identity (noauth headers or Keystone tokens), version prefixes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Awaitable, Callable
@@ -11,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..context import RequestContext
-from ..errors import StreamdError
+from ..errors import IdentityUnavailable, InvalidToken, StreamdError
 from ..status import reason_of, status_of
 from .client_faults import client_is_gone, client_went_away, describe
 from .errors import ProtocolError, render_error
@@ -79,17 +80,86 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
 
 
+# Served without a token in keystone mode, as Glance's paste pipeline leaves them: the versions
+# document (versionnegotiation and /healthcheck come before authtoken there) and the peer
+# protocol, which has its own secret (peer_token).
+_UNAUTHENTICATED_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+_UNAUTHENTICATED_PREFIXES = ("/peer/",)
+# keystonemiddleware's 401 (auth_token.AuthProtocol.process_request, delay_auth_decision false):
+# this JSON body, whatever the request's Accept, and WWW-Authenticate naming where to log in.
+KEYSTONE_401_BODY = json.dumps({"error": {"code": 401, "title": "Unauthorized",
+                                          "message": "The request you have made requires authentication."}})
+# keystonemiddleware's 503 when Keystone cannot be asked: webob.exc.HTTPServiceUnavailable(detail).
+_503_EXPLANATION = "The server is currently unavailable. Please try again at a later time."
+KEYSTONE_503_DETAIL = "The Keystone service is temporarily unavailable."
+_ANONYMOUS = RequestContext(project_id=None, user_id=None)
+
+
 @web.middleware
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[CONTEXT] = identify(request)
+    validator = request.app[SERVICES].identity
+    if validator is None:
+        request[CONTEXT] = identify(request)
+        return await handler(request)
+    if _unauthenticated(request):
+        request[CONTEXT] = _ANONYMOUS
+        return await handler(request)
+    try:
+        # Client-sent identity headers (X-Roles, X-Project-Id, X-Identity-Status, X-Service-*...)
+        # are never read here: the context is what Keystone says of the tokens.
+        request[CONTEXT] = await validator.authenticate(_token(request, "X-Auth-Token", "X-Storage-Token"),
+                                                        _token(request, "X-Service-Token"))
+    except InvalidToken as exc:
+        log.info("%s %s (%s): rejected: %s", request.method, request.path, request_id_of(request), exc.message)
+        return keystone_unauthorized(validator.www_authenticate_uri)
+    except IdentityUnavailable as exc:
+        log.error("%s %s (%s): unable to validate token: %s", request.method, request.path,
+                  request_id_of(request), exc.message)
+        return error_response(request, 503, _503_EXPLANATION, detail=KEYSTONE_503_DETAIL)
     return await handler(request)
+
+
+def _unauthenticated(request: web.Request) -> bool:
+    if request.path in _UNAUTHENTICATED_PATHS or request.path.startswith(_UNAUTHENTICATED_PREFIXES):
+        return True
+    if request.match_info.route.resource is None:
+        # No route: a path without an API version we serve gets the versions document or a 404
+        # (errors_middleware), which Glance's version negotiation answers before authtoken.
+        match = _VERSION_SEGMENT.match(request.path)
+        return match is None or match.group(1) not in allowed_url_versions(request.app[SERVICES].config)
+    return False
+
+
+def _token(request: web.Request, *names: str) -> str | None:
+    for name in names:
+        value = request.headers.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def keystone_unauthorized(www_authenticate_uri: str) -> web.Response:
+    response = web.Response(status=401, text=KEYSTONE_401_BODY, content_type="application/json", charset="UTF-8")
+    response.headers["WWW-Authenticate"] = www_authenticate_header(www_authenticate_uri)
+    return response
+
+
+def www_authenticate_header(www_authenticate_uri: str) -> str:
+    return f'Keystone uri="{www_authenticate_uri}"'
+
+
+async def add_www_authenticate(request: web.Request, response: web.StreamResponse) -> None:
+    """keystonemiddleware's process_response: every 401 says where to authenticate."""
+    validator = request.app[SERVICES].identity
+    if validator is not None and response.status == 401 and "WWW-Authenticate" not in response.headers:
+        response.headers["WWW-Authenticate"] = www_authenticate_header(validator.www_authenticate_uri)
 
 
 def identify(request: web.Request) -> RequestContext:
     """noauth: trust X-Project-Id/X-User-Id/X-Roles, or use the configured default identity.
 
-    This is the one place a token validator (Keystone) will slot in: it will set
-    the same three values from the validated token instead of from the headers.
+    In keystone mode ``identity_middleware`` asks the token validator instead and this is
+    never called.
     """
     # Each becomes a name the catalogue stores or compares: checked text (inputs.py).
     project = text_header(request, "X-Project-Id") or text_header(request, "X-Tenant-Id")

@@ -1,0 +1,261 @@
+"""auth_strategy = keystone against a real Keystone (tests/keystone.py), on the real app and daemon.
+
+Every token here is issued by Keystone and every validation goes to it: no mocks. What is
+checked: the 401 of keystonemiddleware (body, WWW-Authenticate), identity taken from the token
+alone (client identity headers ignored), project/user/roles/domains/system scope in the context,
+the versions document left unauthenticated, the token cache (hits, bound, revocation within
+token_cache_time), Keystone down or refusing the service user -> 503, never a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from conftest import ApiClient, Reply, free_port, make_config
+from keystone import Keystone, keystone
+from streamd.api import create_app
+from streamd.config import Config
+from streamd.identity import KeystoneValidator
+from streamd.services import Services, open_services
+
+KEYSTONE_401 = {"error": {"code": 401, "title": "Unauthorized",
+                          "message": "The request you have made requires authentication."}}
+
+
+@pytest.fixture(scope="module")
+def ks() -> Keystone:
+    return keystone()
+
+
+def keystone_config(tmp_path: Path, ks: Keystone, **authtoken: str) -> Config:
+    return make_config(tmp_path, DEFAULT={"auth_strategy": "keystone"},
+                       keystone_authtoken=ks.authtoken_options(**authtoken))
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[tuple[ApiClient, Services]]:
+    """The real app on a loopback port in keystone mode, and its services (for the validator's counters)."""
+    async with open_services(config) as services:
+        server = TestServer(create_app(services), host="127.0.0.1", port=0)
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as session:
+                yield ApiClient(f"http://127.0.0.1:{server.port}", session, config), services
+        finally:
+            await server.close()
+
+
+def as_token(token: str, **extra: str) -> dict[str, str]:
+    return {"X-Auth-Token": token, **extra}
+
+
+def assert_keystone_401(reply: Reply, ks_url: str) -> None:
+    assert reply.status == 401, reply.body
+    assert reply.headers["WWW-Authenticate"] == f'Keystone uri="{ks_url}"'
+    assert reply.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert json.loads(reply.body) == KEYSTONE_401
+
+
+async def create_image(api: ApiClient, headers: dict[str, str], **body: Any) -> Reply:
+    return await api.call("POST", "/v2/images", as_=headers,
+                          json_body={"disk_format": "raw", "container_format": "bare", **body})
+
+
+# -- 401: no token, a bad token ---------------------------------------------------------------------
+
+async def test_no_token_is_401_with_keystonemiddlewares_answer(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks)) as (api, _):
+        for method, path in [("GET", "/v2/images"), ("POST", "/v2/images"), ("GET", "/v2/schemas/image"),
+                             ("GET", "/v2/info/stores"), ("GET", "/v2/no-such-route")]:
+            reply = await api.call(method, path, headers={"Accept": "*/*"})
+            assert_keystone_401(reply, ks.url)
+        # Identity headers alone are no identity in keystone mode, whatever they claim.
+        reply = await api.call("GET", "/v2/images", as_={"X-Project-Id": "a" * 32, "X-Roles": "admin",
+                                                         "X-Identity-Status": "Confirmed", "X-User-Id": "u"})
+        assert_keystone_401(reply, ks.url)
+
+
+async def test_a_bad_token_is_401(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks)) as (api, services):
+        assert services.identity is not None
+        for token in ("not-a-token", "gAAAAABnotafernettokenatall", ks.token("a-member")[:-4] + "AAAA"):
+            assert_keystone_401(await api.call("GET", "/v2/images", as_=as_token(token)), ks.url)
+        assert services.identity.validations == 3  # each one asked Keystone, none was let through
+
+
+async def test_www_authenticate_names_www_authenticate_uri(tmp_path: Path, ks: Keystone) -> None:
+    public = "https://keystone.example.test:5000/v3"
+    async with serving(keystone_config(tmp_path, ks, www_authenticate_uri=public)) as (api, _):
+        assert_keystone_401(await api.call("GET", "/v2/images"), public)
+
+
+async def test_the_versions_document_needs_no_token(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks)) as (api, _):
+        assert (await api.call("GET", "/")).status == 300
+        assert (await api.call("GET", "/versions")).status == 200
+        assert (await api.call("GET", "/healthcheck")).status == 200
+        # An unknown version is answered by the versions document, before authentication (Glance's order).
+        assert (await api.call("GET", "/v9/images")).status == 300
+
+
+# -- identity from the token ---------------------------------------------------------------------------
+
+async def test_a_member_acts_as_its_project_whatever_the_headers_say(tmp_path: Path, ks: Keystone) -> None:
+    project_a, project_b = ks.projects["streamd-a"], ks.projects["streamd-b"]
+    member_a = ks.users["a-member"]
+    # Headers claiming admin of project B: ignored, the token says member of A.
+    forged = as_token(ks.token("a-member"), **{"X-Roles": "admin", "X-Project-Id": project_b,
+                                               "X-Tenant-Id": project_b, "X-User-Id": "someone",
+                                               "X-Identity-Status": "Confirmed", "X-Service-Roles": "service"})
+    async with serving(keystone_config(tmp_path, ks)) as (api, _):
+        reply = await create_image(api, forged, name="mine")
+        assert reply.status == 201, reply.body
+        image = reply.json
+        assert image["owner"] == project_a
+        # Publicizing takes the admin role, which the header claimed and the token does not hold.
+        refused = await create_image(api, forged, name="public", visibility="public")
+        assert refused.status == 403, refused.body
+        listed = await api.call("GET", "/v2/images", as_=forged)
+        assert [i["id"] for i in listed.json["images"]] == [image["id"]]
+        # Project B's member does not see project A's private image.
+        other = await api.call("GET", f"/v2/images/{image['id']}", as_=as_token(ks.token("b-member")))
+        assert other.status == 404
+        # Project A's admin does (and may publicize).
+        admin = as_token(ks.token("a-admin"))
+        assert (await api.call("GET", f"/v2/images/{image['id']}", as_=admin)).status == 200
+        assert (await create_image(api, admin, name="public", visibility="public")).status == 201
+    assert member_a.project_id == project_a
+
+
+async def test_reader_and_member_come_from_the_token(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks)) as (api, _):
+        reader = as_token(ks.token("a-reader"), **{"X-Roles": "member,admin"})
+        member = as_token(ks.token("a-member"))
+        assert (await create_image(api, reader, name="nope")).status == 403
+        created = await create_image(api, member, name="shared-in-a")
+        assert created.status == 201
+        # The reader of the same project sees the project's image but cannot change it.
+        image_id = created.json["id"]
+        assert (await api.call("GET", f"/v2/images/{image_id}", as_=reader)).status == 200
+        assert (await api.call("DELETE", f"/v2/images/{image_id}", as_=reader)).status == 403
+        assert (await api.call("DELETE", f"/v2/images/{image_id}", as_=member)).status == 204
+
+
+async def test_the_context_carries_scope_domains_and_roles(tmp_path: Path, ks: Keystone) -> None:
+    config = keystone_config(tmp_path, ks)
+    validator = KeystoneValidator(config.keystone_authtoken)
+    await validator.start()
+    try:
+        member = await validator.authenticate(ks.token("a-member"), None)
+        assert (member.project_id, member.user_id) == (ks.projects["streamd-a"], ks.users["a-member"].id)
+        assert member.roles == {"member", "reader"} and member.system_scope is None
+        assert (member.user_domain_id, member.project_domain_id, member.domain_id) == ("default", "default", None)
+        assert member.service_user_id is None and member.service_roles == frozenset()
+
+        system = await validator.authenticate(ks.system_token(), None)
+        assert system.system_scope == "all" and system.project_id is None
+        assert system.user_id == ks.users["admin"].id and "admin" in system.roles
+    finally:
+        await validator.stop()
+
+
+# -- the cache ------------------------------------------------------------------------------------------
+
+async def test_a_validated_token_is_asked_about_once(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks)) as (api, services):
+        validator = services.identity
+        assert validator is not None
+        token = as_token(ks.token("a-member"))
+        before = validator.validations
+        replies = await asyncio.gather(*(api.call("GET", "/v2/images", as_=token) for _ in range(5)))
+        assert [r.status for r in replies] == [200] * 5
+        for _ in range(5):
+            assert (await api.call("GET", "/v2/images", as_=token)).status == 200
+        # Ten requests, five of them at once: one validation (concurrent ones share it).
+        assert validator.validations - before == 1
+
+
+async def test_the_cache_is_bounded(tmp_path: Path, ks: Keystone) -> None:
+    config = keystone_config(tmp_path, ks)
+    validator = KeystoneValidator(config.keystone_authtoken, cache_size=2)
+    await validator.start()
+    try:
+        tokens = [ks.token(user) for user in ("a-member", "a-reader", "b-member")]
+        for token in tokens:
+            await validator.validate(token)
+        assert validator.validations == 3 and len(validator.cache) == 2
+        await validator.validate(tokens[2])  # still held
+        await validator.validate(tokens[1])  # still held
+        assert validator.validations == 3
+        await validator.validate(tokens[0])  # the least recently used: forgotten, asked again
+        assert validator.validations == 4 and len(validator.cache) == 2
+    finally:
+        await validator.stop()
+
+
+async def test_a_revoked_token_is_refused_once_the_cache_time_is_over(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks, token_cache_time="1")) as (api, services):
+        token = ks.token("a-member")
+        assert (await api.call("GET", "/v2/images", as_=as_token(token))).status == 200
+        ks.revoke(token)
+        assert not ks.is_valid(token)
+        # Within token_cache_time the cached answer may still be used (keystonemiddleware's bound too) ...
+        await asyncio.sleep(1.1)
+        # ... past it Keystone is asked again, and says 404: refused.
+        assert_keystone_401(await api.call("GET", "/v2/images", as_=as_token(token)), ks.url)
+
+
+async def test_without_a_cache_every_request_asks_keystone(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks, token_cache_time="-1")) as (api, services):
+        assert services.identity is not None
+        token = as_token(ks.token("a-member"))
+        before = services.identity.validations
+        for _ in range(3):
+            assert (await api.call("GET", "/v2/images", as_=token)).status == 200
+        assert services.identity.validations - before == 3
+
+
+# -- Keystone unavailable: 503, never a pass ----------------------------------------------------------
+
+KEYSTONE_503_JSON = {"code": "503 Service Unavailable", "title": "Service Unavailable",
+                     "message": "The server is currently unavailable. Please try again at a later time."
+                                "<br /><br />\nThe Keystone service is temporarily unavailable.\n\n"}
+
+
+async def test_keystone_unreachable_is_503(tmp_path: Path, ks: Keystone) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v3"
+    config = keystone_config(tmp_path, ks, auth_url=closed, www_authenticate_uri=closed)
+    async with serving(config) as (api, services):
+        for token in (ks.token("a-member"), "anything"):
+            reply = await api.call("GET", "/v2/images", as_=as_token(token))
+            assert reply.status == 503, reply.body
+            assert reply.json == KEYSTONE_503_JSON
+        assert (await api.call("POST", "/v2/images", as_=as_token("x"), json_body={})).status == 503
+        # No token at all is still 401: nothing to ask Keystone about.
+        assert_keystone_401(await api.call("GET", "/v2/images"), closed)
+
+
+async def test_keystone_refusing_the_service_user_is_503(tmp_path: Path, ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, ks, password="wrong")) as (api, services):
+        reply = await api.call("GET", "/v2/images", as_=as_token(ks.token("a-member")))
+        assert reply.status == 503, reply.body
+        assert reply.json == KEYSTONE_503_JSON
+
+
+async def test_noauth_is_unchanged(tmp_path: Path) -> None:
+    # The default: identity from the headers, no token needed, no validator built.
+    config = make_config(tmp_path)
+    assert config.auth_strategy == "noauth"
+    async with serving(config) as (api, services):
+        assert services.identity is None
+        reply = await create_image(api, {"X-Project-Id": "a" * 32, "X-Roles": "member"}, name="x")
+        assert reply.status == 201 and reply.json["owner"] == "a" * 32
+        assert "WWW-Authenticate" not in reply.headers
