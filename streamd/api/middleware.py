@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from typing import Awaitable, Callable
@@ -81,7 +82,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[CONTEXT] = identify(request)
+    ctx = identify(request)
+    # Glance decides is_admin once, when it builds the context, by the context_is_admin rule.
+    policy = request.app[SERVICES].policy
+    request[CONTEXT] = dataclasses.replace(ctx, policy_admin=policy.is_admin(ctx))
     return await handler(request)
 
 
