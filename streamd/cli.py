@@ -1,4 +1,5 @@
-"""Command line: ``streamd serve``, ``streamd check-config``, ``streamd config-example``, ``streamd --version``."""
+"""Command line: ``streamd serve``, ``streamd check-config``, ``streamd config-example``,
+``streamd policy-sample``, ``streamd --version``."""
 
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", metavar="FILE", required=True)
     sub.add_parser("config-example", help="print the documented example configuration")
+    sub.add_parser("policy-sample", help="print Glance's default policy rules as a commented policy.yaml")
     args = parser.parse_args(argv)
 
     if args.command == "config-example":
         sys.stdout.write(render_example())
+        return 0
+    if args.command == "policy-sample":
+        from .policy.sample import render_sample
+
+        sys.stdout.write(render_sample())
         return 0
     try:
         config = load_config(args.config)
@@ -38,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streamd: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        from .policy import PolicyEnforcer, settings_from_config
+
+        try:
+            PolicyEnforcer(settings_from_config(config))  # the policy file too: a broken one fails the start
+        except ConfigError as exc:
+            print(f"streamd: {exc}", file=sys.stderr)
+            return 2
         # Ignored options are no error: the same warning as at start-up, and success.
         if config.warning:
             print(f"streamd: warning: {config.warning}", file=sys.stderr)

@@ -569,6 +569,32 @@ class StagingStoreOptions:
         "enabled_backends.")
 
 
+@dataclass(frozen=True)
+class OsloPolicyOptions:
+    """oslo.policy's options, with its names and meaning (streamd.policy hands them to oslo.policy)."""
+
+    policy_file: str = opt(
+        "policy.yaml", _str,
+        "Policy file (YAML or JSON) overriding any of Glance's default rules, in the oslo.policy "
+        "language. A relative path is taken from the directory of this configuration file. A missing "
+        "file is fine while this option is left at its default; a file named here must exist. The file "
+        "is re-read when it changes.")
+    policy_default_rule: str = opt(
+        "default", _str, "Rule applied to a rule name that has none (as oslo.policy).")
+    policy_dirs: tuple[str, ...] = opt(
+        ("policy.d",), _list,
+        "Directories of further policy files, applied in name order after policy_file; relative "
+        "paths as for policy_file; missing directories are ignored.")
+    enforce_scope: bool = opt(
+        True, _bool,
+        "Refuse tokens whose scope (project, domain, system) a rule does not name. Glance 33 "
+        "(oslo.policy 6) always does; false restores the older behaviour of ignoring scope.")
+    enforce_new_defaults: bool = opt(
+        True, _bool,
+        "Use Glance's secure-RBAC defaults only. False also accepts each rule's deprecated default "
+        "(mostly the open 'default' rule) and adds Glance's legacy owner checks.")
+
+
 # Options of a Glance 33 glance-api.conf (streamd.glance_options, generated from Glance) that
 # streamd does not implement: accepted, and named in the start-up warning with the reason.
 # Section -> option -> reason; "*" is the reason of every other option of the section.
@@ -609,7 +635,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "allow_anonymous_access": "identity comes from auth_strategy noauth (X-* headers or [noauth])",
         "digest_algorithm": "streamd does not verify image signatures",
         "do_secure_hash": "streamd always computes os_hash_value while it stores data",
-        "enforce_secure_rbac": "streamd's policy is built in: Glance's secure RBAC defaults",
+        "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "
+                               "selects the legacy ones",
         "http_retries": _NO_GLANCE_DOWNLOAD,
         "location_strategy": _READ_ORDER,
         "lock_path": "streamd takes no external locks",
@@ -652,7 +679,7 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
              "(the options of other auth plugins, service catalogues and token binding are not used)",
     },
     "paste_deploy": {"*": "streamd's request pipeline is built in"},
-    "oslo_policy": {"*": "streamd's policy is built in (Glance's defaults); policy files are not read"},
+    "oslo_policy": {"*": "remote (http:/https:) policy checks are not supported: they would block the event loop"},
     "oslo_limit": {"*": "there are no Keystone unified limits"},
     "oslo_concurrency": {"*": "streamd takes no external locks"},
     "oslo_middleware": {"*": "the URL clients see is public_endpoint"},
@@ -743,6 +770,9 @@ class Config:
     stores: tuple[StoreConfig, ...]
     keystone_authtoken: KeystoneAuthtokenOptions = KeystoneAuthtokenOptions()
     paste_deploy: PasteDeployOptions = PasteDeployOptions()
+    oslo_policy: OsloPolicyOptions = OsloPolicyOptions()
+    # Whether the files name [oslo_policy] policy_file themselves (then it must exist).
+    policy_file_explicit: bool = False
     source: str | None = None
     # Every file read, in order (glance-image-import.conf first when it is there); later ones win.
     sources: tuple[str, ...] = ()
@@ -820,6 +850,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "os_glance_staging_store": StagingStoreOptions,
     "keystone_authtoken": KeystoneAuthtokenOptions,
     "paste_deploy": PasteDeployOptions,
+    "oslo_policy": OsloPolicyOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -979,6 +1010,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   inject_metadata_properties=parsed["inject_metadata_properties"],
                   os_glance_staging_store=staging_store, stores=tuple(stores),
                   keystone_authtoken=keystone, paste_deploy=paste,
+                  oslo_policy=parsed["oslo_policy"],
+                  policy_file_explicit="policy_file" in sections.get("oslo_policy", {}),
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored))
 
 

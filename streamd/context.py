@@ -25,19 +25,14 @@ class RequestContext:
     project_domain_id: str | None = None
     service_user_id: str | None = None
     service_roles: frozenset[str] = field(default_factory=frozenset)
+    # Glance's context.is_admin: the policy rule context_is_admin, decided once per request by the
+    # API edge (streamd.policy). None until then, and for internal contexts: the admin role decides.
+    policy_admin: bool | None = None
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.roles
-
-    @property
-    def can_write(self) -> bool:
-        """Glance's default policies: writing needs the member (or admin) role."""
-        return self.is_admin or "member" in self.roles
-
-    @property
-    def can_read(self) -> bool:
-        return self.can_write or "reader" in self.roles
+        """Whether the catalogue shows this caller everything (Glance's database-layer admin)."""
+        return self.policy_admin if self.policy_admin is not None else "admin" in self.roles
 
     def owns(self, owner: str | None) -> bool:
         return owner is not None and owner == self.project_id

@@ -28,6 +28,7 @@ from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
+from .policy import PolicyEnforcer, settings_from_config
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,16 @@ class Services:
     importer: Importer
     uploads: InflightUploads
     jobs: BackgroundJobs
+    # Glance's policy rules (and the policy file): every route and property-level decision asks it.
+    policy: PolicyEnforcer
     # The Keystone token validator with auth_strategy keystone; None in noauth mode.
     identity: KeystoneValidator | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_services(config: Config) -> AsyncIterator[Services]:
+    # First, so that a broken policy file stops the start before anything is opened.
+    policy = PolicyEnforcer(settings_from_config(config))
     async with contextlib.AsyncExitStack() as stack:
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
                                      pool_size=config.database.pool_size)
@@ -99,7 +104,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs, identity=identity)
+                       jobs=jobs, policy=policy, identity=identity)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

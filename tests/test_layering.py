@@ -32,6 +32,7 @@ LAYERS = {
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
     "pipeline": 3, "imports": 3,
     "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
+    "policy": 3,  # Glance's rules over oslo.policy: reads catalogue records, the catalogue never imports it
     "services": 4,  # the composition root: builds stores, cache, pipeline and importer for the edges
     "api": 5, "admin": 5,
     "status": 5,  # class -> HTTP status: read by the edges (and daemon/cli), never by the core

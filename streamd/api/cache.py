@@ -1,5 +1,7 @@
 """The cache over HTTP: ``/v2/cache`` (API 2.14-2.18) and the legacy ``/v2/cached_images``,
-``/v2/queued_images`` routes, with Glance's quirks. Admin only; 404 when the cache is off."""
+``/v2/queued_images`` routes, with Glance's quirks. Each route checks its Glance rule (admin
+only by default: cache_list, cache_image, cache_delete, cache_clean, cache_prune,
+list_cached_nodes; the legacy routes manage_image_cache), then answers 404 when the cache is off."""
 
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ from ..cache import ImageCache
 from ..catalog.query import is_uuid_like
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
+from ..policy import image_target
 from .keys import SERVICES, context_of
 
+# The legacy routes' rule (Glance's cache management middleware).
+LEGACY = "manage_image_cache"
 
-def _cache(request: web.Request) -> ImageCache:
+
+def _cache(request: web.Request, rule: str = LEGACY, target: dict[str, Any] | None = None) -> ImageCache:
     ctx = context_of(request)
-    if not ctx.is_admin:
+    if not request.app[SERVICES].policy.allows(ctx, rule, target or {}):
         raise NotPermitted("You are not authorized to manage the image cache.")
     cache = request.app[SERVICES].cache
     if cache is None:
@@ -31,13 +37,13 @@ async def cached_images_view(cache: ImageCache) -> list[dict[str, Any]]:
 
 
 async def get_cache_state(request: web.Request) -> web.Response:
-    cache = _cache(request)
+    cache = _cache(request, "cache_list")
     return web.json_response({"cached_images": await cached_images_view(cache),
                               "queued_images": [i for i, _ in await cache.queued()]})
 
 
 async def clear_cache(request: web.Request) -> web.Response:
-    cache = _cache(request)
+    cache = _cache(request, "cache_delete")
     target = request.headers.get("x-image-cache-clear-target", "").lower()
     if target not in ("", "cache", "queue"):
         # Glance refuses 'both' here too: the header is absent for both.
@@ -50,12 +56,12 @@ async def clear_cache(request: web.Request) -> web.Response:
 
 
 async def queue_image(request: web.Request) -> web.Response:
-    cache = _cache(request)
     image_id = request.match_info["image_id"]
     image = await request.app[SERVICES].catalog.get_image(image_id, RequestContext.admin()) if is_uuid_like(image_id) \
         else None
     if image is None:
         raise DoesNotExist(f"Image {image_id} not found.")
+    cache = _cache(request, "cache_image", image_target(context_of(request), image))
     if image.status != "active":
         raise InvalidRequest("Only images with status active can be targeted for queueing")
     await cache.queue(image_id)
@@ -66,7 +72,7 @@ async def queue_image(request: web.Request) -> web.Response:
 async def cached_nodes(request: web.Request) -> web.Response:
     """``GET /v2/cache/nodes/{id}`` (2.18): the URLs of the nodes sharing this catalogue that cache the
     image, this node first when it does (Glance's centralized_db cache driver answers the same list)."""
-    cache = _cache(request)
+    cache = _cache(request, "list_cached_nodes")
     services = request.app[SERVICES]
     image_id = request.match_info["image_id"]
     try:
@@ -82,8 +88,13 @@ async def cached_nodes(request: web.Request) -> web.Response:
 
 
 async def delete_cache_entry(request: web.Request) -> web.Response:
-    cache = _cache(request)
     image_id = request.match_info["image_id"]
+    target: dict[str, Any] = {}
+    if is_uuid_like(image_id):
+        with contextlib.suppress(DoesNotExist):
+            found = await request.app[SERVICES].catalog.get_image(image_id, RequestContext.admin())
+            target = image_target(context_of(request), found)
+    cache = _cache(request, "cache_delete", target)
     removed = await cache.dequeue(image_id)
     with contextlib.suppress(DoesNotExist):
         removed = await cache.delete(image_id) or removed
@@ -93,13 +104,13 @@ async def delete_cache_entry(request: web.Request) -> web.Response:
 
 
 async def clean_cache(request: web.Request) -> web.Response:
-    cache = _cache(request)
+    cache = _cache(request, "cache_clean")
     cleaned = await cache.clean()
     return web.json_response({"total_files_cleaned": cleaned})
 
 
 async def prune_cache(request: web.Request) -> web.Response:
-    cache = _cache(request)
+    cache = _cache(request, "cache_prune")
     result = await cache.prune()
     return web.json_response({"total_files_pruned": result.removed, "total_bytes_pruned": result.freed})
 

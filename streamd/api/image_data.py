@@ -7,12 +7,12 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from ..catalog import ImageRecord, policy
+from ..catalog import ImageRecord
 from ..errors import InvalidRequest, NotPermitted
 from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
-from .images import _get_visible
+from .images import _get_visible, image_policy
 from .inputs import require_content_type, size_header, text_header
 from .keys import SERVICES, context_of
 
@@ -52,7 +52,7 @@ async def upload(request: web.Request) -> web.Response:
     ctx = context_of(request)
     config = request.app[SERVICES].config
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "upload_image")
+    image_policy(request, image).enforce("upload_image")
     require_content_type(request, "application/octet-stream", "image data")
     store = request.app[SERVICES].stores.get(text_header(request, "X-Image-Meta-Store"))
     async with request.app[SERVICES].uploads.track():
@@ -114,8 +114,10 @@ def _etag(image: ImageRecord) -> str:
 async def download(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
+    # Glance's order: the deactivated image (for non-admins, whatever the rules say), then download_image.
     if image.status == "deactivated" and not ctx.is_admin:
         raise NotPermitted("The requested image has been deactivated. Image data download is forbidden.")
+    image_policy(request, image).enforce("download_image")
     delivery = request.app[SERVICES].delivery
     if image.status not in ("active", "deactivated") or not delivery.has_data(image):
         return web.Response(status=204)

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..catalog import policy
 from ..catalog.query import is_uuid_like, parse_list_params
 from ..catalog.records import ImageRecord
 from ..catalog.values import INTEGER_MAX, short_number
 from ..errors import InvalidRequest, StateConflict as Conflict, NotPermitted, DoesNotExist, QuotaExceeded
+from ..policy import ImagePolicy, enforce_add_image, list_target
 from .errors import ProtocolError
 from .inputs import json_body
 from .keys import SERVICES, context_of
@@ -69,19 +69,23 @@ def _image_url(request: web.Request, image_id: str) -> str:
 
 
 async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
+    """The image, if the caller can find it at all (the catalogue's visibility, Glance's
+    ``image_repo.get``): 404 otherwise. The rules are checked by the caller, on what is found."""
     ctx = context_of(request)
-    policy.require_reader(ctx)
     if not is_uuid_like(image_id):
         raise DoesNotExist(f"No image found with ID {image_id}")
     return await request.app[SERVICES].catalog.get_image(image_id, ctx)
+
+
+def image_policy(request: web.Request, image: ImageRecord) -> ImagePolicy:
+    """The rules of ``image`` for this request's caller."""
+    return ImagePolicy(request.app[SERVICES].policy, context_of(request), image)
 
 
 # -- create -----------------------------------------------------------------------------
 
 async def create_image(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
-    ctx = context_of(request)
-    policy.require_writer(ctx, "add_image")
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("Image body must be a JSON object")
@@ -111,10 +115,9 @@ async def create_from_document(request: web.Request, body: dict[str, Any]) -> Im
         if not is_uuid_like(body["id"]):
             raise InvalidRequest(f"Invalid image id {body['id']}")
         base["id"] = body["id"]
-    if "owner" in base and base["owner"] != ctx.project_id and not ctx.is_admin:
-        raise NotPermitted(f"You are not permitted to create images owned by '{base['owner']}'.")
+    # add_image (the owner must be the caller's project unless admin), then publicize/communitize.
+    enforce_add_image(request.app[SERVICES].policy, ctx, base.get("owner"), base.get("visibility"))
     base.setdefault("owner", ctx.project_id)
-    policy.require_visibility_change(ctx, base.get("visibility", "shared"))
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
     return await request.app[SERVICES].catalog.create_image(base, properties, tags)
@@ -147,17 +150,23 @@ def _split_document(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
 
 async def show_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
+    image_policy(request, image).enforce("get_image")
     return web.json_response(image_view(image))
 
 
 async def list_images(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
     ctx = context_of(request)
-    policy.require_reader(ctx)
+    enforcer = request.app[SERVICES].policy
+    # "May this caller list images at all"; each image found must then pass get_image (Glance's index).
+    enforcer.enforce(ctx, "get_images", list_target(ctx))
     params = list(request.query.items())
     query = parse_list_params(params, limit_default=config.default.limit_param_default,
                               limit_max=config.default.api_limit_max)
     images, full = await request.app[SERVICES].catalog.list_images(ctx, query)
+    # Paging follows what the catalogue returned (``full``), as Glance's next marker follows its
+    # database count, even when the rule leaves fewer on the page.
+    images = [i for i in images if ImagePolicy(enforcer, ctx, i).check("get_image")]
     without_marker = [(k, v) for k, v in params if k != "marker"]
     body: dict[str, Any] = {
         "images": [image_view(i) for i in images],
@@ -251,7 +260,7 @@ async def update_image(request: web.Request) -> web.Response:
     if not changes:
         # Glance checks policies per change and saves only if there was one: nothing to refuse.
         return web.json_response(image_view(image))
-    policy.require_modify(ctx, image)
+    rules = image_policy(request, image)
 
     base_names = set(image_base_properties(config))
     new_base: dict[str, Any] = {}
@@ -263,13 +272,14 @@ async def update_image(request: web.Request) -> web.Response:
         if name == "locations":
             if op == "replace" and not value:
                 raise NotPermitted("Cannot set locations to empty list.")
+            rules.enforce("delete_image_location" if op == "remove" else "set_image_location")
             # Glance refuses location changes while show_multiple_locations is off (its default).
             raise NotPermitted(f"It's not allowed to {op} locations if locations are invisible.")
         if op == "replace" and name == "owner" and not ctx.is_admin:
             raise NotPermitted("Owner can't be updated by non admin.")
-        if name == "visibility" and op != "remove":
-            # publicize_image is checked on every change to public, even when it already is.
-            policy.require_visibility_change(ctx, value)
+        # Per change, as Glance: publicize_image/communitize_image for a new visibility (on every
+        # change to public, even when it already is), then modify_image.
+        rules.update_property(name, value if op != "remove" else None)
         if name in base_names:
             if op == "remove":
                 raise NotPermitted(f"Property {name} may not be removed.")
@@ -332,7 +342,7 @@ def _check_tags(tags: list[str]) -> None:
 async def delete_image(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "delete_image")
+    image_policy(request, image).enforce("delete_image")
     if image.protected:
         raise NotPermitted(f"Image {image.id} is protected and cannot be deleted.")
     stores = request.app[SERVICES].stores
@@ -357,7 +367,7 @@ async def _toggle_active(request: web.Request, action: str, source: str, target:
     """deactivate (active -> deactivated) and reactivate (the reverse): a no-op when already there."""
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, action)
+    image_policy(request, image).enforce(action)
     if image.status == target:
         return web.Response(status=204)
     if image.status != source:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..catalog import TaskRecord, policy
+from ..catalog import TaskRecord
 from ..catalog.catalog import STAGE_HOST
 from ..catalog.records import isotime
 from ..config import Config
@@ -20,7 +20,8 @@ from ..errors import PeerFailed, InvalidRequest, StateConflict, NotPermitted, Pe
 from ..imports import ImportPlan
 from ..imports.web import SUPPORTED_SCHEMES as WEB_DOWNLOAD_SCHEMES
 from .image_data import _body_chunks, _declared_size
-from .images import _get_visible
+from ..policy import NOT_FOUND
+from .images import _get_visible, image_policy
 from .inputs import json_body, require_content_type, text_header
 from .keys import SERVICES, context_of, request_id_of
 
@@ -33,7 +34,8 @@ async def stage(request: web.Request) -> web.Response:
         raise DoesNotExist("The glance-direct import method is not enabled")
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image, "upload_image")
+    # Staging has no rule of its own: Glance checks modify_image.
+    image_policy(request, image).enforce("modify_image")
     require_content_type(request, "application/octet-stream", "image data")
     services = request.app[SERVICES]
     async with services.uploads.track():
@@ -55,15 +57,9 @@ async def import_image(request: web.Request) -> web.Response:
     if method not in config.default.enabled_import_methods:
         raise InvalidRequest(f"Import method {method} is not valid or not enabled at this site "
                          f"(enabled: {', '.join(config.default.enabled_import_methods)})")
-    if method == "copy-image":
-        if not ctx.is_admin:
-            raise NotPermitted("You are not authorized to complete copy_image action.")
-    else:
-        policy.require_modify(ctx, image, "modify_image")
     must_succeed = body.get("all_stores_must_succeed", True)
     if not isinstance(must_succeed, bool):
         raise InvalidRequest("all_stores_must_succeed must be a boolean")
-    stores = _target_stores(request, body, image.stores if method == "copy-image" else ())
     if image.status == "active" and method != "copy-image":
         raise StateConflict(f"Image {image.id} is active: only copy-image applies to it")
     if method == "copy-image" and image.status != "active":
@@ -74,6 +70,10 @@ async def import_image(request: web.Request) -> web.Response:
         raise StateConflict(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
     if not (image.disk_format and image.container_format):
         raise StateConflict("'disk_format' and 'container_format' must be set prior to import")
+    # Glance's order: the image's state (409) first, then the rule: copy-image has its own, any
+    # other method changes the image (modify_image); then the stores.
+    image_policy(request, image).enforce("copy_image" if method == "copy-image" else "modify_image")
+    stores = _target_stores(request, body, image.stores if method == "copy-image" else ())
     if method == "copy-image" and not stores:
         return web.Response(status=202)  # every store already holds the image (all_stores): nothing to do
     importer = request.app[SERVICES].importer
@@ -162,16 +162,22 @@ async def delete_from_store(request: web.Request) -> web.Response:
     store = request.app[SERVICES].stores.for_location(store_id)
     if store is None:
         raise StateConflict(f"The selected store {store_id} is not available on this node.")
-    image = await _get_visible(request, request.match_info["image_id"])
-    if not ctx.is_admin:
-        raise NotPermitted("You are not authorized to complete delete_image_location action.")
+    image_id = request.match_info["image_id"]
+    try:
+        image = await _get_visible(request, image_id)
+    except DoesNotExist as exc:
+        raise DoesNotExist(f"Failed to find image {image_id}") from exc
+    # Glance's order: get_image_location, delete_image_location, then the image's state.
+    rules = image_policy(request, image)
+    rules.enforce("get_image_location")
+    rules.enforce("delete_image_location")
     if image.status != "active":
         raise StateConflict("It's not allowed to remove image data from store if image status is not 'active'")
-    if store_id not in image.stores:
-        raise DoesNotExist(f"Image {image.id} is not stored in store {store_id}.")
     if len(image.locations) == 1:
         raise NotPermitted("Cannot delete image data from the only store containing it. "
                         "Consider deleting the image instead.")
+    if store_id not in image.stores:
+        raise DoesNotExist(f"Image {image.id} is not stored in store {store_id}.")
     location = next(loc for loc in image.locations if loc.store == store_id)
     await store.check_deletable(location.url)  # 409 while RBD clones depend on it
     await request.app[SERVICES].catalog.remove_location(image.id, store_id)
@@ -196,14 +202,19 @@ def task_view(task: TaskRecord, *, full: bool = True) -> dict[str, Any]:
 
 
 async def image_tasks(request: web.Request) -> web.Response:
-    image = await _get_visible(request, request.match_info["image_id"])
+    # Glance answers a bare 404 both for an image it cannot find and for one get_image refuses.
+    try:
+        image = await _get_visible(request, request.match_info["image_id"])
+        image_policy(request, image).enforce("get_image")
+    except (DoesNotExist, NotPermitted) as exc:
+        raise DoesNotExist(NOT_FOUND) from exc
     tasks = await request.app[SERVICES].catalog.list_tasks(image_id=image.id)
     return web.json_response({"tasks": [task_view(t) for t in tasks]})
 
 
 def _require_tasks_access(request: web.Request) -> None:
-    if not context_of(request).is_admin:
-        raise NotPermitted("You are not authorized to complete tasks_api_access action.")
+    # Glance 33 registers get_task(s)/add_task/modify_task but decides access by this rule alone.
+    request.app[SERVICES].policy.enforce(context_of(request), "tasks_api_access", {})
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -255,8 +266,7 @@ async def info_stores(request: web.Request) -> web.Response:
 
 
 async def info_stores_detail(request: web.Request) -> web.Response:
-    if not context_of(request).is_admin:
-        raise NotPermitted("You are not authorized to complete stores_info_detail action.")
+    request.app[SERVICES].policy.enforce(context_of(request), "stores_info_detail", {})
     config = request.app[SERVICES].config
     registry = request.app[SERVICES].stores
     stores = _stores_info(config)

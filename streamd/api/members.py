@@ -1,14 +1,17 @@
-"""``/v2/images/{id}/members``: the owner shares, the consumer accepts or rejects."""
+"""``/v2/images/{id}/members``: the owner shares, the consumer accepts or rejects.
+
+Every member rule is checked against the image (Glance's ``MemberAPIPolicy``), after
+``get_image`` (404 when the caller may not see the image).
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..catalog import policy
 from ..catalog.records import MEMBER_STATUSES, ImageRecord, MemberRecord
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
-from .images import _get_visible
+from .images import _get_visible, image_policy
 from .inputs import json_body
 from .keys import SERVICES, context_of
 from .views import member_view
@@ -23,18 +26,42 @@ def _check_shared(image: ImageRecord, action: str | None = None) -> None:
         raise NotPermitted("Only shared images have members.")
 
 
+def _enforce_member_rule(request: web.Request, image: ImageRecord, rule: str) -> None:
+    rules = image_policy(request, image)
+    rules.enforce("get_image")
+    request.app[SERVICES].policy.enforce(rules.ctx, rule, rules.target)
+
+
 async def _lookup_member(request: web.Request, ctx: RequestContext, image: ImageRecord, member_id: str) -> MemberRecord:
-    """The membership, if the caller may see it: the owner's project and admins see every member,
-    a consumer only its own (Glance filters members by ``owner == me or member == me``)."""
+    """The membership, if the caller may see it (``get_member``, then the catalogue: the owner's
+    project and admins see every member, a consumer only its own, as Glance's database layer)."""
+    _enforce_member_rule(request, image, "get_member")
     if not (ctx.is_admin or ctx.owns(image.owner) or member_id == ctx.project_id):
         raise DoesNotExist(f"{member_id} not found in the member list of the image {image.id}.")
     return await request.app[SERVICES].catalog.get_member(image.id, member_id)
+
+
+def _legacy_owner_check(request: web.Request, ctx: RequestContext, image: ImageRecord, what: str) -> None:
+    """Glance's owner checks of member calls, made only with the legacy defaults (enforce_new_defaults
+    = false): the owner adds and removes members, a consumer (never the owner) changes a status."""
+    if not request.app[SERVICES].policy.legacy_ownership or ctx.is_admin:
+        return
+    if what == "create" and (image.owner is None or image.owner != ctx.project_id):
+        raise NotPermitted(f"Not allowed to create members for image {image.id}.")
+    if what == "update" and ctx.project_id == image.owner:
+        raise NotPermitted(f"Not allowed to update members for image {image.id}.")
+    if what == "delete" and ctx.project_id != image.owner:
+        raise NotPermitted(f"Not allowed to delete members for image {image.id}.")
 
 
 async def list_members(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image)
+    _enforce_member_rule(request, image, "get_members")
+    if not image_policy(request, image).allows("get_member"):
+        # Glance filters the list by get_member, whose target is the image: all or nothing.
+        return web.json_response({"members": [], "schema": "/v2/schemas/members"})
     catalog = request.app[SERVICES].catalog
     if ctx.is_admin or ctx.owns(image.owner):
         members = await catalog.list_members(image.id)
@@ -54,7 +81,8 @@ async def add_member(request: web.Request) -> web.Response:
         raise InvalidRequest("Member id is at most 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image, "create")
-    policy.require_modify(ctx, image, "add_member")
+    _legacy_owner_check(request, ctx, image, "create")
+    _enforce_member_rule(request, image, "add_member")
     member = await request.app[SERVICES].catalog.add_member(image.id, body["member"],
                                                    quota=request.app[SERVICES].config.default.image_member_quota)
     return web.json_response(member_view(member))
@@ -65,7 +93,10 @@ async def show_member(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     if image.visibility != "shared":
         raise DoesNotExist("Only shared images have members.")  # Glance turns this 403 into 404 on show
-    member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
+    try:
+        member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
+    except NotPermitted as exc:
+        raise DoesNotExist(exc.message) from exc  # Glance: a refusal on show is a 404 too
     return web.json_response(member_view(member))
 
 
@@ -79,8 +110,9 @@ async def update_member(request: web.Request) -> web.Response:
     status = body["status"]
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image, "update")
+    _legacy_owner_check(request, ctx, image, "update")
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
-    policy.require_modify_member(ctx, image, member.member)
+    _enforce_member_rule(request, image, "modify_member")
     if not isinstance(status, str) or status not in MEMBER_STATUSES:
         raise InvalidRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
     member = await request.app[SERVICES].catalog.update_member(image.id, member.member, status)
@@ -91,8 +123,9 @@ async def delete_member(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
     _check_shared(image, "delete")
+    _legacy_owner_check(request, ctx, image, "delete")
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
-    policy.require_modify(ctx, image, "delete_member")
+    _enforce_member_rule(request, image, "delete_member")
     await request.app[SERVICES].catalog.delete_member(image.id, member.member)
     return web.Response(status=204)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -99,23 +100,25 @@ _ANONYMOUS = RequestContext(project_id=None, user_id=None)
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     validator = request.app[SERVICES].identity
     if validator is None:
-        request[CONTEXT] = identify(request)
-        return await handler(request)
-    if _unauthenticated(request):
-        request[CONTEXT] = _ANONYMOUS
-        return await handler(request)
-    try:
-        # Client-sent identity headers (X-Roles, X-Project-Id, X-Identity-Status, X-Service-*...)
-        # are never read here: the context is what Keystone says of the tokens.
-        request[CONTEXT] = await validator.authenticate(_token(request, "X-Auth-Token", "X-Storage-Token"),
-                                                        _token(request, "X-Service-Token"))
-    except InvalidToken as exc:
-        log.info("%s %s (%s): rejected: %s", request.method, request.path, request_id_of(request), exc.message)
-        return keystone_unauthorized(validator.www_authenticate_uri)
-    except IdentityUnavailable as exc:
-        log.error("%s %s (%s): unable to validate token: %s", request.method, request.path,
-                  request_id_of(request), exc.message)
-        return error_response(request, 503, _503_EXPLANATION, detail=KEYSTONE_503_DETAIL)
+        ctx = identify(request)
+    elif _unauthenticated(request):
+        ctx = _ANONYMOUS
+    else:
+        try:
+            # Client-sent identity headers (X-Roles, X-Project-Id, X-Identity-Status, X-Service-*...)
+            # are never read here: the context is what Keystone says of the tokens.
+            ctx = await validator.authenticate(_token(request, "X-Auth-Token", "X-Storage-Token"),
+                                               _token(request, "X-Service-Token"))
+        except InvalidToken as exc:
+            log.info("%s %s (%s): rejected: %s", request.method, request.path, request_id_of(request), exc.message)
+            return keystone_unauthorized(validator.www_authenticate_uri)
+        except IdentityUnavailable as exc:
+            log.error("%s %s (%s): unable to validate token: %s", request.method, request.path,
+                      request_id_of(request), exc.message)
+            return error_response(request, 503, _503_EXPLANATION, detail=KEYSTONE_503_DETAIL)
+    # Glance decides is_admin once, when it builds the context, by the context_is_admin rule.
+    policy = request.app[SERVICES].policy
+    request[CONTEXT] = dataclasses.replace(ctx, policy_admin=policy.is_admin(ctx))
     return await handler(request)
 
 

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..catalog import policy
 from ..errors import InvalidRequest
-from .images import _get_visible
-from .keys import SERVICES, context_of
+from .images import _get_visible, image_policy
+from .keys import SERVICES
 
 
 async def add_tag(request: web.Request) -> web.Response:
-    ctx = context_of(request)
     tag = request.match_info["tag"]
     # Glance validates the tag against the schema before it looks the image up.
     if len(tag) > 255:
         raise InvalidRequest("Image tag exceeds the maximum length of 255 characters")
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image)
+    image_policy(request, image).enforce("modify_image")
     await request.app[SERVICES].catalog.add_tag(image.id, tag, quota=request.app[SERVICES].config.default.image_tag_quota)
     return web.Response(status=204)
 
 
 async def delete_tag(request: web.Request) -> web.Response:
-    ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    policy.require_modify(ctx, image)
+    image_policy(request, image).enforce("modify_image")
     await request.app[SERVICES].catalog.delete_tag(image.id, request.match_info["tag"])
     return web.Response(status=204)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import InvalidRequest, NotPermitted
+from ..errors import InvalidRequest
 from ..imports.flow import ImportPlan
 from ..imports.web import SUPPORTED_SCHEMES
 from .images import create_from_document
@@ -26,8 +26,9 @@ TASK_TYPES = ("import",)
 
 async def create_task(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    if not ctx.is_admin:
-        raise NotPermitted("You are not authorized to complete tasks_api_access action.")
+    # Glance checks access to the tasks API first (its deserializer), then add_task.
+    request.app[SERVICES].policy.enforce(ctx, "tasks_api_access", {})
+    request.app[SERVICES].policy.enforce(ctx, "add_task", {})
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("Body expected in request.")

@@ -17,7 +17,6 @@ from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTrans
 from . import models as m
 from .base import CatalogBase, write_properties
 from .members import membership
-from .policy import can_see
 from .records import ImageRecord, Location, utcnow
 from .status import NEEDS_FORMATS, check_transition
 from .values import check_properties, check_row, check_tags
@@ -69,10 +68,15 @@ class ImagesMixin(CatalogBase):
             return image
 
     async def _visible(self, conn: AsyncConnection, ctx: RequestContext, image: ImageRecord) -> bool:
-        member_status = None
-        if image.visibility == "shared" and ctx.project_id and not ctx.is_admin and not ctx.owns(image.owner):
-            member_status = await membership(conn, image.id, ctx.project_id)
-        return can_see(ctx, image, member_status)
+        """Glance's database-layer visibility (``is_image_visible``): what the caller can find at all.
+        The policy (get_image and the rest) is checked by the API on what is found."""
+        if ctx.is_admin or image.owner is None or image.visibility in ("public", "community"):
+            return True
+        if ctx.project_id is None:
+            return False
+        if ctx.owns(image.owner):
+            return True
+        return image.visibility == "shared" and await membership(conn, image.id, ctx.project_id) is not None
 
     async def update_image(self, image_id: str, *, changes: Mapping[str, Any] | None = None,
                            set_properties: Mapping[str, str] | None = None,
