@@ -173,11 +173,13 @@ async def delete_from_store(request: web.Request) -> web.Response:
     rules.enforce("delete_image_location")
     if image.status != "active":
         raise StateConflict("It's not allowed to remove image data from store if image status is not 'active'")
+    # (Glance 33 refuses the only location, 403, before it looks for the store, 404; streamd
+    # answers 404 first for a store that does not hold the image.)
+    if store_id not in image.stores:
+        raise DoesNotExist(f"Image {image.id} is not stored in store {store_id}.")
     if len(image.locations) == 1:
         raise NotPermitted("Cannot delete image data from the only store containing it. "
                         "Consider deleting the image instead.")
-    if store_id not in image.stores:
-        raise DoesNotExist(f"Image {image.id} is not stored in store {store_id}.")
     location = next(loc for loc in image.locations if loc.store == store_id)
     await store.check_deletable(location.url)  # 409 while RBD clones depend on it
     await request.app[SERVICES].catalog.remove_location(image.id, store_id)
