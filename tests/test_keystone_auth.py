@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from conftest import ApiClient, Reply, free_port, make_config
-from keystone import Keystone, keystone
+from keystone import Keystone, bootstrap_keystone, keystone, start_keystone
 from streamd.api import create_app
 from streamd.config import Config
 from streamd.identity import KeystoneValidator
+from streamd.identity.tokens import parse_time
 from streamd.services import Services, open_services
 
 KEYSTONE_401 = {"error": {"code": 401, "title": "Unauthorized",
@@ -259,3 +262,110 @@ async def test_noauth_is_unchanged(tmp_path: Path) -> None:
         reply = await create_image(api, {"X-Project-Id": "a" * 32, "X-Roles": "member"}, name="x")
         assert reply.status == 201 and reply.json["owner"] == "a" * 32
         assert "WWW-Authenticate" not in reply.headers
+
+
+# -- X-Service-Token: an expired user token let through by a service -----------------------------------
+# A Keystone of its own whose tokens live TOKEN_LIFETIME seconds, so that they expire during a test.
+
+TOKEN_LIFETIME = 8
+
+
+@pytest.fixture(scope="module")
+def short_ks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
+    """Keystone with TOKEN_LIFETIME-second tokens, bootstrapped like the suite's. Set
+    STREAMD_TEST_KEYSTONE_SHORT_URL to one already started that way (``STREAMD_KEYSTONE_TOKEN_EXPIRATION=8
+    scripts/keystone-dev.sh start DIR``) to save the minute it takes to start."""
+    url = os.environ.get("STREAMD_TEST_KEYSTONE_SHORT_URL")
+    if url:
+        yield bootstrap_keystone(url, os.environ["STREAMD_TEST_KEYSTONE_ADMIN_PASSWORD"])
+        return
+    process = start_keystone(tmp_path_factory.mktemp("short-keystone") / "ks", token_expiration=TOKEN_LIFETIME)
+    try:
+        yield bootstrap_keystone(process.url, process.admin_password)
+    finally:
+        process.stop()
+
+
+def expiring_token(ks: Keystone, user: str) -> tuple[str, float]:
+    token, document = ks.token_document(user)
+    return token, parse_time(document["expires_at"])
+
+
+async def wait_until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.time()))
+
+
+async def test_an_expired_user_token_passes_with_a_service_token(tmp_path: Path, short_ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, short_ks)) as (api, services):
+        token, expires_at = expiring_token(short_ks, "a-member")
+        created = await create_image(api, as_token(token), name="before expiry")
+        assert created.status == 201, created.body
+        await wait_until(expires_at + 0.5)
+        assert not short_ks.is_valid(token)
+        # Alone, the expired token is refused ...
+        assert_keystone_401(await api.call("GET", "/v2/images", as_=as_token(token)), short_ks.url)
+        # ... with the glance service user's token (role service) it is the user's request still.
+        service = short_ks.token("glance")
+        reply = await api.call("GET", "/v2/images", as_=as_token(token, **{"X-Service-Token": service}))
+        assert reply.status == 200, reply.body
+        assert [i["id"] for i in reply.json["images"]] == [created.json["id"]]
+        service = short_ks.token("glance")  # the service token lives TOKEN_LIFETIME seconds too
+        context = await services.identity.authenticate(token, service)  # type: ignore[union-attr]
+        assert context.project_id == short_ks.projects["streamd-a"]
+        assert context.service_user_id == short_ks.users["glance"].id and "service" in context.service_roles
+        # A "service" token without the service role (a member's) is refused outright
+        # (service_token_roles_required), expired user token or not.
+        member_as_service = {"X-Service-Token": short_ks.token("b-member")}
+        assert_keystone_401(await api.call("GET", "/v2/images", as_=as_token(token, **member_as_service)),
+                            short_ks.url)
+        assert_keystone_401(await api.call("GET", "/v2/images",
+                                           as_=as_token(short_ks.token("a-member"), **member_as_service)),
+                            short_ks.url)
+        # An invalid service token is refused too, whatever the user's token.
+        assert_keystone_401(await api.call("GET", "/v2/images", as_=as_token(
+            short_ks.token("a-member"), **{"X-Service-Token": "bogus"})), short_ks.url)
+        # The validator's own token expired meanwhile, several times: it logged in again.
+        assert services.identity is not None and services.identity.service_logins >= 2
+
+
+async def test_service_token_roles_not_required(tmp_path: Path, short_ks: Keystone) -> None:
+    config = keystone_config(tmp_path, short_ks, service_token_roles_required="false")
+    async with serving(config) as (api, _):
+        member_as_service = {"X-Service-Token": short_ks.token("b-member")}
+        # Any valid token is accepted as a service token then ...
+        fresh = as_token(short_ks.token("a-member"), **member_as_service)
+        assert (await api.call("GET", "/v2/images", as_=fresh)).status == 200
+        # ... but only one with a service role lets an expired user token through.
+        token, expires_at = expiring_token(short_ks, "a-member")
+        await wait_until(expires_at + 0.5)
+        expired_with_member = as_token(token, **{"X-Service-Token": short_ks.token("b-member")})
+        assert_keystone_401(await api.call("GET", "/v2/images", as_=expired_with_member), short_ks.url)
+        expired_with_glance = as_token(token, **{"X-Service-Token": short_ks.token("glance")})
+        assert (await api.call("GET", "/v2/images", as_=expired_with_glance)).status == 200
+
+
+async def test_an_upload_outlives_its_token(tmp_path: Path, short_ks: Keystone) -> None:
+    async with serving(keystone_config(tmp_path, short_ks)) as (api, _):
+        token, expires_at = expiring_token(short_ks, "a-member")
+        created = await create_image(api, as_token(token), name="long upload")
+        assert created.status == 201, created.body
+        image_id = created.json["id"]
+        chunk = b"\x5a" * 65536
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            # Keeps sending until well after the token has expired.
+            while time.time() < expires_at + 2.0 or sent < 16:
+                yield chunk
+                sent += 1
+                await asyncio.sleep(0.1)
+
+        await wait_until(expires_at - 2.0)
+        headers = as_token(token, **{"X-Service-Token": short_ks.token("glance"),
+                                     "Content-Type": "application/octet-stream"})
+        reply = await api.call("PUT", f"/v2/images/{image_id}/file", as_=headers, data=body())
+        assert reply.status == 204, reply.body
+        assert time.time() > expires_at + 2.0 and not short_ks.is_valid(token)
+        shown = await api.call("GET", f"/v2/images/{image_id}", as_=as_token(short_ks.token("a-member")))
+        assert shown.json["status"] == "active" and shown.json["size"] == sent * len(chunk)
