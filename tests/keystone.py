@@ -42,6 +42,9 @@ ROLES = ("admin", "member", "reader")
 SERVICE_PROJECT = "service"
 SERVICE_USER = "glance"
 SERVICE_ROLES = ("service", "admin")
+# scripts/tempest_run.py's password for the same user: both may share one Keystone without
+# changing it under each other.
+SERVICE_PASSWORD = "streamd-glance-secret"
 
 
 def keystone_url() -> str:
@@ -191,7 +194,7 @@ class Keystone:
         wanted = [(f"{p}-{role}", f"streamd-{p}-{role}", f"streamd-{p}", (role,)) for p in PROJECTS for role in ROLES]
         wanted.append((SERVICE_USER, SERVICE_USER, SERVICE_PROJECT, SERVICE_ROLES))
         for key, name, project, roles in wanted:
-            password = f"{name}-secret"
+            password = SERVICE_PASSWORD if name == SERVICE_USER else f"{name}-secret"
             project_id = project_ids[project]
             if name not in user_ids:
                 user_ids[name] = self._create("users", {"name": name, "domain_id": DOMAIN, "password": password,
