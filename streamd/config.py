@@ -632,7 +632,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
                    "max_header_line"),
         **_because("streamd serves plain HTTP; terminate TLS in front of it", "cert_file", "key_file", "ca_file"),
         **_because("there is no registry", "registry_host", "registry_port"),
-        "allow_anonymous_access": "identity comes from auth_strategy noauth (X-* headers or [noauth])",
+        "allow_anonymous_access": "with auth_strategy keystone every API request needs a token; with noauth "
+                                  "identity comes from the X-* headers or [noauth]",
         "digest_algorithm": "streamd does not verify image signatures",
         "do_secure_hash": "streamd always computes os_hash_value while it stores data",
         "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "

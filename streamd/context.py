@@ -1,9 +1,9 @@
 """Who is asking: the identity a request runs under.
 
-The API edge builds a ``RequestContext`` from the request (today from the
-X-Project-Id/X-User-Id/X-Roles headers or the configured default identity;
-later from a validated token) and the catalogue decides what that caller may
-see and do from it alone.
+The API edge builds a ``RequestContext`` from the request (with auth_strategy
+noauth from the X-Project-Id/X-User-Id/X-Roles headers or the configured default
+identity; with keystone from the validated token, ``streamd.identity``) and the
+catalogue decides what that caller may see and do from it alone.
 """
 
 from __future__ import annotations

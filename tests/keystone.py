@@ -26,9 +26,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +42,9 @@ ROLES = ("admin", "member", "reader")
 SERVICE_PROJECT = "service"
 SERVICE_USER = "glance"
 SERVICE_ROLES = ("service", "admin")
+# scripts/tempest_run.py's password for the same user: both may share one Keystone without
+# changing it under each other.
+SERVICE_PASSWORD = "streamd-glance-secret"
 
 
 def keystone_url() -> str:
@@ -93,6 +99,10 @@ class Keystone:
 
     def _ok(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         status, answer, _ = self.request(method, path, body, token or self.admin_token())
+        if status == 401 and token is None:
+            # The admin token expired (a Keystone with short-lived tokens): log in again, once.
+            self._admin_token = None
+            status, answer, _ = self.request(method, path, body, self.admin_token())
         assert 200 <= status < 300, (method, path, status, answer)
         return answer
 
@@ -126,14 +136,18 @@ class Keystone:
         return self.login("admin", self.admin_password, {"system": {"all": True}})[0]
 
     def revoke(self, token: str) -> None:
-        status, body, _ = self.request("DELETE", "/auth/tokens", token=self.admin_token(),
+        status, body, _ = self.request("DELETE", "/auth/tokens", token=self.fresh_admin_token(),
                                        headers={"X-Subject-Token": token})
         assert status == 204, (status, body)
 
     def is_valid(self, token: str) -> bool:
-        status, _, _ = self.request("GET", "/auth/tokens?nocatalog", token=self.admin_token(),
+        status, _, _ = self.request("GET", "/auth/tokens?nocatalog", token=self.fresh_admin_token(),
                                     headers={"X-Subject-Token": token})
         return status == 200
+
+    def fresh_admin_token(self) -> str:
+        self._admin_token = None
+        return self.admin_token()
 
     # -- what streamd is configured with ------------------------------------------------------
 
@@ -180,7 +194,7 @@ class Keystone:
         wanted = [(f"{p}-{role}", f"streamd-{p}-{role}", f"streamd-{p}", (role,)) for p in PROJECTS for role in ROLES]
         wanted.append((SERVICE_USER, SERVICE_USER, SERVICE_PROJECT, SERVICE_ROLES))
         for key, name, project, roles in wanted:
-            password = f"{name}-secret"
+            password = SERVICE_PASSWORD if name == SERVICE_USER else f"{name}-secret"
             project_id = project_ids[project]
             if name not in user_ids:
                 user_ids[name] = self._create("users", {"name": name, "domain_id": DOMAIN, "password": password,
@@ -204,6 +218,36 @@ def bootstrap_keystone(url: str, admin_password: str) -> Keystone:
 @functools.cache
 def _session_keystone(url: str, admin_password: str) -> Keystone:
     return bootstrap_keystone(url, admin_password)
+
+
+@dataclass
+class KeystoneProcess:
+    """A Keystone of its own (``scripts/keystone-dev.sh start DIR``), for tests that need other
+    settings than the suite's (short-lived tokens) or that stop it."""
+
+    directory: Path
+    url: str
+    admin_password: str
+
+    def stop(self) -> None:
+        subprocess.run([str(KEYSTONE_DEV), "stop", str(self.directory)], check=True, capture_output=True,
+                       timeout=60)
+
+
+KEYSTONE_DEV = Path(__file__).resolve().parent.parent / "scripts" / "keystone-dev.sh"
+
+
+def start_keystone(directory: Path, *, token_expiration: int | None = None) -> KeystoneProcess:
+    """A new Keystone in ``directory`` (which must not exist or be empty); about a minute on 2 busy cores."""
+    env = dict(os.environ)
+    if token_expiration is not None:
+        env["STREAMD_KEYSTONE_TOKEN_EXPIRATION"] = str(token_expiration)
+    result = subprocess.run([str(KEYSTONE_DEV), "start", str(directory)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    exports = dict(re.findall(r"^export (\w+)=(.*)$", result.stdout, re.M))
+    return KeystoneProcess(directory, exports["STREAMD_TEST_KEYSTONE_URL"],
+                           exports["STREAMD_TEST_KEYSTONE_ADMIN_PASSWORD"])
 
 
 def keystone() -> Keystone:
