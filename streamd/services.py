@@ -1,7 +1,7 @@
 """The composition root: everything a node runs, opened in order and closed in reverse.
 
 :func:`open_services` builds the catalogue, the stores, the cache and its peers,
-image delivery, the prefetcher, the staging area and the importer, recovers what
+image delivery, the prefetcher, the quotas, the staging area and the importer, recovers what
 a crash of this node left behind, and registers every periodic job with one
 supervisor (:class:`~streamd.background.BackgroundJobs`). It yields one frozen
 :class:`Services`. The two edges, the HTTP API (``api.create_app``) and the
@@ -25,6 +25,7 @@ from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
+from .quota import KeystoneLimits, Quotas
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Services:
     importer: Importer
     uploads: InflightUploads
     jobs: BackgroundJobs
+    quotas: Quotas
 
 
 @contextlib.asynccontextmanager
@@ -70,9 +72,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if prefetcher is not None:
             stack.push_async_callback(prefetcher.stop)
 
+        quotas = await _open_quotas(config, catalog, stack)
         staging = StagingArea(config.staging_dir)
         await staging.start()
-        importer = Importer(catalog, stores, staging, config)
+        importer = Importer(catalog, stores, staging, config, quotas)
         # Imports this node ran when it last stopped died with it: fail their tasks, release their
         # locks, queue their images again, and clear the staging area of what no import will use.
         await importer.recover()
@@ -86,7 +89,17 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs)
+                       jobs=jobs, quotas=quotas)
+
+
+async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:
+    """user_storage_quota, or with use_keystone_limits the limits read from Keystone ([oslo_limit])."""
+    keystone = None
+    if config.default.use_keystone_limits:
+        keystone = KeystoneLimits(config.oslo_limit)
+        await keystone.start()
+        stack.push_async_callback(keystone.close)
+    return Quotas(catalog, storage_quota=config.default.user_storage_quota, keystone=keystone)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

@@ -101,6 +101,9 @@ async def create_image(request: web.Request) -> web.Response:
         raise NotPermitted(f"You are not permitted to create images owned by '{base['owner']}'.")
     base.setdefault("owner", ctx.project_id)
     policy.require_visibility_change(ctx, base.get("visibility", "shared"))
+    quota = request.app[SERVICES].quotas.for_project(ctx.project_id)
+    if quota is not None:
+        await quota.check_create()  # image_count_total, before the tag and property quotas (Glance's order)
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
     image = await request.app[SERVICES].catalog.create_image(base, properties, tags)

@@ -10,5 +10,6 @@ see and change what, ``status.py`` the status machine, ``models.py`` the tables.
 from .catalog import Catalog
 from .query import ImageQuery, parse_list_params
 from .records import ImageRecord, Location, MemberRecord, TaskRecord
+from .usage import ProjectUsage
 
-__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "TaskRecord", "parse_list_params"]
+__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "ProjectUsage", "TaskRecord", "parse_list_params"]
