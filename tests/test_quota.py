@@ -14,6 +14,7 @@ limit of L MiB with U used is a size of (L - U + 1) MiB - 1 bytes, and one byte 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -590,3 +591,50 @@ async def test_user_storage_quota_is_not_used_with_keystone_limits(tmp_path: Pat
                            default={"user_storage_quota": "1KB"}) as api:
         image = await api.create(as_=who)
         assert (await upload(api, image["id"], b"z" * 4096, who)).status == 204
+
+
+@ONE_LOOP
+async def test_copy_image_past_image_stage_total_fails_its_task(tmp_path: Path, keystone: KeystoneAdmin) -> None:
+    """copy-image works through staging in Glance, so it counts against image_stage_total (delta
+    its size in MiB): the task fails, the image stays active in its one store, the target gets nothing."""
+    service, _, endpoint = await keystone.service()
+    await keystone.register(service, **{**ALL_UNLIMITED, "image_stage_total": 0})
+    project = await keystone.project()
+    admin = {"X-Project-Id": project, "X-User-Id": "admin-user", "X-Roles": "admin,member,reader"}
+    async with with_limits(tmp_path, limits_config(keystone, endpoint_id=endpoint),
+                           default={"enabled_backends": "fs:file,fs2:file"}) as api:
+        image = await api.create(as_=admin)
+        assert (await upload(api, image["id"], os.urandom(MiB), admin)).status == 204
+        body = {"method": {"name": "copy-image"}, "stores": ["fs2"]}
+        assert (await start_import(api, image["id"], body, as_=admin)).status == 202
+        shown, tasks = await settle(api, image["id"])
+        assert tasks[0]["status"] == "failure"
+        # Glance's count: the image being copied is already in the usage (os_glance_importing_to_stores).
+        assert tasks[0]["message"] == over(project, "image_stage_total", 0, 1, 1)
+        assert shown["status"] == "active" and shown["stores"] == "fs"
+        assert not store_file(api, "fs2", image["id"]).exists()
+
+
+@ONE_LOOP
+async def test_a_revoked_service_token_is_renewed(tmp_path: Path, keystone: KeystoneAdmin) -> None:
+    """streamd's own token revoked (its user's password changed and changed back): the next read
+    gets 401, authenticates again and goes on."""
+    service, _, endpoint = await keystone.service()
+    await keystone.register(service, **{**ALL_UNLIMITED, "image_count_total": 4})
+    name, password = f"streamd-svc-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    user = (await keystone.call("POST", "/users", {"user": {"name": name, "password": password,
+                                                             "domain_id": "default"}}))["user"]
+    admin_project = (await keystone.call("GET", "/projects?name=admin"))["projects"][0]["id"]
+    admin_role = (await keystone.call("GET", "/roles?name=admin"))["roles"][0]["id"]
+    await keystone.call("PUT", f"/projects/{admin_project}/users/{user['id']}/roles/{admin_role}")
+    project = await keystone.project()
+    config = limits_config(keystone, endpoint_id=endpoint, username=name, password=password, limits_cache_time="0")
+    async with with_limits(tmp_path, config) as api:
+        usage = (await api.call("GET", "/v2/info/usage", as_=member_of(project))).json["usage"]
+        assert usage["image_count_total"] == {"limit": 4, "usage": 0}
+        for new in (uuid.uuid4().hex, password):  # a password change revokes the user's tokens
+            await keystone.call("PATCH", f"/users/{user['id']}", {"user": {"password": new}})
+        await asyncio.sleep(1.1)  # Keystone's revocations are by the second: the new token must be later
+        reply = await api.call("GET", "/v2/info/usage", as_=member_of(project))
+        assert reply.status == 200, reply.body
+        assert reply.json["usage"]["image_count_total"] == {"limit": 4, "usage": 0}

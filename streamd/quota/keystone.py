@@ -89,8 +89,10 @@ class KeystoneLimits:
         self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_option))
 
     async def close(self) -> None:
-        for read in self._reads.values():
+        reads = list(self._reads.values())
+        for read in reads:
             read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -114,7 +116,13 @@ class KeystoneLimits:
         if read is None:
             read = asyncio.ensure_future(self._read(project_id))
             self._reads[project_id] = read
-            read.add_done_callback(lambda _: self._reads.pop(project_id, None))
+
+            def forget(done: asyncio.Future[Mapping[str, int]]) -> None:
+                self._reads.pop(project_id, None)
+                if not done.cancelled():
+                    done.exception()  # retrieved: its waiters may all have gone away meanwhile
+
+            read.add_done_callback(forget)
         return await asyncio.shield(read)
 
     async def _read(self, project_id: str) -> Mapping[str, int]:
