@@ -232,6 +232,31 @@ async def test_storage_quota_on_stage_and_import(tmp_path: Path) -> None:
         assert shown["size"] == 2048
 
 
+async def test_storage_quota_is_checked_again_when_racing_uploads_finish(tmp_path: Path) -> None:
+    """3 KB, two uploads of 2 KiB each started while the project holds nothing: each fits alone.
+    The one that finishes second is refused when its data is whole (Glance's re-check), and its
+    data removed."""
+    who = member_of(uuid.uuid4().hex)
+    async with storage_quota(tmp_path, "3KB") as api:
+        slow, fast = await api.create(as_=who), await api.create(as_=who)
+        release = asyncio.Event()
+
+        async def held_back() -> AsyncIterator[bytes]:
+            yield b"s" * 1024
+            await release.wait()
+            yield b"s" * 1024
+
+        pending = asyncio.ensure_future(api.call("PUT", f"/v2/images/{slow['id']}/file", as_=who,
+                                                 data=held_back(), headers=OCTET))
+        while (await show(api, slow["id"]))["status"] != "saving":
+            await asyncio.sleep(0.02)
+        assert (await upload(api, fast["id"], b"f" * 2048, who)).status == 204
+        release.set()
+        message = await assert_refused_and_clean(api, await pending, slow["id"])
+        assert message == ("Image exceeds the storage quota: The size of the data 2048 will exceed the limit. "
+                           "1024 bytes remaining.")
+
+
 # -- Keystone unified limits ----------------------------------------------------------------------------------
 
 
