@@ -99,6 +99,9 @@ async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.Async
         keystone = KeystoneLimits(config.oslo_limit)
         await keystone.start()
         stack.push_async_callback(keystone.close)
+        log.info("quotas: Keystone unified limits from %s (kept %g s)", keystone.base, keystone.cache_time)
+    elif config.default.user_storage_quota > 0:
+        log.info("quotas: user_storage_quota %d bytes per project", config.default.user_storage_quota)
     return Quotas(catalog, storage_quota=config.default.user_storage_quota, keystone=keystone)
 
 
