@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -236,6 +237,17 @@ def _size(raw: str) -> int:
     return value
 
 
+def _storage_quota(raw: str) -> int:
+    """``user_storage_quota`` as Glance reads it (glance/api/common.py ``get_remaining_quota``): digits,
+    optionally followed by B, KB, MB, GB or TB (powers of 1024), no space between. Glance refuses a
+    bad value on every upload; here it is a configuration error at start-up."""
+    match = re.fullmatch(r"(\d+)((K|M|G|T)?B)?", raw.strip())
+    if not match:
+        raise ValueError("must be a number of bytes, optionally followed by B, KB, MB, GB or TB (e.g. 10GB)")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(match.group(3) or "", 1)
+    return int(match.group(1)) * factor
+
+
 def _database_url(raw: str) -> str:
     """Accept Glance's sync URLs too and pick the async driver for them."""
     url = raw.strip()
@@ -295,6 +307,16 @@ class DefaultOptions:
     image_tag_quota: int = opt(128, _int_range(-1), "Most tags an image may have (-1: no limit).")
     image_member_quota: int = opt(128, _int_range(-1), "Most members an image may have (-1: no limit).")
     image_location_quota: int = opt(10, _int_range(-1), "Most locations an image may have (-1: no limit).")
+    user_storage_quota: int = opt(
+        0, _storage_quota,
+        "Bytes of image data each project may hold (stored copies and staged data, over all its "
+        "images), with an optional B, KB, MB, GB or TB suffix (powers of 1024); 0: no limit. Uploads, "
+        "stages and imports past it get 413; data of unknown size stops at the limit. Not used with "
+        "use_keystone_limits.")
+    use_keystone_limits: bool = opt(
+        False, _bool,
+        "Enforce the unified limits registered in Keystone (image_size_total, image_stage_total, "
+        "image_count_total, image_count_uploading), read with the [oslo_limit] credentials.")
     limit_param_default: int = opt(25, _int_range(1), "Page size of image lists when the request gives no limit.")
     api_limit_max: int = opt(1000, _int_range(1), "Largest page size a request may ask for.")
     enabled_import_methods: tuple[str, ...] = opt(
@@ -595,6 +617,53 @@ class OsloPolicyOptions:
         "(mostly the open 'default' rule) and adds Glance's legacy owner checks.")
 
 
+_ENDPOINT_INTERFACES = ("public", "publicURL", "internal", "internalURL", "admin", "adminURL")
+
+
+@dataclass(frozen=True)
+class OsloLimitOptions:
+    """oslo.limit's ``[oslo_limit]``: the service's Keystone credentials and the endpoint its limits
+    are registered for. Only the password method is offered (keystoneauth's ``password`` and
+    ``v3password`` plugins); the token is scoped as the options say (project, domain or system)."""
+
+    auth_url: str | None = opt(None, _opt_str, "Keystone's identity URL (with or without /v3).")
+    auth_type: str | None = opt(
+        None, lambda raw: _choice("password", "v3password")(raw) if raw.strip() else None,
+        "Authentication plugin: password (or v3password), the only one streamd offers.")
+    username: str | None = opt(None, _opt_str, "User name of the service user.")
+    user_id: str | None = opt(None, _opt_str, "User id of the service user (instead of username).")
+    password: str | None = opt(None, _opt_str, "Password of the service user.")
+    user_domain_name: str | None = opt(None, _opt_str, "Domain name of the user.")
+    user_domain_id: str | None = opt(None, _opt_str, "Domain id of the user.")
+    project_name: str | None = opt(None, _opt_str, "Project the token is scoped to.")
+    project_id: str | None = opt(None, _opt_str, "Project id the token is scoped to.")
+    project_domain_name: str | None = opt(None, _opt_str, "Domain name of the project.")
+    project_domain_id: str | None = opt(None, _opt_str, "Domain id of the project.")
+    domain_name: str | None = opt(None, _opt_str, "Domain the token is scoped to (instead of a project).")
+    domain_id: str | None = opt(None, _opt_str, "Domain id the token is scoped to (instead of a project).")
+    system_scope: str | None = opt(None, _opt_str, "System scope of the token (all), instead of a project.")
+    default_domain_id: str | None = opt(
+        None, _opt_str, "Domain id of the user and the project when neither names its own.")
+    default_domain_name: str | None = opt(
+        None, _opt_str, "Domain name of the user and the project when neither names its own.")
+    endpoint_id: str | None = opt(None, _opt_str, "The service's endpoint id registered in Keystone.")
+    endpoint_service_type: str | None = opt(
+        None, _opt_str, "Service type to find the endpoint by, when endpoint_id is not given (e.g. image).")
+    endpoint_service_name: str | None = opt(None, _opt_str, "Service name to find the endpoint by.")
+    endpoint_region_name: str | None = opt(None, _opt_str, "Region of the endpoint to find.")
+    endpoint_interface: str = opt(
+        "public", _choice(*_ENDPOINT_INTERFACES), "Interface of the endpoint to find (public, internal, admin).")
+    cafile: str | None = opt(None, _opt_str, "CA bundle to verify Keystone's TLS certificate with.")
+    insecure: bool = opt(False, _bool, "Do not verify Keystone's TLS certificate.")
+    timeout: float | None = opt(
+        None, lambda raw: _float_range(0.0)(raw) if raw.strip() else None,
+        "Seconds a request to Keystone may take (default 30).")
+    limits_cache_time: float = opt(
+        5.0, _float_range(0.0),
+        "Seconds a project's limits read from Keystone are used before they are read again (0: every "
+        "check asks Keystone). streamd's option: oslo.limit reads them for every check.")
+
+
 # Options of a Glance 33 glance-api.conf (streamd.glance_options, generated from Glance) that
 # streamd does not implement: accepted, and named in the start-up warning with the reason.
 # Section -> option -> reason; "*" is the reason of every other option of the section.
@@ -643,8 +712,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "lock_path": "streamd takes no external locks",
         "max_request_id_length": "streamd makes its own request ids",
         "metadata_encryption_key": "location URLs are kept in the catalogue unencrypted",
-        "use_keystone_limits": "quotas are the image_*_quota options; there are no Keystone unified limits",
-        "user_storage_quota": "streamd enforces no per-project storage quota",
         "worker_self_reference_url": "nodes reach each other at peer_url",
         # The only staging area is [os_glance_staging_store] when both are set (see load_config).
         "node_staging_uri": "[os_glance_staging_store] filesystem_store_datadir is the staging area",
@@ -681,7 +748,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     },
     "paste_deploy": {"*": "streamd's request pipeline is built in"},
     "oslo_policy": {"*": "remote (http:/https:) policy checks are not supported: they would block the event loop"},
-    "oslo_limit": {"*": "there are no Keystone unified limits"},
+    "oslo_limit": {"*": "streamd authenticates to Keystone with a password only, over its own HTTP client "
+                        "(no keystoneauth session, adapter or other auth plugin options)"},
     "oslo_concurrency": {"*": "streamd takes no external locks"},
     "oslo_middleware": {"*": "the URL clients see is public_endpoint"},
     "cors": {"*": "streamd sends no CORS headers"},
@@ -779,6 +847,7 @@ class Config:
     sources: tuple[str, ...] = ()
     # Options Glance knows that this configuration sets and streamd does not use.
     ignored: tuple[IgnoredOption, ...] = ()
+    oslo_limit: OsloLimitOptions = field(default_factory=OsloLimitOptions)
 
     @property
     def warning(self) -> str | None:
@@ -852,6 +921,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "keystone_authtoken": KeystoneAuthtokenOptions,
     "paste_deploy": PasteDeployOptions,
     "oslo_policy": OsloPolicyOptions,
+    "oslo_limit": OsloLimitOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -992,6 +1062,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     staging_store: StagingStoreOptions = parsed["os_glance_staging_store"]
     if staging_store.filesystem_store_datadir and default.node_staging_uri:
         ignored.append(IgnoredOption("DEFAULT", "node_staging_uri", ignored_reason("DEFAULT", "node_staging_uri")))
+    problems += _limits_problems(default, parsed["oslo_limit"])
     problems += unknown_import_plugins(parsed["image_import_opts"].image_import_plugins)
     methods = default.enabled_import_methods
     for method in methods:
@@ -1013,7 +1084,24 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   keystone_authtoken=keystone, paste_deploy=paste,
                   oslo_policy=parsed["oslo_policy"],
                   policy_file_explicit="policy_file" in sections.get("oslo_policy", {}),
-                  source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored))
+                  source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
+                  oslo_limit=parsed["oslo_limit"])
+
+
+def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:
+    """What use_keystone_limits needs from [oslo_limit]: Glance finds out at the first image created,
+    streamd at start-up (and check-config)."""
+    if not default.use_keystone_limits:
+        return []
+    problems = []
+    if not limits.auth_url:
+        problems.append("[oslo_limit] auth_url: needed with use_keystone_limits = true")
+    if not (limits.username or limits.user_id) or not limits.password:
+        problems.append("[oslo_limit] username (or user_id) and password: needed with use_keystone_limits = true")
+    if not (limits.endpoint_id or limits.endpoint_service_type or limits.endpoint_service_name):
+        problems.append("[oslo_limit] endpoint_id, or endpoint_service_type / endpoint_service_name: needed with "
+                        "use_keystone_limits = true (which endpoint the limits are registered for)")
+    return problems
 
 
 def _keystone_problems(options: KeystoneAuthtokenOptions) -> list[str]:

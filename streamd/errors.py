@@ -67,6 +67,20 @@ class QuotaExceeded(LimitExceeded):
     """A property, tag, member or storage quota would be exceeded."""
 
 
+class StorageQuotaFull(QuotaExceeded):
+    """The project's data would pass ``user_storage_quota``."""
+
+
+class ProjectOverLimit(QuotaExceeded):
+    """A Keystone unified limit (image_size_total, image_count_total, ...) would be passed.
+
+    ``over`` names each limit passed: (resource name, limit, current usage, delta)."""
+
+    def __init__(self, message: str, over: tuple[tuple[str, int, int, int], ...] = ()) -> None:
+        super().__init__(message)
+        self.over = over
+
+
 class ImageSizeLimitExceeded(LimitExceeded):
     """The image grew past ``image_size_cap``."""
 
@@ -118,6 +132,16 @@ class StoreUnavailable(StoreFailure):
 class IdentityUnavailable(BackendFailure):
     """The identity service (Keystone) did not answer, failed, or refused streamd's own
     credentials: no token can be checked now, so the request is refused, never let through."""
+
+
+class LimitsUnavailable(BackendFailure):
+    """Keystone, which holds the unified limits, cannot be reached or failed: nothing is let through
+    unchecked; trying again later may work."""
+
+
+class LimitsMisconfigured(BackendFailure):
+    """Keystone refuses the service's credentials, or the configured endpoint, service or region
+    of the limits is not found (or not unique): the operator must fix [oslo_limit]."""
 
 
 class OutOfSpace(StreamdError):

@@ -1,8 +1,8 @@
 """The composition root: everything a node runs, opened in order and closed in reverse.
 
 :func:`open_services` builds the catalogue, the stores, the cache and its peers,
-image delivery, the prefetcher, the staging area, the importer and (auth_strategy
-keystone) the token validator, recovers what
+image delivery, the prefetcher, the quotas, the staging area, the importer and
+(auth_strategy keystone) the token validator, recovers what
 a crash of this node left behind, and registers every periodic job with one
 supervisor (:class:`~streamd.background.BackgroundJobs`). It yields one frozen
 :class:`Services`. The two edges, the HTTP API (``api.create_app``) and the
@@ -29,6 +29,7 @@ from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
 from .policy import PolicyEnforcer, settings_from_config
+from .quota import KeystoneLimits, Quotas
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Services:
     jobs: BackgroundJobs
     # Glance's policy rules (and the policy file): every route and property-level decision asks it.
     policy: PolicyEnforcer
+    quotas: Quotas
     # The Keystone token validator with auth_strategy keystone; None in noauth mode.
     identity: KeystoneValidator | None = None
 
@@ -80,9 +82,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if prefetcher is not None:
             stack.push_async_callback(prefetcher.stop)
 
+        quotas = await _open_quotas(config, catalog, stack)
         staging = StagingArea(config.staging_dir)
         await staging.start()
-        importer = Importer(catalog, stores, staging, config)
+        importer = Importer(catalog, stores, staging, config, quotas)
         # Imports this node ran when it last stopped died with it: fail their tasks, release their
         # locks, queue their images again, and clear the staging area of what no import will use.
         await importer.recover()
@@ -104,7 +107,20 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs, policy=policy, identity=identity)
+                       jobs=jobs, policy=policy, quotas=quotas, identity=identity)
+
+
+async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:
+    """user_storage_quota, or with use_keystone_limits the limits read from Keystone ([oslo_limit])."""
+    keystone = None
+    if config.default.use_keystone_limits:
+        keystone = KeystoneLimits(config.oslo_limit)
+        await keystone.start()
+        stack.push_async_callback(keystone.close)
+        log.info("quotas: Keystone unified limits from %s (kept %g s)", keystone.base, keystone.cache_time)
+    elif config.default.user_storage_quota > 0:
+        log.info("quotas: user_storage_quota %d bytes per project", config.default.user_storage_quota)
+    return Quotas(catalog, storage_quota=config.default.user_storage_quota, keystone=keystone)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

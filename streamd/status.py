@@ -27,6 +27,7 @@ HTTP_STATUS: dict[type[e.StreamdError], int] = {
     e.BackendFailure: 500,
     e.StoreUnavailable: 503,
     e.IdentityUnavailable: 503,
+    e.LimitsUnavailable: 503,
     # Glance answers a full store with 413 (glance_store's StorageFull -> HTTPRequestEntityTooLarge).
     e.OutOfSpace: 413,
     e.PeerFailure: 502,

@@ -208,8 +208,8 @@ extra_properties = [hw_, trait:, os_distro]
 EXPECTED_IGNORED = {
     ("DEFAULT", o) for o in (
         "debug", "log_dir", "workers", "show_image_direct_url", "show_multiple_locations", "image_cache_driver",
-        "image_cache_sqlite_db", "user_storage_quota", "property_protection_file", "property_protection_rule_format",
-        "location_strategy", "transport_url", "worker_self_reference_url", "use_keystone_limits", "log_file")
+        "image_cache_sqlite_db", "property_protection_file", "property_protection_rule_format",
+        "location_strategy", "transport_url", "worker_self_reference_url", "log_file")
 } | {
     ("database", o) for o in ("max_retries", "connection_recycle_time", "max_pool_size", "max_overflow")
 } | {
@@ -235,8 +235,6 @@ EXPECTED_IGNORED = {
     # The rest of [keystone_authtoken] is honoured (flavor = keystone selects Keystone validation).
     ("keystone_authtoken", o) for o in (
         "memcache_security_strategy", "memcache_secret_key", "memcached_servers", "service_type")
-} | {
-    ("oslo_limit", o) for o in ("auth_url", "auth_type", "username", "password", "system_scope", "endpoint_id")
 }
 
 
@@ -294,6 +292,11 @@ def test_the_deployment_loads_and_honours_what_streamd_implements(tmp_path: Path
                                                                                           "RegionOne")
     assert keystone.cafile == "/etc/ssl/certs/ca-certificates.crt" and keystone.service_token_roles_required
     assert keystone.service_token_roles == ("service",) and keystone.token_cache_time == 300
+    # Quotas: user_storage_quota in Glance's suffix syntax; [oslo_limit] read though limits are off.
+    assert d.user_storage_quota == 500 << 30 and d.use_keystone_limits is False
+    limits = config.oslo_limit
+    assert (limits.auth_url, limits.auth_type, limits.username, limits.system_scope, limits.endpoint_id) == (
+        "https://keystone-internal.cloud.example:5000", "password", "glance", "all", "0123456789abcdef0123456789abcdef")
 
 
 def test_every_other_option_is_named_in_one_warning(tmp_path: Path) -> None:

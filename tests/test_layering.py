@@ -1,6 +1,7 @@
 """The package's shape, checked from its source: imports flow one way, from the HTTP edge inward.
 
-errors/config/glance_options/context/sizes/background < kernels < stores/cache/catalog/formats < pipeline/imports/identity < services
+errors/config/glance_options/context/sizes/background < kernels < stores/cache/catalog/formats/quota
+< pipeline/imports/identity < services
 < api/admin/status < daemon < cli
 
 On top of "never import a higher layer" a few sideways rules hold, each its own test:
@@ -30,6 +31,7 @@ LAYERS = {
     "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0, "__init__": 0,
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
+    "quota": 2,  # quotas: the catalogue's usage against user_storage_quota or Keystone's limits (its own client)
     "pipeline": 3, "imports": 3,
     "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
     "policy": 3,  # Glance's rules over oslo.policy: reads catalogue records, the catalogue never imports it
@@ -46,7 +48,7 @@ EDGES = {"api", "admin"}
 # Where image data and records live; below the pipeline and unaware of HTTP.
 DATA_LAYER = {"stores", "cache", "catalog", "formats"}
 # Everything that works on images, below the composition root.
-CORE = DATA_LAYER | {"kernels", "pipeline", "imports"}
+CORE = DATA_LAYER | {"kernels", "pipeline", "imports", "quota"}
 # Who may read the class -> HTTP status table.
 STATUS_READERS = {"api", "admin", "daemon", "cli", "__main__"}
 # What code outside streamd/stores/ may import from it: the contract and the registry.

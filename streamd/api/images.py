@@ -118,6 +118,9 @@ async def create_from_document(request: web.Request, body: dict[str, Any]) -> Im
     # add_image (the owner must be the caller's project unless admin), then publicize/communitize.
     enforce_add_image(request.app[SERVICES].policy, ctx, base.get("owner"), base.get("visibility"))
     base.setdefault("owner", ctx.project_id)
+    quota = request.app[SERVICES].quotas.for_project(ctx.project_id)
+    if quota is not None:
+        await quota.check_create()  # image_count_total, before the tag and property quotas (Glance's order)
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
     return await request.app[SERVICES].catalog.create_image(base, properties, tags)

@@ -39,7 +39,8 @@ async def stage(request: web.Request) -> web.Response:
     require_content_type(request, "application/octet-stream", "image data")
     services = request.app[SERVICES]
     async with services.uploads.track():
-        await services.importer.stage(image, _body_chunks(request), declared_size=_declared_size(request))
+        await services.importer.stage(image, _body_chunks(request), declared_size=_declared_size(request),
+                                      quota=services.quotas.for_project(ctx.project_id))
     return web.Response(status=204)
 
 
@@ -49,6 +50,9 @@ async def stage(request: web.Request) -> web.Response:
 async def import_image(request: web.Request) -> web.Response:
     config = request.app[SERVICES].config
     ctx = context_of(request)
+    quota = request.app[SERVICES].quotas.for_project(ctx.project_id)
+    if quota is not None:
+        await quota.before_import()  # Glance checks image_size_total before it looks at the image
     image = await _get_visible(request, request.match_info["image_id"])
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("method"), dict):
@@ -246,9 +250,11 @@ async def info_import(request: web.Request) -> web.Response:
 
 
 async def info_usage(request: web.Request) -> web.Response:
-    """``GET /v2/info/usage`` (2.13). Without Keystone unified limits (``use_keystone_limits``), Glance
-    answers an empty usage map, as streamd does until it enforces them."""
-    return web.json_response({"usage": {}})
+    """``GET /v2/info/usage`` (2.13): each unified limit of the caller's project with its usage,
+    ``{"usage": {"image_size_total": {"limit": L, "usage": U}, ...}}``; without Keystone unified
+    limits (``use_keystone_limits``) an empty map, as Glance answers (user_storage_quota is not shown)."""
+    usage = await request.app[SERVICES].quotas.usage(context_of(request).project_id)
+    return web.json_response({"usage": usage})
 
 
 def _stores_info(config: Config) -> list[dict[str, Any]]:

@@ -13,5 +13,6 @@ shared ones they are a member of). Who may do what with them is ``streamd.policy
 from .catalog import Catalog
 from .query import ImageQuery, parse_list_params
 from .records import ImageRecord, Location, MemberRecord, TaskRecord
+from .usage import ProjectUsage
 
-__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "TaskRecord", "parse_list_params"]
+__all__ = ["Catalog", "ImageQuery", "ImageRecord", "Location", "MemberRecord", "ProjectUsage", "TaskRecord", "parse_list_params"]

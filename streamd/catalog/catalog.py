@@ -14,7 +14,8 @@ readable alone:
 - ``tags.py`` and ``members.py``: one tag; an image's members;
 - ``uploads.py``: data coming in (upload and stage status moves, recovery);
 - ``imports.py``: the import lock and its tasks;
-- ``cache_nodes.py``: which node caches what, and the data digests peers trust.
+- ``cache_nodes.py``: which node caches what, and the data digests peers trust;
+- ``usage.py``: what a project holds, as the quotas count it.
 
 Why mixins over a shared base rather than one object per concern: the concerns
 share one engine, one write lock and the image-row helpers, and several write
@@ -37,11 +38,12 @@ from .listing import ListingMixin
 from .members import MembersMixin
 from .tags import TagsMixin
 from .uploads import UploadsMixin
+from .usage import UsageMixin
 
 __all__ = ["Catalog", "FAILED_IMPORT", "IMPORT_LOCK", "IMPORTING_TO", "STAGE_HOST", "TASK_TIME_TO_LIVE",
            "store_list"]
 
 
 class Catalog(ImagesMixin, ListingMixin, TagsMixin, MembersMixin, UploadsMixin, ImportsMixin, CacheNodesMixin,
-              CatalogBase):
+              UsageMixin, CatalogBase):
     """Images, their members, tags and locations, uploads, imports and cache peers, in one catalogue."""

@@ -34,6 +34,7 @@ from ..config import Config
 from ..errors import InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
 from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
                         refuse_oversized, write_to_stores)
+from ..quota import ProjectQuota, Quotas
 from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
 from .staging import StagedMeta, StagingArea
@@ -65,8 +66,10 @@ class ImportFailed(StoreFailure):
 
 
 class Importer:
-    def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config) -> None:
+    def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config,
+                 quotas: Quotas | None = None) -> None:
         self.catalog = catalog
+        self.quotas = quotas
         self.stores = stores
         self.staging = staging
         self.config = config
@@ -79,15 +82,20 @@ class Importer:
         self.limits = UploadLimits.from_config(config)
 
     async def stage(self, image: ImageRecord, chunks: AsyncIterator[bytes], *,
-                    declared_size: int | None) -> StagedMeta:
+                    declared_size: int | None, quota: ProjectQuota | None = None) -> StagedMeta:
         """``PUT /stage``: ``queued -> uploading`` and the data into the staging area. Any failure
-        (client gone, cap, refused format, shutdown) leaves the image queued and nothing staged."""
+        (client gone, cap, refused format, a quota, shutdown) leaves the image queued and nothing
+        staged. ``quota``: the caller's project's, checked as for an upload (image_stage_total)."""
         if self.staging.has_data(image.id) or image.status == "uploading":
             raise StateConflict(f"Image {image.id} already has data on staging")
         refuse_oversized(declared_size, self.limits.size_cap)
+        budget = await quota.before_stage(image.id, declared_size) if quota is not None else None
         image = await self.catalog.begin_upload(image.id, self.host, from_status="queued", to_status="uploading")
         try:
-            meta = await self.staging.ingest(image, chunks, declared_size=declared_size, limits=self.limits)
+            if quota is not None:
+                await quota.after_claim()
+            meta = await self.staging.ingest(image, chunks, declared_size=declared_size, limits=self.limits,
+                                             budget=budget)
             # Where a glance-direct import sent to another node is passed on to (os_glance_stage_host).
             default = self.config.default
             await self.catalog.finish_stage(image.id, size=meta.size,
@@ -124,7 +132,8 @@ class Importer:
             plan.image_id, task_id=task_id, owner=owner, user_id=user_id, request_id=request_id, host=self.host,
             task_input=task_input, stores=list(plan.stores), from_status=FROM_STATUS[plan.method],
             to_status=None if plan.method == "copy-image" else "importing", lock_timeout=self.lock_timeout)
-        runner = asyncio.create_task(self._run(plan, image, task_id), name=f"import-{plan.image_id}")
+        quota = self.quotas.for_project(owner) if self.quotas is not None else None
+        runner = asyncio.create_task(self._run(plan, image, task_id, quota), name=f"import-{plan.image_id}")
         self._running[task_id] = runner
         runner.add_done_callback(lambda _: self._running.pop(task_id, None))
         return task
@@ -157,14 +166,14 @@ class Importer:
 
     # -- one import ---------------------------------------------------------------------
 
-    async def _run(self, plan: ImportPlan, image: ImageRecord, task_id: str) -> None:
+    async def _run(self, plan: ImportPlan, image: ImageRecord, task_id: str, quota: ProjectQuota | None) -> None:
         progress = Progress()
         me = asyncio.current_task()
         assert me is not None
         lost_lock = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(task_id, progress, me, lost_lock))
         try:
-            await self._import(plan, image, progress)
+            await self._import(plan, image, progress, quota)
         except asyncio.CancelledError:
             reason = ("another import broke this import's lock" if lost_lock.is_set()
                       else "the daemon stopped during the import")
@@ -203,18 +212,28 @@ class Importer:
                 runner.cancel()
                 return
 
-    async def _import(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> None:
+    async def _import(self, plan: ImportPlan, image: ImageRecord, progress: Progress,
+                      quota: ProjectQuota | None) -> None:
         targets = [self.stores.get(name) for name in plan.stores]
+        staged = self.staging.load(plan.image_id) if plan.method == "glance-direct" else None
+        if quota is not None:
+            # Glance's assert_quota: the image is importing now (and counts as uploading); a quota
+            # passed fails the task and puts the image back as any failure does.
+            size = staged.size if staged is not None else image.size if plan.method == "copy-image" else None
+            await quota.import_started(plan.method, image, size, len(targets))
         if plan.method == "copy-image":
+            if quota is not None and image.size is not None:
+                await quota.before_store(image, image.size, len(targets))
             await self._copy(plan, image, targets, progress)
             return
         if plan.method == "web-download":
-            meta = await self._download(plan, image, progress)
+            meta = await self._download(plan, image, progress, quota)
+            if quota is not None:
+                await quota.before_store(image, meta.size, len(targets))
         else:
-            found = self.staging.load(plan.image_id)
-            if found is None:
+            if staged is None:
                 raise InvalidRequest(f"Image {plan.image_id} has no staged data to import")
-            meta = found
+            meta = staged
         path = self.staging.path_of(plan.image_id)
         if inspection_for(image, self.limits) is not None and meta.inspected_format != image.disk_format:
             # Staged before the image had (these) formats: inspect it now, before any plugin or store.
@@ -261,7 +280,8 @@ class Importer:
         finally:
             os.close(fd)
 
-    async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress) -> StagedMeta:
+    async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress,
+                        quota: ProjectQuota | None) -> StagedMeta:
         """web-download: the source streamed into staging, hashed and inspected on the way."""
         from .web import open_web_source
 
@@ -269,12 +289,13 @@ class Importer:
         opts = self.config.image_import_opts
         # Leftovers of an earlier failed attempt would otherwise block the rename into place.
         await asyncio.to_thread(self.staging.remove, plan.image_id)
+        budget = await quota.download_budget(image.id, len(plan.stores)) if quota is not None else None
         source = await open_web_source(plan.uri, self.uri_filter,
                                        stall_timeout=opts.web_download_stall_timeout,
                                        max_redirects=opts.web_download_max_redirects)
         try:
             return await self.staging.ingest(image, source.chunks(), declared_size=source.size, limits=self.limits,
-                                             progress=progress)
+                                             progress=progress, budget=budget)
         finally:
             await source.close()
 

@@ -23,6 +23,7 @@ from typing import AsyncIterator
 
 from ..catalog import ImageRecord
 from ..pipeline import Progress, UploadLimits, inspection_for, write_to_stores
+from ..quota import ByteBudget
 from ..stores import local_directory_store
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,15 @@ class StagingArea:
         return self.directory / f"{image_id}.json"
 
     async def ingest(self, image: ImageRecord, chunks: AsyncIterator[bytes], *, declared_size: int | None,
-                     limits: UploadLimits, progress: Progress | None = None) -> StagedMeta:
+                     limits: UploadLimits, progress: Progress | None = None,
+                     budget: ByteBudget | None = None) -> StagedMeta:
         """Stream ``chunks`` in as ``image``'s staged data: hashed and inspected as an upload would
         be (a refused image is a 415 before more is written), then recorded whole. On failure
         nothing of it stays behind."""
         inspection = inspection_for(image, limits)
         ingested = await write_to_stores(
             [self.store], image.id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
-            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress)
+            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget)
         digests = ingested.digests
         assert digests is not None
         meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,

@@ -24,6 +24,7 @@ from typing import AsyncIterator, Sequence
 
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
+from ..quota import ByteBudget
 from ..sizes import CHUNK
 from ..stores import StoredData, Store, Writer
 from .fanout import Consumer, FanOut
@@ -85,8 +86,16 @@ async def measure(chunks: AsyncIterator[bytes], *, declared_size: int | None, si
 async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncIterator[bytes], *,
                           declared_size: int | None, size_cap: int, hashing_algorithm: str | None,
                           inspection: ImageInspection | None = None, isolate: bool = False,
-                          max_inflight: int = 16 << 20, progress: Progress | None = None) -> Ingested:
+                          max_inflight: int = 16 << 20, progress: Progress | None = None,
+                          budget: ByteBudget | None = None) -> Ingested:
+    """``budget`` (a quota) stops the stream as ``size_cap`` does, with its own 413, before the bytes
+    past it reach any store."""
     refuse_oversized(declared_size, size_cap)
+    if budget is not None and declared_size is not None and declared_size > budget.max_bytes:
+        raise budget.refuse(declared_size)
+    # One bound for the loop: the smaller of the cap and the budget; which one it was is decided
+    # only when it is crossed.
+    most = size_cap if budget is None else min(size_cap, budget.max_bytes)
     guarded: list[_GuardedWriter] = []
     fanout: FanOut | None = None
     committed: list[tuple[Store, StoredData]] = []
@@ -110,9 +119,12 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
             async for batch in batches:
                 for chunk in batch:
                     received += len(chunk)
-                    if received > size_cap:
-                        raise ImageSizeLimitExceeded(
-                            f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
+                    if received > most:
+                        if received > size_cap:
+                            raise ImageSizeLimitExceeded(
+                                f"Image exceeds the maximum size of {size_cap} bytes (image_size_cap)")
+                        assert budget is not None
+                        raise budget.refuse(received)
                     if declared_size is not None and received > declared_size:
                         raise InvalidRequest(f"Image data is longer than the declared size of {declared_size} bytes")
                     if inspection is not None:

@@ -18,6 +18,7 @@ from ..catalog import Catalog, ImageRecord
 from ..config import Config
 from ..errors import ImageVanished, DoesNotExist
 from ..formats import ImageInspection, InspectionPolicy
+from ..quota import ProjectQuota
 from ..stores import Store
 from .ingest import refuse_oversized, write_to_stores
 
@@ -51,17 +52,30 @@ def inspection_for(image: ImageRecord, limits: UploadLimits) -> ImageInspection 
 
 
 async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: AsyncIterator[bytes], *,
-                       declared_size: int | None, limits: UploadLimits, host: str) -> ImageRecord:
+                       declared_size: int | None, limits: UploadLimits, host: str,
+                       quota: ProjectQuota | None = None) -> ImageRecord:
+    """``quota``: the caller's project's quotas, checked as Glance checks them (the size before the
+    image is claimed, the uploads in flight once it is, the total again once the data is written),
+    and data of unknown size stopped where it would pass them."""
     refuse_oversized(declared_size, limits.size_cap)  # before the image is marked saving
+    budget = await quota.before_upload(image_id, declared_size) if quota is not None else None
     image = await catalog.begin_upload(image_id, host)
     try:
+        if quota is not None:
+            await quota.after_claim()
         # The inspection sees each chunk on the loop before it is stored: cheap (only the first
         # bytes are parsed; after that it counts) and it refuses a bad image (415) before more is written.
         ingested = await write_to_stores(
             [store], image_id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
             hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits),
-            max_inflight=limits.max_inflight)
+            max_inflight=limits.max_inflight, budget=budget)
         stored = ingested.stored[store.name]
+        if quota is not None:
+            try:
+                await quota.check_stored(image_id, ingested.size)
+            except BaseException:
+                await asyncio.shield(store.delete(stored.url))
+                raise
         digests = ingested.digests
         assert digests is not None
         try:
