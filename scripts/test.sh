@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh [pytest args...]
 #
-# Runs the whole test suite (default args: tests/ -q) against throwaway services:
+# Runs the whole test suite (default args: tests/ -q, then Tempest's image tests through
+# scripts/tempest.sh) against throwaway services:
 # a PostgreSQL cluster from scripts/pg-dev.sh and a single-node Ceph cluster from
 # scripts/ceph-dev.sh, each in a temporary directory, removed on exit (also on
 # failure or Ctrl-C). Assumes scripts/install.sh --test has run.
@@ -55,7 +56,11 @@ keystone_env="$("$ROOT/scripts/keystone-dev.sh" start "$KEYSTONE_DIR")"
 eval "$keystone_env"
 # ------------------------------------------------------------------------------------
 
-[ "$#" -gt 0 ] || set -- tests/ -q
+whole_suite=0
+if [ "$#" -eq 0 ]; then
+    whole_suite=1
+    set -- tests/ -q
+fi
 echo "test.sh: $PY -m pytest $*" >&2
 set +e
 "$PY" -m pytest "$@"
@@ -63,5 +68,15 @@ rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
     echo "test.sh: error: pytest collected no tests (exit code 5)" >&2
+fi
+# --- Tempest: the whole suite includes OpenStack's own image tests (scripts/tempest.sh), against
+# a streamd of their own and the Keystone started above. ------------------------------------------
+if [ "$whole_suite" -eq 1 ]; then
+    echo "test.sh: scripts/tempest.sh" >&2
+    set +e
+    "$ROOT/scripts/tempest.sh"
+    tempest_rc=$?
+    set -e
+    [ "$tempest_rc" -eq 0 ] || { echo "test.sh: error: Tempest failed (exit $tempest_rc)" >&2; [ "$rc" -ne 0 ] || rc=1; }
 fi
 exit "$rc"

@@ -219,7 +219,6 @@ EXPECTED_IGNORED = {
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),
     ("glance_download_properties", "extra_properties"),
-    ("oslo_policy", "enforce_new_defaults"), ("oslo_policy", "enforce_scope"), ("oslo_policy", "policy_file"),
     ("oslo_concurrency", "lock_path"), ("os_brick", "lock_path"),
     ("oslo_messaging_notifications", "driver"), ("oslo_messaging_notifications", "topics"),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue"), ("oslo_messaging_rabbit", "amqp_durable_queues"),
