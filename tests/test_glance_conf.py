@@ -244,6 +244,8 @@ def write_deployment(directory: Path, *, port: int = 9292, main: str = GLANCE_AP
     path.write_text(main.format(port=port, data_dir=directory / "data", secret=SECRET))
     if imports is not None:
         (directory / "glance-image-import.conf").write_text(imports)
+    # The file names policy_file = policy.yaml: a deployment ships it (a named file must exist).
+    (directory / "policy.yaml").write_text('# the site\'s overrides\n"publicize_image": "role:admin"\n')
     return path
 
 
