@@ -65,7 +65,13 @@ class Scrubber:
                 elif done is False:
                     report.failed.append(image_id)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.pool_size, len(candidates)))))
+        # A TaskGroup: should one worker fail outright, the others stop with it, none is left behind.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self.pool_size, len(candidates))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
         if report.scrubbed or report.failed:
             log.info("scrubber: %d image(s) scrubbed, %d left in pending_delete",
                      len(report.scrubbed), len(report.failed))
