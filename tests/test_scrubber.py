@@ -333,3 +333,30 @@ async def test_streamd_scrub_processes_and_restore(tmp_path: Path, database_url:
         assert gone.returncode == 1 and "from deleted to active" in err
     finally:
         await stop(server, session)
+
+
+async def test_a_live_claim_is_renewed_and_not_taken_over(tmp_path: Path, database_url: str) -> None:
+    """While a (long) delete runs, the holder renews its claim: a scrubber that would take over a
+    dead node's claim after 0.6 s never gets this one, and the holder finishes."""
+    from streamd.pipeline.scrubber import _ClaimHolder
+
+    server, api, session = await start(tmp_path, database_url)
+    try:
+        services = services_of(server)
+        image = await active_image(api)
+        iid = image["id"]
+        assert (await api.call("DELETE", f"/v2/images/{iid}", as_=MEMBER_A)).status == 204
+        claim = await services.catalog.claim_scrub(iid, 0, 0.6)
+        assert claim is not None
+        other = Scrubber(services.catalog, services.stores, None, scrub_time=0, claim_timeout=0.6)
+        holder = _ClaimHolder(services.catalog, claim, 0.1)
+        async with holder.kept_alive():
+            for _ in range(15):  # 1.5 s: well past the claim timeout
+                await asyncio.sleep(0.1)
+                assert (await other.run_once()).scrubbed == []
+            await services.stores.get("fs").delete(claim.locations[0].url)
+            await holder.location_gone(claim.locations[0])
+            await holder.finish()
+        assert (await row(server, iid))["status"] == "deleted"
+    finally:
+        await stop(server, session)
