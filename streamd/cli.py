@@ -1,4 +1,4 @@
-"""Command line: ``streamd serve``, ``streamd check-config``, ``streamd config-example``,
+"""Command line: ``streamd serve``, ``streamd scrub``, ``streamd check-config``, ``streamd config-example``,
 ``streamd policy-sample``, ``streamd --version``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 import sys
 
 from . import __version__, kernels
-from .config import load_config, render_example
+from .config import Config, load_config, render_example
 from .errors import ConfigError, StreamdError
 
 
@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", metavar="FILE", required=True)
+    scrub = sub.add_parser("scrub", help="delete the data of pending_delete images once (glance-scrubber) and exit",
+                           description="Delete the data of images in pending_delete whose scrub_time has "
+                           "passed, mark them deleted and exit; for cron on nodes that run no daemon. "
+                           "Safe beside daemons and other scrubbers sharing the catalogue.")
+    scrub.add_argument("--config", metavar="FILE", help="ini file in the shape of glance-api.conf")
+    scrub.add_argument("--restore", metavar="IMAGE_ID",
+                       help="bring the pending_delete image back to active instead (only pending_delete images)")
+    scrub.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub.add_parser("config-example", help="print the documented example configuration")
     sub.add_parser("policy-sample", help="print Glance's default policy rules as a commented policy.yaml")
     args = parser.parse_args(argv)
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.command == "scrub":
+        return _scrub(config, args.restore)
     if config.warning:
         logging.getLogger("streamd").warning("%s", config.warning)
     from .daemon import run
@@ -70,6 +80,33 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("streamd").error("%s", exc.message)
         return 1
     return 0
+
+
+def _scrub(config: Config, restore: str | None) -> int:
+    """``streamd scrub [--restore IMAGE_ID]``: 0 done, 1 an image could not be scrubbed or restored."""
+    import asyncio
+
+    from .services import open_scrubber
+
+    async def run() -> int:
+        async with open_scrubber(config) as scrubber:
+            if restore is not None:
+                await scrubber.catalog.restore_image(restore)
+                print(f"Image {restore} restored to active.")
+                return 0
+            report = await scrubber.run_once()
+            for image_id in report.scrubbed:
+                print(f"scrubbed {image_id}")
+            for image_id in report.failed:
+                print(f"streamd scrub: image {image_id} could not be scrubbed; it stays in pending_delete",
+                      file=sys.stderr)
+            return 1 if report.failed else 0
+
+    try:
+        return asyncio.run(run())
+    except StreamdError as exc:
+        print(f"streamd scrub: ERROR: {exc.message}", file=sys.stderr)
+        return 1
 
 
 # -- streamd-cache-manage -----------------------------------------------------------------------

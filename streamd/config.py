@@ -379,6 +379,22 @@ class DefaultOptions:
         "file:// URI of the directory where PUT /stage and web-download keep data before import "
         "(default: <data_dir>/staging). On the filesystem of a file store, a glance-direct import "
         "into that store is a rename.")
+    delayed_delete: bool = opt(
+        False, _bool,
+        "Delay the deletion of image data (Glance's delayed delete). On, DELETE /v2/images/{id} of an "
+        "image with data puts it in pending_delete (hidden: show and list answer as for a deleted "
+        "image) and leaves its data in the stores; the scrubber deletes the data scrub_time seconds "
+        "later and marks the image deleted. `streamd scrub --restore IMAGE_ID` brings such an image "
+        "back. This node then also runs the scrubber every wakeup_time seconds.")
+    scrub_time: int = opt(
+        0, _int_range(0),
+        "Seconds an image stays in pending_delete before the scrubber deletes its data.")
+    scrub_pool_size: int = opt(1, _int_range(1), "Images the scrubber deletes at once (1: one after the other).")
+    wakeup_time: int = opt(
+        300, _int_range(0),
+        "Seconds between runs of the in-daemon scrubber (with delayed_delete; 0: never, leave it to "
+        "`streamd scrub`, e.g. from cron). Nodes sharing a catalogue may all run it: each image's data "
+        "is deleted by exactly one of them.")
 
 
 @dataclass(frozen=True)
@@ -689,8 +705,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
                    "use_journal", "use_json", "use_stderr", "use_syslog", "verbose"),
         **_because(_MESSAGING, "control_exchange", "default_publisher_id", "disabled_notifications",
                    "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout", "transport_url"),
-        **_because("image data is deleted at once; there is no scrubber", "delayed_delete", "scrub_pool_size",
-                   "scrub_time"),
         **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
         **_because("streamd enforces no property protections: who may modify an image may set any of its "
                    "properties", "property_protection_file", "property_protection_rule_format"),

@@ -25,7 +25,7 @@ from .config import Config
 from .identity import KeystoneValidator
 from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
-from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
+from .pipeline import ImageDelivery, Prefetcher, Scrubber, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
 from .policy import PolicyEnforcer, settings_from_config
@@ -53,6 +53,8 @@ class Services:
     quotas: Quotas
     # The Keystone token validator with auth_strategy keystone; None in noauth mode.
     identity: KeystoneValidator | None = None
+    # Deletes the data of pending_delete images (delayed_delete); run every wakeup_time seconds.
+    scrubber: Scrubber | None = None
 
 
 @contextlib.asynccontextmanager
@@ -97,9 +99,14 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             await identity.start()
             stack.push_async_callback(identity.stop)
 
+        scrubber = Scrubber(catalog, stores, cache, scrub_time=config.default.scrub_time,
+                            pool_size=config.default.scrub_pool_size)
         jobs = BackgroundJobs()
         for job in _periodic_jobs(config, catalog, stores, cache, prefetcher, delivery, importer):
             jobs.add(job)
+        if config.default.delayed_delete:
+            # Every node that delays deletes scrubs too; claims in the catalogue keep them apart.
+            jobs.add(PeriodicJob("scrubber", config.default.wakeup_time, scrubber.run_once))
         if identity is not None:
             jobs.add(PeriodicJob("keystone service token", RENEW_CHECK_INTERVAL, identity.renew_service_token))
         jobs.start()
@@ -107,7 +114,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs, policy=policy, quotas=quotas, identity=identity)
+                       jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:
@@ -121,6 +128,23 @@ async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.Async
     elif config.default.user_storage_quota > 0:
         log.info("quotas: user_storage_quota %d bytes per project", config.default.user_storage_quota)
     return Quotas(catalog, storage_quota=config.default.user_storage_quota, keystone=keystone)
+
+
+@contextlib.asynccontextmanager
+async def open_scrubber(config: Config) -> AsyncIterator[Scrubber]:
+    """A scrubber alone (``streamd scrub``): the catalogue and the stores, nothing else.
+
+    The stores are not started: starting reaps this node's half-written uploads, which would
+    break a daemon running beside on the same node. Deleting needs no start (RBD connects
+    when first used). No cache: the daemon that deleted the image dropped its cached copy."""
+    async with contextlib.AsyncExitStack() as stack:
+        catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
+                                     pool_size=config.database.pool_size)
+        stack.push_async_callback(catalog.close)
+        stores = StoreRegistry.from_config(config)
+        stack.push_async_callback(stores.stop)
+        yield Scrubber(catalog, stores, None, scrub_time=config.default.scrub_time,
+                       pool_size=config.default.scrub_pool_size)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

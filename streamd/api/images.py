@@ -349,16 +349,20 @@ async def delete_image(request: web.Request) -> web.Response:
     if image.protected:
         raise NotPermitted(f"Image {image.id} is protected and cannot be deleted.")
     stores = request.app[SERVICES].stores
-    for location in image.locations:
-        store = stores.for_location(location.store)
-        if store is not None:
-            await store.check_deletable(location.url)  # 409 while RBD clones depend on it
-    deleted = await request.app[SERVICES].catalog.delete_image(image.id)
+    delayed = request.app[SERVICES].config.default.delayed_delete
+    if not delayed:  # delayed (Glance): the data stays, so clones are the scrubber's concern
+        for location in image.locations:
+            store = stores.for_location(location.store)
+            if store is not None:
+                await store.check_deletable(location.url)  # 409 while RBD clones depend on it
+    deleted = await request.app[SERVICES].catalog.delete_image(image.id, delayed=delayed)
     await asyncio.to_thread(request.app[SERVICES].importer.staging.remove, image.id)
     cache = request.app[SERVICES].cache
-    if cache is not None:
+    if cache is not None:  # also when delayed, as Glance's cache does: the image is gone from the API
         with contextlib.suppress(DoesNotExist):
             await cache.delete(image.id)
+    if deleted.status == "pending_delete":
+        return web.Response(status=204)  # the scrubber deletes the data after scrub_time
     for location in deleted.locations:
         store = stores.for_location(location.store)
         if store is not None:

@@ -16,6 +16,7 @@ readable alone:
 - ``imports.py``: the import lock and its tasks;
 - ``cache_nodes.py``: which node caches what, and the data digests peers trust;
 - ``usage.py``: what a project holds, as the quotas count it.
+- ``scrub.py``: delayed delete: pending_delete images, the scrubber's claims, restore.
 
 Why mixins over a shared base rather than one object per concern: the concerns
 share one engine, one write lock and the image-row helpers, and several write
@@ -36,6 +37,7 @@ from .imports import (FAILED_IMPORT, IMPORT_LOCK, IMPORTING_TO, STAGE_HOST, TASK
                       store_list)
 from .listing import ListingMixin
 from .members import MembersMixin
+from .scrub import ScrubMixin
 from .tags import TagsMixin
 from .uploads import UploadsMixin
 from .usage import UsageMixin
@@ -45,5 +47,5 @@ __all__ = ["Catalog", "FAILED_IMPORT", "IMPORT_LOCK", "IMPORTING_TO", "STAGE_HOS
 
 
 class Catalog(ImagesMixin, ListingMixin, TagsMixin, MembersMixin, UploadsMixin, ImportsMixin, CacheNodesMixin,
-              UsageMixin, CatalogBase):
+              UsageMixin, ScrubMixin, CatalogBase):
     """Images, their members, tags and locations, uploads, imports and cache peers, in one catalogue."""

@@ -6,6 +6,7 @@ Also the one change to an image's locations that is not part of writing data
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -138,24 +139,39 @@ class ImagesMixin(CatalogBase):
                                           f"it cannot move from {from_status} to {to_status}"))
             return await self._load(conn, image_id)
 
-    async def delete_image(self, image_id: str) -> ImageRecord:
-        """Soft-delete: the row stays (status deleted) so ids are never reused."""
+    async def delete_image(self, image_id: str, *, delayed: bool = False) -> ImageRecord:
+        """Soft-delete: the row stays (status deleted) so ids are never reused.
+
+        ``delayed`` (delayed_delete): an image with data becomes ``pending_delete`` instead, a
+        deleted row whose locations stay (marked pending_delete) for the scrubber
+        (``scrub.py``); as in Glance, its properties, tags and members go now. The record
+        returned is the image as it was; the caller deletes its locations' data unless the
+        delete was delayed (its status is then ``pending_delete``)."""
         async with self._write() as conn:
             image = await self._load(conn, image_id, for_update=True)
             if image.protected:
                 raise NotPermitted(f"Image {image_id} is protected and cannot be deleted.")
+            target = "pending_delete" if delayed and image.locations else "deleted"
+            if target == "pending_delete" and image.status != "active":
+                # Glance's domain model allows only active -> pending_delete; its API answers 400.
+                raise InvalidRequest(f"Image status transition from {image.status} to pending_delete "
+                                     "is not allowed")
             now = utcnow()
             result = await conn.execute(m.images.update().where(
                 m.images.c.id == image_id, m.images.c.deleted.is_(False), m.images.c.status == image.status
-            ).values(status="deleted", deleted=True, deleted_at=now, updated_at=now))
+            ).values(status=target, deleted=True, deleted_at=now, updated_at=now))
             if result.rowcount != 1:
                 raise InvalidStatusTransition(f"Image {image_id} changed while it was being deleted")
             await conn.execute(m.image_properties.delete().where(m.image_properties.c.image_id == image_id))
             await conn.execute(m.image_tags.delete().where(m.image_tags.c.image_id == image_id))
             await conn.execute(m.image_members.delete().where(m.image_members.c.image_id == image_id))
-            await conn.execute(m.image_locations.delete().where(m.image_locations.c.image_id == image_id))
+            if target == "pending_delete":
+                await conn.execute(m.image_locations.update().where(
+                    m.image_locations.c.image_id == image_id).values(status="pending_delete"))
+            else:
+                await conn.execute(m.image_locations.delete().where(m.image_locations.c.image_id == image_id))
             await conn.execute(m.image_uploads.delete().where(m.image_uploads.c.image_id == image_id))
-            return image
+            return dataclasses.replace(image, status=target) if target == "pending_delete" else image
 
     async def remove_location(self, image_id: str, store: str) -> Location:
         """Drop the image's location in ``store``; with the last one go its size and digests (Glance)."""

@@ -5,8 +5,9 @@ from .download import ImageDelivery, ImageSource
 from .hashing import Digests
 from .ingest import Ingested, Progress, measure, refuse_oversized, write_to_stores
 from .readahead import file_chunks, reader_chunks
+from .scrubber import ScrubReport, Scrubber
 from .upload import UploadLimits, inspection_for, upload_image
 
-__all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "UploadLimits",
+__all__ = ["Digests", "ImageDelivery", "ImageSource", "Ingested", "Prefetcher", "Progress", "ScrubReport", "Scrubber", "UploadLimits",
            "file_chunks", "inspection_for", "measure", "refuse_oversized", "reader_chunks", "upload_image", "verify_stale_entry",
            "write_to_stores"]
