@@ -14,7 +14,9 @@ readable alone:
 - ``tags.py`` and ``members.py``: one tag; an image's members;
 - ``uploads.py``: data coming in (upload and stage status moves, recovery);
 - ``imports.py``: the import lock and its tasks;
-- ``cache_nodes.py``: which node caches what, and the data digests peers trust.
+- ``cache_nodes.py``: which node caches what, and the data digests peers trust;
+- ``metadefs.py``: the metadata definitions catalogue (namespaces, objects, properties, tags,
+  resource types).
 
 Why mixins over a shared base rather than one object per concern: the concerns
 share one engine, one write lock and the image-row helpers, and several write
@@ -35,6 +37,7 @@ from .imports import (FAILED_IMPORT, IMPORT_LOCK, IMPORTING_TO, STAGE_HOST, TASK
                       store_list)
 from .listing import ListingMixin
 from .members import MembersMixin
+from .metadefs import MetadefsMixin
 from .tags import TagsMixin
 from .uploads import UploadsMixin
 
@@ -43,5 +46,6 @@ __all__ = ["Catalog", "FAILED_IMPORT", "IMPORT_LOCK", "IMPORTING_TO", "STAGE_HOS
 
 
 class Catalog(ImagesMixin, ListingMixin, TagsMixin, MembersMixin, UploadsMixin, ImportsMixin, CacheNodesMixin,
-              CatalogBase):
-    """Images, their members, tags and locations, uploads, imports and cache peers, in one catalogue."""
+              MetadefsMixin, CatalogBase):
+    """Images, their members, tags and locations, uploads, imports, cache peers and metadata
+    definitions, in one catalogue."""
