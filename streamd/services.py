@@ -20,7 +20,9 @@ from typing import AsyncIterator
 from .background import BackgroundJobs, PeriodicJob
 from .cache import ImageCache
 from .catalog import Catalog
+from .catalog.metadef_files import read_definitions
 from .config import Config
+from .errors import Duplicate
 from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
@@ -52,6 +54,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
                                      pool_size=config.database.pool_size)
         stack.push_async_callback(catalog.close)
         log.info("catalogue open: %s", catalog.engine.url.render_as_string(hide_password=True))
+        if config.default.metadefs_initial_load:
+            await _load_initial_metadefs(catalog)
 
         stores = StoreRegistry.from_config(config)
         await stores.start()
@@ -87,6 +91,19 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
                        jobs=jobs)
+
+
+async def _load_initial_metadefs(catalog: Catalog) -> None:
+    """Glance's published definitions into an empty metadefs catalogue (a new node's first start)."""
+    if not await catalog.metadefs_empty():
+        return
+    try:
+        loaded = await catalog.load_metadefs(read_definitions())
+    except Duplicate:
+        # Another node sharing this catalogue loaded them at the same moment: they are there.
+        log.info("metadata definitions were loaded by another node")
+        return
+    log.info("loaded %d metadata definition namespaces into the empty metadefs catalogue", len(loaded))
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

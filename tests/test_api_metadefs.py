@@ -9,11 +9,15 @@ are in test_metadefs_parity.py.
 from __future__ import annotations
 
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, AsyncIterator
 
 import pytest
 
-from conftest import ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, READER_A, ApiClient, Reply, both_databases
+from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, READER_A, ApiClient, Reply, both_databases,
+                      make_config, start_api)
+from streamd.catalog import Catalog
+from streamd.catalog.metadef_files import read_definitions, write_definitions
 
 pytestmark = both_databases
 
@@ -336,3 +340,63 @@ async def test_schemas_are_glances(api: ApiClient, name: str, title: str) -> Non
         assert {link["rel"] for link in schema["links"]} == {"first", "next", "describedby"}
     else:
         assert schema["additionalProperties"] is False
+
+
+# -- Glance's published definitions ---------------------------------------------------------------
+
+@pytest.fixture
+async def api_with_definitions(tmp_path: Path, database_url: str) -> AsyncIterator[ApiClient]:
+    """A node's first start with the default metadefs_initial_load."""
+    server, client, session = await start_api(make_config(tmp_path, database_url,
+                                                          DEFAULT={"metadefs_initial_load": "true"}))
+    try:
+        yield client
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_first_start_loads_glances_definitions(api_with_definitions: ApiClient) -> None:
+    api = api_with_definitions
+    types = [t["name"] for t in (await get(api, "/v2/metadefs/resource_types", as_=READER_A))["resource_types"]]
+    # What Tempest and glance-tempest-plugin take as given (resource_types[0] must exist).
+    assert {"OS::Glance::Image", "OS::Nova::Flavor", "OS::Cinder::Volume", "OS::Nova::Server"} <= set(types)
+    shipped = read_definitions()
+    assert len(shipped) == 32
+    everything = await get(api, NS + "?limit=1000")
+    assert len(everything["namespaces"]) == len(shipped)
+    libvirt = await get(api, f"{NS}/OS::Compute::Libvirt?resource_type=OS::Glance::Image", as_=READER_A)
+    assert libvirt["owner"] == "admin" and libvirt["protected"] is True and "updated_at" not in libvirt
+    assert all(name.startswith("hw_") for name in libvirt["properties"])
+    # A reader sees the public ones; the two without a visibility are the admins' (as in Glance).
+    readable = await get(api, NS + "?limit=1000", as_=READER_A)
+    hidden = {d["namespace"] for d in shipped if d.get("visibility") != "public"}
+    assert {n["namespace"] for n in readable["namespaces"]} == {d["namespace"] for d in shipped} - hidden
+    assert (await api.call("DELETE", f"{NS}/OS::Compute::Libvirt", as_=ADMIN)).status == 403  # protected
+
+
+async def test_load_unload_export(tmp_path: Path, database_url: str) -> None:
+    catalog = await Catalog.open(database_url)
+    try:
+        assert await catalog.metadefs_empty()
+        shipped = read_definitions()
+        assert len(await catalog.load_metadefs(shipped)) == len(shipped)
+        assert await catalog.load_metadefs(shipped) == []  # loaded already: skipped
+        exported = await catalog.export_metadefs()
+        assert sorted(d["namespace"] for d in exported) == sorted(d["namespace"] for d in shipped)
+        by_name = {d["namespace"]: d for d in exported}
+        for document in shipped:
+            again = by_name[document["namespace"]]
+            assert again["properties"] == document.get("properties", {})
+            assert [o["name"] for o in again["objects"]] == [o["name"] for o in document.get("objects", [])]
+            assert {a["name"] for a in again["resource_type_associations"]} == \
+                {a["name"] for a in document.get("resource_type_associations", [])}
+        written = write_definitions(tmp_path / "export", exported)
+        assert len(written) == len(exported)
+        await catalog.unload_metadefs()
+        assert await catalog.metadefs_empty()
+        # What was exported loads again as it was.
+        assert len(await catalog.load_metadefs(read_definitions(tmp_path / "export"))) == len(shipped)
+        assert sorted(d["namespace"] for d in await catalog.export_metadefs()) == sorted(by_name)
+    finally:
+        await catalog.close()

@@ -322,7 +322,8 @@ async def show_namespace(request: web.Request) -> web.Response:
     if prefix:
         properties = _prefixed(prefix, properties)
         for obj in objects:
-            obj["properties"] = _prefixed(prefix, obj["properties"])
+            if obj.get("properties"):
+                obj["properties"] = _prefixed(prefix, obj["properties"])
             if obj.get("required"):
                 obj["required"] = [prefix + r for r in obj["required"]]
     if objects:

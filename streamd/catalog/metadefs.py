@@ -37,21 +37,21 @@ class NamespaceRecord:
     namespace: str
     display_name: str | None
     description: str | None
-    visibility: str
-    protected: bool
+    visibility: str | None
+    protected: bool | None
     owner: str | None
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectRecord:
     name: str
     description: str | None
-    required: list[str]
-    properties: dict[str, Any]
+    required: list[str] | None  # None for objects loaded from files (Glance's loader keeps none)
+    properties: dict[str, Any] | None
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,14 @@ class PropertyRecord:
     name: str
     schema: dict[str, Any]
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
 class TagRecord:
     name: str
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class ResourceTypeRecord:
     name: str
     protected: bool
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ class AssociationRecord:
     prefix: str | None
     properties_target: str | None
     created_at: dt.datetime
-    updated_at: dt.datetime
+    updated_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,7 @@ def _not_found(name: str) -> DoesNotExist:
 def _namespace(row: Any) -> NamespaceRecord:
     return NamespaceRecord(id=row.id, namespace=row.namespace, display_name=row.display_name,
                            description=row.description, visibility=row.visibility,
-                           protected=bool(row.protected), owner=row.owner, created_at=row.created_at,
+                           protected=None if row.protected is None else bool(row.protected), owner=row.owner, created_at=row.created_at,
                            updated_at=row.updated_at)
 
 
@@ -601,6 +601,120 @@ class MetadefsMixin(CatalogBase):
                     await conn.execute(m.metadef_resource_types.insert().values(
                         name=name, protected=protected, created_at=now, updated_at=now))
                     existing.add(name)
+
+    # -- definition files (streamd metadefs-load / -unload / -export, as glance-manage's) -------------
+
+    async def metadefs_empty(self) -> bool:
+        async with self._read() as conn:
+            return (await conn.scalar(sa.select(sa.func.count()).select_from(m.metadef_namespaces)) == 0
+                    and await conn.scalar(sa.select(sa.func.count()).select_from(m.metadef_resource_types)) == 0)
+
+    async def load_metadefs(self, documents: Sequence[Mapping[str, Any]], *, merge: bool = False,
+                            prefer_new: bool = False, overwrite: bool = False) -> list[str]:
+        """Load namespace definition documents (Glance's file format) as ``glance-manage
+        db_load_metadefs`` does, in one transaction; the names of the namespaces loaded.
+
+        A namespace that exists is skipped, unless ``overwrite`` (its contents are replaced) or
+        ``merge`` (what is new is added; with ``prefer_new`` what exists is updated too).
+        Loaded rows have no ``updated_at`` and the owner the file names, else "admin", as in Glance.
+        """
+        loaded = []
+        try:
+            async with self._write() as conn:
+                for document in documents:
+                    if await self._load_document(conn, document, merge=merge, prefer_new=prefer_new,
+                                                 overwrite=overwrite):
+                        loaded.append(str(document["namespace"]))
+        except sa.exc.IntegrityError:
+            # Only a concurrent writer (another node loading the same files) gets here: every
+            # row is looked up before it is inserted.
+            raise Duplicate("The metadata definitions were changed while they were being loaded") from None
+        return loaded
+
+    async def _load_document(self, conn: AsyncConnection, doc: Mapping[str, Any], *, merge: bool,
+                             prefer_new: bool, overwrite: bool) -> bool:
+        n = m.metadef_namespaces.c
+        now = utcnow()
+        values = {"namespace": doc["namespace"], "display_name": doc.get("display_name"),
+                  "description": doc.get("description"), "visibility": doc.get("visibility"),
+                  "protected": doc.get("protected"), "owner": doc.get("owner", "admin")}
+        ns_id = await conn.scalar(sa.select(n.id).where(n.namespace == values["namespace"]))
+        if ns_id is not None and overwrite:
+            for table in (m.metadef_properties, m.metadef_objects, m.metadef_tags, m.metadef_namespace_resource_types):
+                await conn.execute(table.delete().where(table.c.namespace_id == ns_id))
+            await conn.execute(m.metadef_namespaces.delete().where(n.id == ns_id))
+            ns_id = None
+        if ns_id is None:
+            ns_id = (await conn.execute(m.metadef_namespaces.insert().values(
+                **values, created_at=now, updated_at=None))).inserted_primary_key[0]
+        elif not merge:
+            return False  # already there: glance-manage skips it too
+        elif prefer_new:
+            await conn.execute(m.metadef_namespaces.update().where(n.id == ns_id).values(**values, updated_at=now))
+
+        r, a = m.metadef_resource_types.c, m.metadef_namespace_resource_types.c
+        for association in doc.get("resource_type_associations", []):
+            type_id = await conn.scalar(sa.select(r.id).where(r.name == association["name"]))
+            if type_id is None:
+                type_id = (await conn.execute(m.metadef_resource_types.insert().values(
+                    name=association["name"], protected=True, created_at=now,
+                    updated_at=None))).inserted_primary_key[0]
+            elif prefer_new:
+                await conn.execute(m.metadef_resource_types.update().where(r.id == type_id).values(updated_at=now))
+            link = {"properties_target": association.get("properties_target"), "prefix": association.get("prefix")}
+            where = (a.namespace_id == ns_id, a.resource_type_id == type_id)
+            if await conn.scalar(sa.select(a.namespace_id).where(*where)) is None:
+                await conn.execute(m.metadef_namespace_resource_types.insert().values(
+                    namespace_id=ns_id, resource_type_id=type_id, **link, created_at=now, updated_at=None))
+            elif prefer_new:
+                await conn.execute(m.metadef_namespace_resource_types.update().where(*where).values(
+                    **link, updated_at=now))
+
+        async def upsert(table: sa.Table, name: str, row: dict[str, Any]) -> None:
+            where = (table.c.namespace_id == ns_id, table.c.name == name)
+            if await conn.scalar(sa.select(table.c.id).where(*where)) is None:
+                await conn.execute(table.insert().values(namespace_id=ns_id, name=name, **row, created_at=now,
+                                                         updated_at=None))
+            elif prefer_new:
+                await conn.execute(table.update().where(*where).values(**row, updated_at=now))
+
+        for name, schema in doc.get("properties", {}).items():
+            await upsert(m.metadef_properties, name, {"schema_json": json.dumps(schema)})
+        for obj in doc.get("objects", []):
+            # Glance's loader keeps an object's properties and description, not its "required".
+            await upsert(m.metadef_objects, obj["name"], {"description": obj.get("description"),
+                                                          "required_json": "null",
+                                                          "properties_json": json.dumps(obj.get("properties"))})
+        for tag in doc.get("tags", []):
+            await upsert(m.metadef_tags, tag["name"], {})
+        return True
+
+    async def unload_metadefs(self) -> None:
+        """Empty the whole metadefs catalogue, resource types included (glance-manage db_unload_metadefs)."""
+        async with self._write() as conn:
+            for table in (m.metadef_properties, m.metadef_objects, m.metadef_tags, m.metadef_namespace_resource_types,
+                          m.metadef_namespaces, m.metadef_resource_types):
+                await conn.execute(table.delete())
+
+    async def export_metadefs(self) -> list[dict[str, Any]]:
+        """Every namespace as a definition document (the shape the loader reads)."""
+        n = m.metadef_namespaces.c
+        async with self._read() as conn:
+            namespaces = [_namespace(row) for row in await conn.execute(sa.select(m.metadef_namespaces).order_by(n.id))]
+            documents = []
+            associations = await self.associations_of(ns.id for ns in namespaces)
+            for ns in namespaces:
+                documents.append({
+                    "namespace": ns.namespace, "display_name": ns.display_name, "description": ns.description,
+                    "visibility": ns.visibility, "protected": ns.protected, "owner": ns.owner,
+                    "resource_type_associations": [{"name": a.name, "prefix": a.prefix,
+                                                    "properties_target": a.properties_target}
+                                                   for a in associations[ns.id]],
+                    "properties": {p.name: p.schema for p in await self._properties(conn, ns.id)},
+                    "objects": [{"name": o.name, "description": o.description, "properties": o.properties}
+                                for o in await self._objects(conn, ns.id)],
+                    "tags": [{"name": t.name} for t in await self._tags(conn, ns.id)]})
+            return documents
 
 
 def _check_unprotected(namespace: NamespaceRecord) -> None:

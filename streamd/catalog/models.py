@@ -140,17 +140,19 @@ image_data_digests = sa.Table(
 # object, property or tag within its namespace, a resource type globally. Deleting a namespace
 # deletes its contents (ON DELETE CASCADE; the catalogue also deletes them explicitly, so that
 # the rule holds whether or not SQLite enforces foreign keys on a given connection).
+# As in Glance, rows loaded from definition files have no updated_at (shown without one), and
+# a namespace file may leave visibility and protected unset (NULL).
 metadef_namespaces = sa.Table(
     "metadef_namespaces", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("namespace", sa.String(80), nullable=False, unique=True),
     sa.Column("display_name", sa.String(80)),
     sa.Column("description", sa.Text),
-    sa.Column("visibility", sa.String(32), nullable=False),
-    sa.Column("protected", sa.Boolean, nullable=False, default=False),
+    sa.Column("visibility", sa.String(32)),
+    sa.Column("protected", sa.Boolean),
     sa.Column("owner", sa.String(255)),
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
     sa.Index("ix_metadef_namespaces_owner", "owner"),
 )
 
@@ -164,7 +166,7 @@ metadef_objects = sa.Table(
     sa.Column("required_json", sa.Text, nullable=False),   # a JSON list of property names
     sa.Column("properties_json", sa.Text, nullable=False),  # a JSON object: name -> property schema
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
     sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_objects_namespace_id_name"),
 )
 
@@ -176,7 +178,7 @@ metadef_properties = sa.Table(
     sa.Column("name", sa.String(80), nullable=False),
     sa.Column("schema_json", sa.Text, nullable=False),  # the property's JSON schema, as the client gave it
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
     sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_properties_namespace_id_name"),
 )
 
@@ -187,7 +189,7 @@ metadef_tags = sa.Table(
               nullable=False),
     sa.Column("name", sa.String(80), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
     sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_tags_namespace_id_name"),
 )
 
@@ -197,7 +199,7 @@ metadef_resource_types = sa.Table(
     sa.Column("name", sa.String(80), nullable=False, unique=True),
     sa.Column("protected", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
 )
 
 metadef_namespace_resource_types = sa.Table(
@@ -209,6 +211,6 @@ metadef_namespace_resource_types = sa.Table(
     sa.Column("properties_target", sa.String(80)),
     sa.Column("prefix", sa.String(80)),
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
     sa.Index("ix_metadef_namespace_resource_types_namespace_id", "namespace_id"),
 )

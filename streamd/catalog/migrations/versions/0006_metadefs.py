@@ -20,7 +20,7 @@ def _namespace_fk() -> sa.Column:
 
 def _times() -> list[sa.Column]:
     return [sa.Column("created_at", sa.DateTime, nullable=False),
-            sa.Column("updated_at", sa.DateTime, nullable=False)]
+            sa.Column("updated_at", sa.DateTime)]
 
 
 def upgrade() -> None:
@@ -30,8 +30,8 @@ def upgrade() -> None:
         sa.Column("namespace", sa.String(80), nullable=False),
         sa.Column("display_name", sa.String(80)),
         sa.Column("description", sa.Text),
-        sa.Column("visibility", sa.String(32), nullable=False),
-        sa.Column("protected", sa.Boolean, nullable=False),
+        sa.Column("visibility", sa.String(32)),
+        sa.Column("protected", sa.Boolean),
         sa.Column("owner", sa.String(255)),
         *_times(),
         sa.UniqueConstraint("namespace", name="uq_metadef_namespaces_namespace"),
