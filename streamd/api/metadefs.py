@@ -106,7 +106,7 @@ def authorize(request: web.Request, rule: str, target: dict[str, Any]) -> None:
 def target_of(request: web.Request, namespace: NamespaceRecord | None = None) -> dict[str, Any]:
     if namespace is None:
         return {"project_id": context_of(request).project_id}
-    return {"project_id": namespace.owner, "visibility": namespace.visibility}
+    return {"project_id": namespace.owner, "visibility": namespace.visibility or "private"}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -152,9 +152,36 @@ def _query_choices(request: web.Request) -> tuple[str, str, int | None, str | No
     return query.get("sort_key", "created_at"), sort_dir, limit, query.get("marker")
 
 
+_INTEGER_FIELDS = ("minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems")
+
+
 def _property_schema(value: Mapping[str, Any]) -> dict[str, Any]:
-    """A property definition as Glance keeps it: its model's attributes, without nulls."""
-    return {k: value[k] for k in _PROPERTY_FIELDS if k in value and value[k] is not None}
+    """A property definition as Glance keeps and shows it: passed through its PropertyType model
+    (WSME), which keeps only the model's attributes, drops nulls, turns ``default`` into a string
+    (a list or object default is dropped), truncates the integer bounds, and keeps of ``items``
+    only ``type`` and ``enum``. Applied on the way in and on the way out (definitions loaded
+    from files are stored as written), as Glance converts both."""
+    schema: dict[str, Any] = {}
+    for key in _PROPERTY_FIELDS:
+        item = value.get(key)
+        if item is None:
+            continue
+        if key == "default":
+            if isinstance(item, (list, dict)):
+                continue
+            item = str(item) if not isinstance(item, bool) else ("True" if item else "False")
+        elif key in _INTEGER_FIELDS and isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = int(item)
+        elif key == "items" and isinstance(item, dict):
+            item = {k: item[k] for k in ("type", "enum") if item.get(k) is not None}
+        schema[key] = item
+    return schema
+
+
+def _properties_view(properties: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if properties is None:
+        return None
+    return {name: _property_schema(value) if isinstance(value, dict) else value for name, value in properties.items()}
 
 
 # -- lookups ---------------------------------------------------------------------------------------
@@ -187,7 +214,8 @@ def _without_none(document: dict[str, Any]) -> dict[str, Any]:
 def namespace_view(ns: NamespaceRecord) -> dict[str, Any]:
     return _without_none({
         "namespace": ns.namespace, "display_name": ns.display_name, "description": ns.description,
-        "visibility": ns.visibility, "protected": ns.protected, "owner": ns.owner,
+        # Glance's domain model shows a namespace loaded without them as private and unprotected.
+        "visibility": ns.visibility or "private", "protected": bool(ns.protected), "owner": ns.owner,
         "created_at": isotime(ns.created_at), "updated_at": isotime(ns.updated_at),
         "self": f"/v2/metadefs/namespaces/{ns.namespace}", "schema": NS_SCHEMA})
 
@@ -201,7 +229,7 @@ def object_view(ns_name: str, obj: ObjectRecord, *, given: Mapping[str, Any] | N
     """A stored object; ``given`` (a create or update body) limits the optional fields to those the
     request had, as Glance answers a write with the object it built from the request."""
     view = {"name": obj.name, "description": obj.description, "required": obj.required,
-            "properties": obj.properties, "created_at": isotime(obj.created_at),
+            "properties": _properties_view(obj.properties), "created_at": isotime(obj.created_at),
             "updated_at": isotime(obj.updated_at), "self": f"/v2/metadefs/namespaces/{ns_name}/objects/{obj.name}",
             "schema": OBJ_SCHEMA}
     if given is not None:
@@ -212,7 +240,8 @@ def object_view(ns_name: str, obj: ObjectRecord, *, given: Mapping[str, Any] | N
 
 
 def tag_view(tag: TagRecord) -> dict[str, Any]:
-    return {"name": tag.name, "created_at": isotime(tag.created_at), "updated_at": isotime(tag.updated_at)}
+    return _without_none({"name": tag.name, "created_at": isotime(tag.created_at),
+                          "updated_at": isotime(tag.updated_at)})
 
 
 def _prefixed(prefix: str, properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,7 +343,7 @@ async def show_namespace(request: web.Request) -> web.Response:
     contents = await catalog.namespace_contents(ns)
     view = namespace_view(ns)
     objects = [object_view(ns.namespace, o) for o in contents.objects]
-    properties = {p.name: p.schema for p in contents.properties}
+    properties = {p.name: _property_schema(p.schema) for p in contents.properties}
     prefix = None
     resource_type = request.query.get("resource_type")
     if resource_type:
@@ -420,7 +449,7 @@ async def list_properties(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "get_metadef_properties", target_of(request, ns))
     properties = await request.app[SERVICES].catalog.list_metadef_properties(ns)
-    return web.json_response({"properties": {p.name: p.schema for p in properties}})
+    return web.json_response({"properties": {p.name: _property_schema(p.schema) for p in properties}})
 
 
 async def create_property(request: web.Request) -> web.Response:
@@ -429,7 +458,7 @@ async def create_property(request: web.Request) -> web.Response:
     authorize(request, "add_metadef_property", target_of(request, ns))
     schema = _property_schema(body)
     prop = await request.app[SERVICES].catalog.create_metadef_property(ns, body["name"], schema)
-    return web.json_response({**prop.schema, "name": prop.name}, status=201)
+    return web.json_response({**_property_schema(prop.schema), "name": prop.name}, status=201)
 
 
 async def show_property(request: web.Request) -> web.Response:
@@ -452,7 +481,7 @@ async def show_property(request: web.Request) -> web.Response:
                                f"prefix of '{prefix}'.")
         name = name[len(prefix):]
     prop = await catalog.get_metadef_property(ns, name)
-    return web.json_response({**prop.schema, "name": prop.name})
+    return web.json_response({**_property_schema(prop.schema), "name": prop.name})
 
 
 async def update_property(request: web.Request) -> web.Response:
@@ -461,7 +490,7 @@ async def update_property(request: web.Request) -> web.Response:
     authorize(request, "modify_metadef_property", target_of(request, ns))
     prop = await request.app[SERVICES].catalog.update_metadef_property(ns, request.match_info["name"], body["name"],
                                                                _property_schema(body))
-    return web.json_response({**prop.schema, "name": prop.name})
+    return web.json_response({**_property_schema(prop.schema), "name": prop.name})
 
 
 async def delete_property(request: web.Request) -> web.Response:
@@ -537,7 +566,8 @@ async def list_resource_types(request: web.Request) -> web.Response:
     authorize(request, "list_metadef_resource_types", target_of(request))
     types = await request.app[SERVICES].catalog.list_resource_types()
     return web.json_response({"resource_types": [
-        {"name": t.name, "created_at": isotime(t.created_at), "updated_at": isotime(t.updated_at)} for t in types]})
+        _without_none({"name": t.name, "created_at": isotime(t.created_at), "updated_at": isotime(t.updated_at)})
+        for t in types]})
 
 
 async def list_associations(request: web.Request) -> web.Response:

@@ -48,7 +48,7 @@ class NamespaceRecord:
 class ObjectRecord:
     name: str
     description: str | None
-    required: list[str] | None  # None for objects loaded from files (Glance's loader keeps none)
+    required: list[str]
     properties: dict[str, Any] | None
     created_at: dt.datetime
     updated_at: dt.datetime | None
@@ -210,7 +210,7 @@ class MetadefsMixin(CatalogBase):
         a, r = m.metadef_namespace_resource_types.c, m.metadef_resource_types.c
         stmt = (sa.select(a.namespace_id, r.name, a.prefix, a.properties_target, a.created_at, a.updated_at)
                 .join(m.metadef_resource_types, r.id == a.resource_type_id)
-                .where(a.namespace_id.in_(ids)).order_by(a.namespace_id, r.id))
+                .where(a.namespace_id.in_(ids)).order_by(a.namespace_id, a.id))
         async with self._read() as conn:
             for row in await conn.execute(stmt):
                 found[row.namespace_id].append(AssociationRecord(row.name, row.prefix, row.properties_target,
@@ -299,7 +299,8 @@ class MetadefsMixin(CatalogBase):
 
     async def _objects(self, conn: AsyncConnection, ns_id: int) -> list[ObjectRecord]:
         o = m.metadef_objects.c
-        rows = await conn.execute(sa.select(m.metadef_objects).where(o.namespace_id == ns_id).order_by(o.id))
+        # By name: the order Glance's unordered query gets from its (namespace_id, name) index.
+        rows = await conn.execute(sa.select(m.metadef_objects).where(o.namespace_id == ns_id).order_by(o.name))
         return [_object(row) for row in rows]
 
     async def list_metadef_objects(self, namespace: NamespaceRecord) -> list[ObjectRecord]:
@@ -374,7 +375,7 @@ class MetadefsMixin(CatalogBase):
 
     async def _properties(self, conn: AsyncConnection, ns_id: int) -> list[PropertyRecord]:
         p = m.metadef_properties.c
-        rows = await conn.execute(sa.select(m.metadef_properties).where(p.namespace_id == ns_id).order_by(p.id))
+        rows = await conn.execute(sa.select(m.metadef_properties).where(p.namespace_id == ns_id).order_by(p.name))
         return [_property(row) for row in rows]
 
     async def list_metadef_properties(self, namespace: NamespaceRecord) -> list[PropertyRecord]:
@@ -681,9 +682,10 @@ class MetadefsMixin(CatalogBase):
         for name, schema in doc.get("properties", {}).items():
             await upsert(m.metadef_properties, name, {"schema_json": json.dumps(schema)})
         for obj in doc.get("objects", []):
-            # Glance's loader keeps an object's properties and description, not its "required".
+            # Glance's loader keeps an object's properties and description, not its "required"
+            # (which it then shows as []).
             await upsert(m.metadef_objects, obj["name"], {"description": obj.get("description"),
-                                                          "required_json": "null",
+                                                          "required_json": "[]",
                                                           "properties_json": json.dumps(obj.get("properties"))})
         for tag in doc.get("tags", []):
             await upsert(m.metadef_tags, tag["name"], {})

@@ -204,13 +204,17 @@ metadef_resource_types = sa.Table(
 
 metadef_namespace_resource_types = sa.Table(
     "metadef_namespace_resource_types", metadata,
+    # Associations are listed in the order they were made (as Glance lists them).
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("resource_type_id", sa.Integer,
-              sa.ForeignKey("metadef_resource_types.id", ondelete="CASCADE"), primary_key=True),
+              sa.ForeignKey("metadef_resource_types.id", ondelete="CASCADE"), nullable=False),
     sa.Column("namespace_id", sa.Integer, sa.ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
-              primary_key=True),
+              nullable=False),
     sa.Column("properties_target", sa.String(80)),
     sa.Column("prefix", sa.String(80)),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime),
+    sa.UniqueConstraint("namespace_id", "resource_type_id",
+                        name="uq_metadef_namespace_resource_types_pair"),
     sa.Index("ix_metadef_namespace_resource_types_namespace_id", "namespace_id"),
 )

@@ -1,0 +1,109 @@
+"""The metadefs API of streamd against real Glance 33, call for call.
+
+Both servers start as a new deployment does: Glance after ``glance-manage db_load_metadefs`` of
+its published definitions, streamd after its first start (which loads the same files). Then the
+same sequence of calls (tests/metadef_scenario.py: every route, duplicates, missing names,
+cascades, protected namespaces, visibility between two projects, reader, member and admin) runs
+against both, and every answer must be the same: status, Location and Content-Type, and the JSON
+body with error messages word for word (timestamps are checked for Glance's format, then masked).
+The metadefs schemas and the loaded definitions are compared whole.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import metadef_scenario as scenario
+from conftest import ROOT, start_daemon, stop_daemon
+from streamd.catalog.metadef_files import SHIPPED_DEFINITIONS
+from test_glance_parity import Glance, _warm_up
+
+SCHEMAS = ("namespace", "namespaces", "resource_type", "resource_types", "object", "objects", "property",
+           "properties", "tag", "tags")
+
+
+class GlanceWithDefinitions(Glance):  # type: ignore[misc, valid-type]
+    """Glance 33 as a deployment has it: its published metadata definitions loaded."""
+
+    def prepare(self) -> list[str]:
+        command = super().prepare()
+        subprocess.run([str(self.venv / "bin/glance-manage"), "--config-file", str(self.workdir / "etc/glance-api.conf"),
+                        "db_load_metadefs", str(SHIPPED_DEFINITIONS)],
+                       check=True, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return command
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    venv = ROOT / ".venv-glance"
+    if not (venv / "bin" / "uwsgi").exists():
+        pytest.fail(f"{venv} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
+    base = tmp_path_factory.mktemp("metadefs-parity")
+    (base / "streamd").mkdir()
+    daemon = start_daemon(base / "streamd")
+    try:
+        with GlanceWithDefinitions(base / "glance", venv) as glance:
+            _warm_up(glance.url)
+            yield {"glance": glance.url, "streamd": daemon.url}
+    finally:
+        stop_daemon(daemon)
+
+
+def _get(url: str, path: str) -> Any:
+    request = urllib.request.Request(url + path, headers={
+        "X-Project-Id": scenario.P1, "X-Roles": "admin,member,reader", "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def _unordered(body: Any) -> Any:
+    """The order of rows loaded from files follows the order each loader read them in (Glance
+    takes the directory's order): lists of resource types and of loaded namespaces compare as sets."""
+    if isinstance(body, dict):
+        body = dict(body)
+        for key, field in (("resource_types", "name"), ("namespaces", "namespace")):
+            if isinstance(body.get(key), list):
+                body[key] = sorted(body[key], key=lambda item: item[field])
+    return body
+
+
+def test_schemas_are_glances(servers: dict[str, str]) -> None:
+    for name in SCHEMAS:
+        path = f"/v2/schemas/metadefs/{name}"
+        assert _get(servers["streamd"], path) == _get(servers["glance"], path), name
+
+
+def test_loaded_definitions_are_glances(servers: dict[str, str]) -> None:
+    listing = "/v2/metadefs/namespaces?limit=1000"
+    glance, streamd = (scenario.mask(_get(servers[s], listing)) for s in ("glance", "streamd"))
+    assert _unordered(streamd) == _unordered(glance)
+    assert len(glance["namespaces"]) == 32
+    for ns in glance["namespaces"]:
+        path = f"/v2/metadefs/namespaces/{ns['namespace']}"
+        assert scenario.mask(_get(servers["streamd"], path)) == scenario.mask(_get(servers["glance"], path)), path
+        for association in ns.get("resource_type_associations", []):
+            filtered = f"{path}?resource_type={association['name']}"
+            assert scenario.mask(_get(servers["streamd"], filtered)) == \
+                scenario.mask(_get(servers["glance"], filtered)), filtered
+    types = "/v2/metadefs/resource_types"
+    assert _unordered(scenario.mask(_get(servers["streamd"], types))) == \
+        _unordered(scenario.mask(_get(servers["glance"], types)))
+
+
+def test_every_call_answers_as_glance(servers: dict[str, str]) -> None:
+    glance = scenario.run(servers["glance"])
+    streamd = scenario.run(servers["streamd"])
+    for index, (step, theirs, ours) in enumerate(zip(scenario.STEPS, glance, streamd)):
+        what = f"step {index}: {step[0]} {step[1]} {step[2]}"
+        if index in scenario.GLANCE_500:
+            # Glance fails with a 500 here; streamd names what the client got wrong.
+            assert theirs[0] == 500, what
+            assert ours[0] == scenario.GLANCE_500[index], (what, ours)
+            continue
+        assert (ours[0], ours[1], _unordered(ours[2])) == (theirs[0], theirs[1], _unordered(theirs[2])), what
