@@ -12,7 +12,9 @@ The metadefs schemas and the loaded definitions are compared whole.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -107,3 +109,74 @@ def test_every_call_answers_as_glance(servers: dict[str, str]) -> None:
             assert ours[0] == scenario.GLANCE_500[index], (what, ours)
             continue
         assert (ours[0], ours[1], _unordered(ours[2])) == (theirs[0], theirs[1], _unordered(theirs[2])), what
+
+
+GLANCE_CLI = ROOT / ".venv" / "bin" / "glance"
+_TIMES = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+# glanceclient's md-* commands, from nothing to nothing. (md-tag-create-multiple --append is
+# broken in glanceclient itself: "quote_from_bytes() expected bytes" against either server.)
+CLI_STEPS = [
+    "md-namespace-create cli-ns --visibility public --description hi --protected",
+    "md-namespace-show cli-ns",
+    "md-namespace-create cli-ns",
+    "md-object-create cli-ns --name o1 --schema {\"description\":\"x\",\"properties\":{\"a\":{\"title\":\"A\",\"type\":\"string\"}}}",
+    "md-object-show cli-ns o1",
+    "md-object-update cli-ns o1 --name o2",
+    "md-object-list cli-ns",
+    "md-object-property-show cli-ns o2 a",
+    "md-property-create cli-ns --name p1 --title P1 --type string --schema {\"type\":\"string\",\"default\":\"d\"}",
+    "md-property-show cli-ns p1",
+    "md-property-update cli-ns p1 --title P2",
+    "md-property-list cli-ns",
+    "md-tag-create cli-ns --name t1",
+    "md-tag-create-multiple cli-ns --names a,b",
+    "md-tag-list cli-ns",
+    "md-tag-show cli-ns a",
+    "md-tag-update cli-ns a --name z",
+    "md-tag-delete cli-ns b",
+    "md-tag-show cli-ns b",
+    "md-resource-type-associate cli-ns --name OS::Glance::Image --prefix x_",
+    "md-namespace-resource-type-list cli-ns",
+    "md-namespace-show cli-ns --resource-type OS::Glance::Image",
+    "md-property-show cli-ns x_p1",
+    "md-resource-type-deassociate cli-ns OS::Glance::Image",
+    "md-resource-type-list",
+    "md-namespace-list --resource-types OS::Glance::Image",
+    "md-namespace-list --visibility public --page-size 5",
+    "md-namespace-delete cli-ns",
+    "md-namespace-update cli-ns --protected False",
+    "md-object-delete cli-ns o2",
+    "md-property-delete cli-ns p1",
+    "md-namespace-tags-delete cli-ns",
+    "md-namespace-objects-delete cli-ns",
+    "md-namespace-properties-delete cli-ns",
+    "md-namespace-show cli-ns",
+    "md-namespace-delete cli-ns",
+    "md-namespace-show cli-ns",
+]
+_DROPPED = re.compile(r"Connection aborted|Connection reset by peer|Remote end closed connection")
+
+
+def _cli(url: str, command: str) -> tuple[tuple[int, str, str], bool]:
+    """One glance command (split on spaces: the steps have no quoted spaces) and whether it had to
+    be run again: uWSGI's workers may reset a connection while they warm up."""
+    for attempt in range(6):
+        done = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(GLANCE_CLI), "--os-image-url", url,
+                               "--os-auth-token", "x", *command.split(" ")], capture_output=True, text=True,
+                              timeout=60)
+        if not _DROPPED.search(done.stderr):
+            break
+        time.sleep(0.5)
+    return (done.returncode, _TIMES.sub("<time>", done.stdout), done.stderr.strip()), attempt > 0
+
+
+def test_glance_cli_md_commands_print_the_same(servers: dict[str, str]) -> None:
+    compared = 0
+    for command in CLI_STEPS:
+        ours, _ = _cli(servers["streamd"], command)
+        theirs, retried = _cli(servers["glance"], command)
+        if retried and theirs[0] != 0 and ours[0] == 0:
+            continue  # the reset came after Glance had done it: the retry found it done (409/404)
+        assert ours == theirs, command
+        compared += 1
+    assert compared >= len(CLI_STEPS) * 2 // 3, f"only {compared} steps compared"

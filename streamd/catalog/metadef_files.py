@@ -17,11 +17,15 @@ SHIPPED_DEFINITIONS = Path(__file__).with_name("metadef_definitions")
 
 
 def read_definitions(path: Path | None = None) -> list[dict[str, Any]]:
-    """The documents of one file, or of every ``*.json`` file of a directory (in name order);
-    the shipped definitions when ``path`` is None."""
+    """The documents of one file, or of every ``*.json`` file of a directory; the shipped
+    definitions when ``path`` is None.
+
+    A directory is read in the order the file system lists it, as glance-manage reads it
+    (``os.listdir``): the namespaces are then created, and listed newest first, in the same
+    order as by a Glance loading the same directory."""
     path = SHIPPED_DEFINITIONS if path is None else path
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".json")
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix == ".json"]
     elif path.is_file():
         files = [path]
     else:
