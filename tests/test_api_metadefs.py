@@ -400,3 +400,101 @@ async def test_load_unload_export(tmp_path: Path, database_url: str) -> None:
         assert sorted(d["namespace"] for d in await catalog.export_metadefs()) == sorted(by_name)
     finally:
         await catalog.close()
+
+
+# -- Tempest's tempest.api.image.v2 metadefs tests, call for call (as its admin client makes them) --
+
+async def _ok(api: ApiClient, method: str, path: str, status: int, body: Any = None,
+              as_: dict[str, str] = ADMIN) -> Any:
+    # Tempest's clients send JSON bodies, and Content-Type even without one (create_namespace_tag).
+    reply = await api.call(method, path, as_=as_, json_body=body, headers={"Content-Type": "application/json"})
+    assert reply.status == status, (method, path, reply.body)  # Tempest's expected_success
+    return reply.json if reply.body else None
+
+
+async def test_tempest_namespaces(api_with_definitions: ApiClient) -> None:
+    api = api_with_definitions
+    resource_name = (await _ok(api, "GET", "/v2/metadefs/resource_types", 200))["resource_types"][0]["name"]
+    name = "tempest-namespace-1234"
+    await _ok(api, "POST", NS, 201, {"namespace": name, "visibility": "public", "description": "Tempest",
+                                     "display_name": name, "resource_type_associations": [{"name": resource_name}],
+                                     "protected": True})
+    assert name in [n["namespace"] for n in (await _ok(api, "GET", NS, 200))["namespaces"]]
+    body = await _ok(api, "GET", f"{NS}/{name}", 200)
+    assert body["namespace"] == name and body["visibility"] == "public"
+    await _ok(api, "DELETE", f"{NS}/{name}", 403)  # lib_exc.Forbidden
+    body = await _ok(api, "PUT", f"{NS}/{name}", 200, {"namespace": name, "description": "Tempest",
+                                                      "visibility": "private", "display_name": name,
+                                                      "protected": False})
+    assert body["visibility"] == "private" and body["protected"] is False
+    await _ok(api, "DELETE", f"{NS}/{name}", 204)
+    await _ok(api, "GET", f"{NS}/{name}", 404)  # wait_for_resource_deletion
+
+
+async def test_tempest_resource_types_and_properties(api_with_definitions: ApiClient) -> None:
+    api = api_with_definitions
+    resource_name = (await _ok(api, "GET", "/v2/metadefs/resource_types", 200))["resource_types"][0]["name"]
+    for ns in ("tempest-ns-rt", "tempest-ns-prop"):
+        await _ok(api, "POST", NS, 201, {"namespace": ns, "visibility": "public", "description": "Tempest",
+                                         "protected": False, "display_name": ns})
+    body = await _ok(api, "POST", f"{NS}/tempest-ns-rt/resource_types", 201, {"name": resource_name})
+    assert body["name"] == resource_name
+    listed = await _ok(api, "GET", f"{NS}/tempest-ns-rt/resource_types", 200)
+    assert resource_name in [a["name"] for a in listed["resource_type_associations"]]
+    await _ok(api, "DELETE", f"{NS}/tempest-ns-rt/resource_types/{resource_name}", 204)
+    listed = await _ok(api, "GET", f"{NS}/tempest-ns-rt/resource_types", 200)
+    assert resource_name not in [a["name"] for a in listed["resource_type_associations"]]
+
+    enum = ["xen", "qemu", "kvm", "lxc", "uml", "vmware", "hyperv"]
+    ns = f"{NS}/tempest-ns-prop"
+    await _ok(api, "POST", f"{ns}/resource_types", 201, {"name": resource_name})
+    body = await _ok(api, "POST", f"{ns}/properties", 201, {"title": "tempest-property", "name": resource_name,
+                                                            "type": "string", "enum": enum})
+    assert body["title"] == "tempest-property"
+    assert (await _ok(api, "GET", f"{ns}/properties/{resource_name}", 200))["name"] == resource_name
+    body = await _ok(api, "PUT", f"{ns}/properties/{resource_name}", 200, {"title": "tempest-update-property",
+                                                                           "type": "string", "enum": enum,
+                                                                           "name": resource_name})
+    assert body["title"] == "tempest-update-property"
+    await _ok(api, "DELETE", f"{ns}/properties/{resource_name}", 204)
+    titles = [p["title"] for p in (await _ok(api, "GET", f"{ns}/properties", 200))["properties"].values()]
+    assert "tempest-update-property" not in titles
+    for name in ("tempest-ns-rt", "tempest-ns-prop"):
+        await _ok(api, "DELETE", f"{NS}/{name}", 204)  # the base class's cleanup
+
+
+async def test_tempest_objects_and_tags(api_with_definitions: ApiClient) -> None:
+    api = api_with_definitions
+    await _ok(api, "POST", NS, 201, {"namespace": "tempest-ns", "visibility": "public", "description": "Tempest",
+                                     "protected": False, "display_name": "tempest-ns"})
+    ns = f"{NS}/tempest-ns"
+    body = await _ok(api, "POST", f"{ns}/objects", 201, {"name": "tempest-object"})
+    body = await _ok(api, "PUT", f"{ns}/objects/{body['name']}", 200, {"name": "tempest-update-object"})
+    assert body["name"] == "tempest-update-object"
+    assert (await _ok(api, "GET", f"{ns}/objects/tempest-update-object", 200))["name"] == "tempest-update-object"
+    await _ok(api, "DELETE", f"{ns}/objects/tempest-update-object", 204)
+    assert "tempest-update-object" not in [o["name"] for o in (await _ok(api, "GET", f"{ns}/objects", 200))["objects"]]
+    await _ok(api, "DELETE", f"{ns}/objects/tempest-object", 404)  # call_and_ignore_notfound_exc
+
+    tags = ["sample-tag1", "sample-tag2", "sample-tag3"]
+    await _ok(api, "POST", f"{ns}/tags", 201, {"tags": [{"name": t} for t in tags]})
+    body = await _ok(api, "GET", f"{ns}/tags", 200)
+    assert len(body["tags"]) == 3 and all(t["name"] in tags for t in body["tags"])
+    await _ok(api, "POST", f"{ns}/tags/tempest-tag", 201)
+    assert (await _ok(api, "GET", f"{ns}/tags/tempest-tag", 200))["name"] == "tempest-tag"
+    assert (await _ok(api, "PUT", f"{ns}/tags/tempest-tag", 200, {"name": "tempest-update-tag"}))["name"] == \
+        "tempest-update-tag"
+    await _ok(api, "DELETE", f"{ns}/tags/tempest-update-tag", 204)
+    assert "tempest-update-tag" not in [t["name"] for t in (await _ok(api, "GET", f"{ns}/tags", 200))["tags"]]
+    await _ok(api, "DELETE", f"{ns}/tags", 204)
+    assert (await _ok(api, "GET", f"{ns}/tags", 200))["tags"] == []
+    await _ok(api, "DELETE", f"{NS}/tempest-ns", 204)
+
+
+async def test_tempest_schemas_for_a_reader(api_with_definitions: ApiClient) -> None:
+    """MetadataSchemaTest runs with the project reader's client."""
+    names = {"namespace": "namespace", "namespaces": "namespaces", "resource_type": "resource_type_association",
+             "resource_types": "resource_type_associations", "object": "object", "objects": "objects",
+             "property": "property", "properties": "properties", "tag": "tag", "tags": "tags"}
+    for path, name in names.items():
+        assert (await _ok(api_with_definitions, "GET", f"/v2/schemas/metadefs/{path}", 200, as_=READER_A))["name"] == name
