@@ -1,5 +1,7 @@
 """Command line: ``streamd serve``, ``streamd scrub``, ``streamd check-config``, ``streamd config-example``,
-``streamd policy-sample``, ``streamd --version``."""
+``streamd policy-sample``, ``streamd --version``, and the metadata definitions verbs
+``streamd metadefs-load|metadefs-unload|metadefs-export`` (glance-manage's ``db_load_metadefs``,
+``db_unload_metadefs``, ``db_export_metadefs``)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     scrub.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub.add_parser("config-example", help="print the documented example configuration")
     sub.add_parser("policy-sample", help="print Glance's default policy rules as a commented policy.yaml")
+    load = sub.add_parser("metadefs-load", help="load metadata definition files into the catalogue "
+                                                "(glance-manage db_load_metadefs)")
+    load.add_argument("path", nargs="?", help="a definition file or a directory of them "
+                                              "(default: Glance's published definitions, shipped with streamd)")
+    load.add_argument("--merge", action="store_true", help="add what is new to namespaces that exist")
+    load.add_argument("--prefer-new", action="store_true", help="with --merge: also update what exists")
+    load.add_argument("--overwrite", action="store_true", help="replace namespaces that exist")
+    unload = sub.add_parser("metadefs-unload", help="delete every metadata definition (glance-manage db_unload_metadefs)")
+    export = sub.add_parser("metadefs-export", help="write every namespace to a definition file "
+                                                    "(glance-manage db_export_metadefs)")
+    export.add_argument("path", help="directory to write the files into")
+    for verb in (load, unload, export):
+        verb.add_argument("--config", metavar="FILE", help="the daemon's configuration (for its catalogue)")
     args = parser.parse_args(argv)
 
     if args.command == "config-example":
@@ -52,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamd: {exc}", file=sys.stderr)
         return 2
+    if args.command.startswith("metadefs-"):
+        import asyncio
+
+        try:
+            print(asyncio.run(_metadefs(args, config)))
+        except StreamdError as exc:
+            print(f"streamd: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "check-config":
         from .policy import PolicyEnforcer, settings_from_config
 
@@ -107,6 +131,29 @@ def _scrub(config: Config, restore: str | None) -> int:
     except StreamdError as exc:
         print(f"streamd scrub: ERROR: {exc.message}", file=sys.stderr)
         return 1
+
+
+async def _metadefs(args: argparse.Namespace, config: Config) -> str:
+    """One metadefs verb on the catalogue the configuration names (the daemon may be running)."""
+    from pathlib import Path
+
+    from .catalog import Catalog
+    from .catalog.metadef_files import read_definitions, write_definitions
+
+    catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout)
+    try:
+        if args.command == "metadefs-load":
+            documents = read_definitions(Path(args.path) if args.path else None)
+            loaded = await catalog.load_metadefs(documents, merge=args.merge, prefer_new=args.prefer_new,
+                                                 overwrite=args.overwrite)
+            return f"loaded {len(loaded)} of {len(documents)} namespaces"
+        if args.command == "metadefs-unload":
+            await catalog.unload_metadefs()
+            return "metadata definitions deleted"
+        written = write_definitions(Path(args.path), await catalog.export_metadefs())
+        return f"exported {len(written)} namespaces to {args.path}"
+    finally:
+        await catalog.close()
 
 
 # -- streamd-cache-manage -----------------------------------------------------------------------

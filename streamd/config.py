@@ -331,6 +331,11 @@ class DefaultOptions:
         "without a cache.")
     image_cache_max_size: int = opt(
         10737418240, _size, "Bytes the cache may hold; least recently used images are evicted past it.")
+    metadefs_initial_load: bool = opt(
+        True, _bool,
+        "At start-up, load Glance's published metadata definitions (OS::Glance::Image, OS::Nova::Flavor "
+        "and the rest) into the metadefs catalogue if it is empty, as a new Glance gets them from "
+        "glance-manage db_load_metadefs. Once loaded they are the operator's: see streamd metadefs-unload.")
     image_cache_local_stores: bool = opt(
         False, _bool,
         "Also copy images whose data is in a local file store into the cache on first download. Off: "

@@ -21,7 +21,9 @@ from typing import AsyncIterator
 from .background import BackgroundJobs, PeriodicJob
 from .cache import ImageCache
 from .catalog import Catalog
+from .catalog.metadef_files import read_definitions
 from .config import Config
+from .errors import Duplicate
 from .identity import KeystoneValidator
 from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
@@ -66,6 +68,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
                                      pool_size=config.database.pool_size)
         stack.push_async_callback(catalog.close)
         log.info("catalogue open: %s", catalog.engine.url.render_as_string(hide_password=True))
+        if config.default.metadefs_initial_load:
+            await _load_initial_metadefs(catalog)
 
         stores = StoreRegistry.from_config(config)
         await stores.start()
@@ -145,6 +149,19 @@ async def open_scrubber(config: Config) -> AsyncIterator[Scrubber]:
         stack.push_async_callback(stores.stop)
         yield Scrubber(catalog, stores, None, scrub_time=config.default.scrub_time,
                        pool_size=config.default.scrub_pool_size)
+
+
+async def _load_initial_metadefs(catalog: Catalog) -> None:
+    """Glance's published definitions into an empty metadefs catalogue (a new node's first start)."""
+    if not await catalog.metadefs_empty():
+        return
+    try:
+        loaded = await catalog.load_metadefs(read_definitions())
+    except Duplicate:
+        # Another node sharing this catalogue loaded them at the same moment: they are there.
+        log.info("metadata definitions were loaded by another node")
+        return
+    log.info("loaded %d metadata definition namespaces into the empty metadefs catalogue", len(loaded))
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

@@ -114,8 +114,11 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 def make_config(tmp_path: Path, database_url: str | None = None, **sections: dict[str, str]) -> Config:
     # The tests exercise the cache with the file store behind it: let it cache local images too
     # (the product default serves them straight from the store).
+    # They start from an empty metadefs catalogue (test_api_metadefs.py asks for the shipped
+    # definitions where it tests them).
     overrides: dict[str, dict[str, str]] = {"DEFAULT": {"data_dir": str(tmp_path / "data"),
-                                                        "image_cache_local_stores": "true"}}
+                                                        "image_cache_local_stores": "true",
+                                                        "metadefs_initial_load": "false"}}
     if database_url:
         overrides["database"] = {"connection": database_url}
     for section, values in sections.items():

@@ -17,6 +17,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import InvalidRequest, DoesNotExist
 from .keys import SERVICES
+from .metadefs import metadef_schemas
 
 _UUID_PATTERN = ("^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
                  "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$")
@@ -178,37 +179,9 @@ def task_schemas() -> dict[str, dict[str, Any]]:
 
 
 def _metadef_schemas() -> dict[str, dict[str, Any]]:
-    """Metadata definitions are not served by streamd, but glanceclient builds its
-    ``md-*`` options from these schemas at start-up, so they must exist."""
-    text = {"type": "string", "maxLength": 255}
-    items = {
-        "namespace": {"namespace": text, "display_name": text, "description": {"type": "string"},
-                      "visibility": {"type": "string", "enum": ["public", "private"]},
-                      "protected": {"type": "boolean"}, "owner": text,
-                      "created_at": {"type": "string", "readOnly": True},
-                      "updated_at": {"type": "string", "readOnly": True},
-                      "schema": {"type": "string", "readOnly": True}, "self": {"type": "string", "readOnly": True}},
-        "resource_type": {"name": text, "prefix": text, "properties_target": text,
-                          "created_at": {"type": "string", "readOnly": True},
-                          "updated_at": {"type": "string", "readOnly": True}},
-        "property": {"name": text, "title": text, "description": {"type": "string"},
-                     "type": {"type": "string", "enum": ["array", "boolean", "integer", "number", "object", "string"]}},
-        "object": {"name": text, "description": {"type": "string"}, "required": {"type": "array"},
-                   "properties": {"type": "object"}, "schema": {"type": "string", "readOnly": True},
-                   "created_at": {"type": "string", "readOnly": True},
-                   "updated_at": {"type": "string", "readOnly": True}},
-        "tag": {"name": text, "created_at": {"type": "string", "readOnly": True},
-                "updated_at": {"type": "string", "readOnly": True}},
-    }
-    plural = {"namespace": "namespaces", "resource_type": "resource_types", "property": "properties",
-              "object": "objects", "tag": "tags"}
-    result: dict[str, dict[str, Any]] = {}
-    for name, props in items.items():
-        item = {"name": name, "properties": props, "additionalProperties": False, "required": ["name"]
-                if name != "namespace" else ["namespace"]}
-        result[f"metadefs/{name}"] = item
-        result[f"metadefs/{plural[name]}"] = _collection(plural[name], item)
-    return result
+    """Glance 33's metadefs schemas, as it serves them (glanceclient builds its ``md-*`` options
+    from them; the metadefs handlers validate bodies against the same documents)."""
+    return {f"metadefs/{name}": schema for name, schema in metadef_schemas().items()}
 
 
 def all_schemas(config: Config) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,8 @@ readable alone:
 - ``cache_nodes.py``: which node caches what, and the data digests peers trust;
 - ``usage.py``: what a project holds, as the quotas count it.
 - ``scrub.py``: delayed delete: pending_delete images, the scrubber's claims, restore.
+- ``metadefs.py``: the metadata definitions catalogue (namespaces, objects, properties, tags,
+  resource types).
 
 Why mixins over a shared base rather than one object per concern: the concerns
 share one engine, one write lock and the image-row helpers, and several write
@@ -38,6 +40,7 @@ from .imports import (FAILED_IMPORT, IMPORT_LOCK, IMPORTING_TO, STAGE_HOST, TASK
 from .listing import ListingMixin
 from .members import MembersMixin
 from .scrub import ScrubMixin
+from .metadefs import MetadefsMixin
 from .tags import TagsMixin
 from .uploads import UploadsMixin
 from .usage import UsageMixin
@@ -47,5 +50,6 @@ __all__ = ["Catalog", "FAILED_IMPORT", "IMPORT_LOCK", "IMPORTING_TO", "STAGE_HOS
 
 
 class Catalog(ImagesMixin, ListingMixin, TagsMixin, MembersMixin, UploadsMixin, ImportsMixin, CacheNodesMixin,
-              UsageMixin, ScrubMixin, CatalogBase):
-    """Images, their members, tags and locations, uploads, imports and cache peers, in one catalogue."""
+              UsageMixin, ScrubMixin, MetadefsMixin, CatalogBase):
+    """Images, their members, tags and locations, uploads, imports, cache peers and metadata
+    definitions, in one catalogue."""

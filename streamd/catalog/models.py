@@ -134,3 +134,87 @@ image_data_digests = sa.Table(
     sa.Column("os_hash_value", sa.String(128), nullable=False),
     sa.Column("blake3", sa.String(64), nullable=False),
 )
+
+# -- metadata definitions (metadefs): Glance's catalogue of the properties images, flavors and
+# volumes may carry. Names are unique where Glance makes them unique: a namespace globally, an
+# object, property or tag within its namespace, a resource type globally. Deleting a namespace
+# deletes its contents (ON DELETE CASCADE; the catalogue also deletes them explicitly, so that
+# the rule holds whether or not SQLite enforces foreign keys on a given connection).
+# As in Glance, rows loaded from definition files have no updated_at (shown without one), and
+# a namespace file may leave visibility and protected unset (NULL).
+metadef_namespaces = sa.Table(
+    "metadef_namespaces", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("namespace", sa.String(80), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(80)),
+    sa.Column("description", sa.Text),
+    sa.Column("visibility", sa.String(32)),
+    sa.Column("protected", sa.Boolean),
+    sa.Column("owner", sa.String(255)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.Index("ix_metadef_namespaces_owner", "owner"),
+)
+
+metadef_objects = sa.Table(
+    "metadef_objects", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("namespace_id", sa.Integer, sa.ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("required_json", sa.Text, nullable=False),   # a JSON list of property names
+    sa.Column("properties_json", sa.Text, nullable=False),  # a JSON object: name -> property schema
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_objects_namespace_id_name"),
+)
+
+metadef_properties = sa.Table(
+    "metadef_properties", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("namespace_id", sa.Integer, sa.ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("schema_json", sa.Text, nullable=False),  # the property's JSON schema, as the client gave it
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_properties_namespace_id_name"),
+)
+
+metadef_tags = sa.Table(
+    "metadef_tags", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("namespace_id", sa.Integer, sa.ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.UniqueConstraint("namespace_id", "name", name="uq_metadef_tags_namespace_id_name"),
+)
+
+metadef_resource_types = sa.Table(
+    "metadef_resource_types", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(80), nullable=False, unique=True),
+    sa.Column("protected", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+)
+
+metadef_namespace_resource_types = sa.Table(
+    "metadef_namespace_resource_types", metadata,
+    # Associations are listed in the order they were made (as Glance lists them).
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("resource_type_id", sa.Integer,
+              sa.ForeignKey("metadef_resource_types.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("namespace_id", sa.Integer, sa.ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("properties_target", sa.String(80)),
+    sa.Column("prefix", sa.String(80)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.UniqueConstraint("namespace_id", "resource_type_id",
+                        name="uq_metadef_namespace_resource_types_pair"),
+    sa.Index("ix_metadef_namespace_resource_types_namespace_id", "namespace_id"),
+)
