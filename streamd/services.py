@@ -28,7 +28,7 @@ from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
-from .policy import PolicyEnforcer, settings_from_config
+from .policy import PolicyEnforcer, PropertyProtections, protections_from_config, settings_from_config
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,18 @@ class Services:
     policy: PolicyEnforcer
     # The Keystone token validator with auth_strategy keystone; None in noauth mode.
     identity: KeystoneValidator | None = None
+    # [DEFAULT] property_protection_file's rules; None when no file is configured.
+    protections: PropertyProtections | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_services(config: Config) -> AsyncIterator[Services]:
     # First, so that a broken policy file stops the start before anything is opened.
     policy = PolicyEnforcer(settings_from_config(config))
+    protections = protections_from_config(config, policy)
+    if protections is not None:
+        log.info("property protections: %d rule(s) (%s) from %s", len(protections.rules) - 1,
+                 protections.rule_format, config.default.property_protection_file)
     async with contextlib.AsyncExitStack() as stack:
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
                                      pool_size=config.database.pool_size)
@@ -104,7 +110,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs, policy=policy, identity=identity)
+                       jobs=jobs, policy=policy, identity=identity,
+                       protections=protections)
 
 
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:

@@ -77,6 +77,24 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     return await request.app[SERVICES].catalog.get_image(image_id, ctx)
 
 
+def view_for(request: web.Request, image: ImageRecord, shown: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The image as this caller may see it: extra properties the property protections let it
+    read (and ``shown``: those this request has just set, which Glance's answer to a PATCH
+    includes even when they are not readable)."""
+    protections = request.app[SERVICES].protections
+    if protections is None:
+        return image_view(image)
+    ctx = context_of(request)
+    return image_view(image, lambda name: name in shown or protections.allows(ctx, name, "read"))
+
+
+def _check_protection(request: web.Request, name: str, operation: str) -> None:
+    """403 unless the property protections let the caller ``operation`` the extra property ``name``."""
+    protections = request.app[SERVICES].protections
+    if protections is not None and not protections.allows(context_of(request), name, operation):
+        raise NotPermitted(f"Attribute '{name}' is reserved.")
+
+
 def image_policy(request: web.Request, image: ImageRecord) -> ImagePolicy:
     """The rules of ``image`` for this request's caller."""
     return ImagePolicy(request.app[SERVICES].policy, context_of(request), image)
@@ -95,7 +113,7 @@ async def create_image(request: web.Request) -> web.Response:
         "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
         "OpenStack-image-store-ids": ",".join(s.name for s in config.stores),
     }
-    return web.json_response(image_view(image), status=201, headers=headers)
+    return web.json_response(view_for(request, image), status=201, headers=headers)
 
 
 async def create_from_document(request: web.Request, body: dict[str, Any]) -> ImageRecord:
@@ -118,6 +136,9 @@ async def create_from_document(request: web.Request, body: dict[str, Any]) -> Im
     # add_image (the owner must be the caller's project unless admin), then publicize/communitize.
     enforce_add_image(request.app[SERVICES].policy, ctx, base.get("owner"), base.get("visibility"))
     base.setdefault("owner", ctx.project_id)
+    # Property protections, before the property quota (Glance's outermost image factory).
+    for name in properties:
+        _check_protection(request, name, "create")
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
     return await request.app[SERVICES].catalog.create_image(base, properties, tags)
@@ -151,7 +172,7 @@ def _split_document(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
 async def show_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     image_policy(request, image).enforce("get_image")
-    return web.json_response(image_view(image))
+    return web.json_response(view_for(request, image))
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -169,7 +190,7 @@ async def list_images(request: web.Request) -> web.Response:
     images = [i for i in images if ImagePolicy(enforcer, ctx, i).check("get_image")]
     without_marker = [(k, v) for k, v in params if k != "marker"]
     body: dict[str, Any] = {
-        "images": [image_view(i) for i in images],
+        "images": [view_for(request, i) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(without_marker)}" if without_marker else ""),
         "schema": "/v2/schemas/images",
     }
@@ -259,12 +280,19 @@ async def update_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     if not changes:
         # Glance checks policies per change and saves only if there was one: nothing to refuse.
-        return web.json_response(image_view(image))
+        return web.json_response(view_for(request, image))
     rules = image_policy(request, image)
+    # Extra properties the caller may not read are absent for this request (Glance's protected
+    # image): changing one is a 409 "does not exist", adding one needs the create permission.
+    protections = request.app[SERVICES].protections
+    hidden: dict[str, str] = {}
+    if protections is not None:
+        hidden = {k: v for k, v in image.properties.items() if not protections.allows(ctx, k, "read")}
+    set_here: set[str] = set()
 
     base_names = set(image_base_properties(config))
     new_base: dict[str, Any] = {}
-    props = dict(image.properties)
+    props = {k: v for k, v in image.properties.items() if k not in hidden}
     tags: list[str] | None = None
     for change in changes:
         name, op = change["name"], change["op"]
@@ -300,25 +328,31 @@ async def update_image(request: web.Request) -> web.Response:
         elif op == "remove":
             if name not in props:
                 raise Conflict(f"Property {name} does not exist.")
+            _check_protection(request, name, "delete")
             del props[name]
+            set_here.discard(name)
         elif op == "replace":
             if name not in props:
                 raise Conflict(f"Property {name} does not exist.")
             _check_property(name, value)
+            _check_protection(request, name, "update")
             props[name] = value
         else:
             if name in props and change["draft4"]:
                 raise Conflict(f"Property {name} already present.")
             _check_property(name, value)
+            _check_protection(request, name, "update" if name in props else "create")
             props[name] = value
+            set_here.add(name)
 
-    _check_property_quota(config.default.image_property_quota, image.properties, props)
-    removed = set(image.properties) - set(props)
-    updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
+    # What the caller could not read stays as it was (an add it may create replaces it).
+    _check_property_quota(config.default.image_property_quota, image.properties, {**hidden, **props})
+    removed = set(image.properties) - set(props) - set(hidden)
+    updated = {k: v for k, v in props.items() if image.properties.get(k) != v or k in hidden}
     image = await request.app[SERVICES].catalog.update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
         tag_quota=config.default.image_tag_quota)
-    return web.json_response(image_view(image))
+    return web.json_response(view_for(request, image, frozenset(set_here)))
 
 
 def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, str]) -> None:
