@@ -302,6 +302,11 @@ async def test_write_only_and_read_only_properties(detailed_api: ApiClient) -> N
     assert "x_none_read" not in created.json
     assert "x_none_read" not in await _show(api, created.json["id"], MEMBER_A)
     assert "x_none_read" not in await _show(api, created.json["id"], ADMIN)
+    # Added by PATCH: stored, and not shown in the answer either (Glance 33 answers this one with a 500).
+    other = (await api.create())["id"]
+    reply = await api.patch(other, [_op("add", "x_none_read", "secret")])
+    assert reply.status == 200, reply.body
+    assert "x_none_read" not in reply.json
     # spl_read_only_prop: spl_role reads it, only the admin writes it.
     image_id = await _admin_image_of_a(api, spl_read_only_prop="r", spl_update_only_prop="u")
     shown = await _show(api, image_id, SPL)

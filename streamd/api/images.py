@@ -77,15 +77,14 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     return await request.app[SERVICES].catalog.get_image(image_id, ctx)
 
 
-def view_for(request: web.Request, image: ImageRecord, shown: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The image as this caller may see it: extra properties the property protections let it
-    read (and ``shown``: those this request has just set, which Glance's answer to a PATCH
-    includes even when they are not readable)."""
+def view_for(request: web.Request, image: ImageRecord) -> dict[str, Any]:
+    """The image as this caller may see it: only the extra properties the property protections
+    let it read."""
     protections = request.app[SERVICES].protections
     if protections is None:
         return image_view(image)
     ctx = context_of(request)
-    return image_view(image, lambda name: name in shown or protections.allows(ctx, name, "read"))
+    return image_view(image, lambda name: protections.allows(ctx, name, "read"))
 
 
 def _check_protection(request: web.Request, name: str, operation: str) -> None:
@@ -288,7 +287,6 @@ async def update_image(request: web.Request) -> web.Response:
     hidden: dict[str, str] = {}
     if protections is not None:
         hidden = {k: v for k, v in image.properties.items() if not protections.allows(ctx, k, "read")}
-    set_here: set[str] = set()
 
     base_names = set(image_base_properties(config))
     new_base: dict[str, Any] = {}
@@ -330,7 +328,6 @@ async def update_image(request: web.Request) -> web.Response:
                 raise Conflict(f"Property {name} does not exist.")
             _check_protection(request, name, "delete")
             del props[name]
-            set_here.discard(name)
         elif op == "replace":
             if name not in props:
                 raise Conflict(f"Property {name} does not exist.")
@@ -343,7 +340,6 @@ async def update_image(request: web.Request) -> web.Response:
             _check_property(name, value)
             _check_protection(request, name, "update" if name in props else "create")
             props[name] = value
-            set_here.add(name)
 
     # What the caller could not read stays as it was (an add it may create replaces it).
     _check_property_quota(config.default.image_property_quota, image.properties, {**hidden, **props})
@@ -352,7 +348,7 @@ async def update_image(request: web.Request) -> web.Response:
     image = await request.app[SERVICES].catalog.update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
         tag_quota=config.default.image_tag_quota)
-    return web.json_response(view_for(request, image, frozenset(set_here)))
+    return web.json_response(view_for(request, image))
 
 
 def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, str]) -> None:
