@@ -37,7 +37,12 @@ IMAGE_Z = "66666666-2222-3333-4444-555555555555"
 # Ids for the creates that may be refused (so that one that is not has the same id on both).
 OTHERS = [f"7777777{n}-2222-3333-4444-555555555555" for n in range(3)]
 CONFLICT = "There was a conflict when trying to complete your request. "
+# Put first in both files: a property the member may create but only the admin may read.
+WRITE_ONLY = {"roles": "[^x_admin_read]\ncreate = admin,member\nread = admin\nupdate = admin\ndelete = admin\n\n",
+              "policies": "[^x_admin_read]\ncreate = default\nread = context_is_admin\nupdate = context_is_admin\n"
+                          "delete = context_is_admin\n\n"}
 FILES = {"roles": ROLES_DETAILED, "policies": POLICIES_SAMPLE}
+IMAGE_W = "88888888-2222-3333-4444-555555555555"
 # What Glance's image schema shows that is not an extra property.
 BASE = {"name", "disk_format", "container_format", "visibility", "size", "virtual_size", "status", "checksum",
         "protected", "min_ram", "min_disk", "owner", "os_hidden", "os_hash_algo", "os_hash_value", "id",
@@ -52,7 +57,7 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         pytest.fail(f"{venv} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
     base = tmp_path_factory.mktemp(f"protections-{rule_format}")
     rules = base / "protections.conf"
-    rules.write_text(FILES[rule_format])
+    rules.write_text(WRITE_ONLY[rule_format] + FILES[rule_format])
     options = f"property_protection_file = {rules}\nproperty_protection_rule_format = {rule_format}\n"
 
     class ProtectedGlance(_bench_servers().Glance):  # type: ignore[misc, name-defined]
@@ -157,10 +162,13 @@ def _scenario(url: str) -> list[tuple[str, tuple[int, Any]]]:
     # Last, as it is where the two part (see the test): a change by a caller who cannot read all of X.
     add("member adds an everyone property to X", patch(MEMBER_A, IMAGE_X, "add", "x_all_permitted_2", "1"))
     add(KEPT, show(ADMIN, IMAGE_X))
+    add("member creates W with a property only the admin reads", create(MEMBER_A, id=IMAGE_W, x_admin_read="1"))
+    add(STORED, show(ADMIN, IMAGE_W))
     return steps
 
 
 KEPT = "admin shows X after the member's change"
+STORED = "admin shows W"
 
 
 def test_the_same_answers_as_glance(servers: dict[str, str]) -> None:
@@ -170,11 +178,14 @@ def test_the_same_answers_as_glance(servers: dict[str, str]) -> None:
     # The one difference kept on purpose (Glance's step is last, after the member's changes): Glance saves an image with the extra properties its caller
     # can read, so a member's PATCH deletes every property hidden from the member (foo, the spl_*
     # ones): the protection would be undone by any edit. streamd keeps what the caller cannot see.
-    (_, (g_status, g_keys)), (_, (s_status, s_keys)) = glance[-1], streamd[-1]
+    (_, (g_status, g_keys)), (_, (s_status, s_keys)) = glance[-3], streamd[-3]
     hidden_from_member = {"foo", "spl_read_only_prop", "spl_update_only_prop"} | (
         {"x_foo"} if servers["format"] == "roles" else set())
     assert (g_status, s_status) == (200, 200)
     assert hidden_from_member <= set(s_keys) and set(g_keys) == set(s_keys) - hidden_from_member
-    glance, streamd = glance[:-1], streamd[:-1]
+    # The other: a property its creator may create but not read is dropped by Glance's create (its
+    # protected image factory hands the store the properties filtered for reading); streamd stores it.
+    assert glance[-1] == (STORED, (200, [])) and streamd[-1] == (STORED, (200, ["x_admin_read"]))
+    glance, streamd = glance[:-3] + glance[-2:-1], streamd[:-3] + streamd[-2:-1]
     differences = [(what, g, s) for (what, g), (_, s) in zip(glance, streamd) if g != s]
     assert not differences, "\n".join(f"{what}:\n  glance  {g}\n  streamd {s}" for what, g, s in differences)
