@@ -17,7 +17,8 @@ import pytest
 
 from streamd.errors import ConfigError
 
-from conftest import ADMIN, MEMBER_A, PROJECT_A, READER_A, ApiClient, both_databases, make_config, start_api
+from conftest import (ADMIN, MEMBER_A, PROJECT_A, READER_A, ApiClient, both_databases, make_config, start_api,
+                      start_daemon)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -403,3 +404,11 @@ def test_check_config_names_a_bad_file(tmp_path: Path, database_url: str) -> Non
     result = subprocess.run([sys.executable, "-m", "streamd", "check-config", "--config", str(conf)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_daemon_does_not_start_on_a_bad_file(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "prot.conf").write_text("[x_.*]\ncreate = @\nread = @\nupdate = @\n")
+    with pytest.raises(AssertionError) as info:
+        start_daemon(tmp_path, extra_config=f"property_protection_file = {tmp_path / 'prot.conf'}\n")
+    assert "daemon exited with 1" in str(info.value)
+    assert "[DEFAULT] property_protection_file: [x_.*] has no 'delete'" in str(info.value)
