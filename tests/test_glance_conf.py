@@ -218,7 +218,6 @@ EXPECTED_IGNORED = {
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),
     ("glance_download_properties", "extra_properties"),
-    ("oslo_policy", "enforce_new_defaults"), ("oslo_policy", "enforce_scope"), ("oslo_policy", "policy_file"),
     ("oslo_concurrency", "lock_path"), ("os_brick", "lock_path"),
     ("oslo_messaging_notifications", "driver"), ("oslo_messaging_notifications", "topics"),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue"), ("oslo_messaging_rabbit", "amqp_durable_queues"),
@@ -246,6 +245,8 @@ def write_deployment(directory: Path, *, port: int = 9292, main: str = GLANCE_AP
     path.write_text(main.format(port=port, data_dir=directory / "data", secret=SECRET))
     if imports is not None:
         (directory / "glance-image-import.conf").write_text(imports)
+    # [oslo_policy] policy_file names it, so it must exist (an empty policy: Glance's defaults).
+    (directory / "policy.yaml").write_text("{}\n")
     # Glance's etc/property-protections-roles.conf.sample (its rules), beside the file that names it.
     (directory / "property-protections-roles.conf").write_text(
         "[^x_.*]\ncreate = admin,member,_member_\nread = admin,member,_member_\n"
