@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -77,14 +77,27 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     return await request.app[SERVICES].catalog.get_image(image_id, ctx)
 
 
-def view_for(request: web.Request, image: ImageRecord) -> dict[str, Any]:
-    """The image as this caller may see it: only the extra properties the property protections
-    let it read."""
+def _readable(request: web.Request) -> Callable[[str], bool] | None:
+    """Which extra properties this caller may read (None: all), each name decided once per request."""
     protections = request.app[SERVICES].protections
     if protections is None:
-        return image_view(image)
+        return None
     ctx = context_of(request)
-    return image_view(image, lambda name: protections.allows(ctx, name, "read"))
+    decided: dict[str, bool] = {}
+
+    def readable(name: str) -> bool:
+        if name not in decided:
+            decided[name] = protections.allows(ctx, name, "read")
+        return decided[name]
+
+    return readable
+
+
+def view_for(request: web.Request, image: ImageRecord,
+             readable: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """The image as this caller may see it: only the extra properties the property protections
+    let it read (``readable``, from :func:`_readable`, to share the decisions over a list)."""
+    return image_view(image, readable or _readable(request))
 
 
 def _check_protection(request: web.Request, name: str, operation: str) -> None:
@@ -188,8 +201,9 @@ async def list_images(request: web.Request) -> web.Response:
     # database count, even when the rule leaves fewer on the page.
     images = [i for i in images if ImagePolicy(enforcer, ctx, i).check("get_image")]
     without_marker = [(k, v) for k, v in params if k != "marker"]
+    readable = _readable(request)
     body: dict[str, Any] = {
-        "images": [view_for(request, i) for i in images],
+        "images": [view_for(request, i, readable) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(without_marker)}" if without_marker else ""),
         "schema": "/v2/schemas/images",
     }
