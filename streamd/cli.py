@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "check-config":
-        from .policy import PolicyEnforcer, settings_from_config
+        from .policy import PolicyEnforcer, protections_from_config, settings_from_config
 
         try:
-            PolicyEnforcer(settings_from_config(config))  # the policy file too: a broken one fails the start
+            # The policy file and the property protection file too: a broken one fails the start.
+            protections_from_config(config, PolicyEnforcer(settings_from_config(config)))
         except ConfigError as exc:
             print(f"streamd: {exc}", file=sys.stderr)
             return 2

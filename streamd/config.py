@@ -352,6 +352,18 @@ class DefaultOptions:
         86400.0, _float_range(0.0),
         "Seconds after which a cached image is re-hashed against the catalogue by the maintenance job "
         "(one image per run; 0: only on fill and on demand).")
+    property_protection_file: str | None = opt(
+        None, _opt_str,
+        "Property protection file (Glance's format): ini sections named by regular expressions of "
+        "property names, in the order they are tried, each with create, read, update and delete "
+        "set to comma-separated roles (or one policy rule name, when the rule format is policies); "
+        "'@' is everyone, '!' no one. A relative path is taken from the "
+        "directory of this configuration file. Unset: no property protections. A missing or "
+        "malformed file stops the start.")
+    property_protection_rule_format: str = opt(
+        "roles", _choice("roles", "policies"),
+        "What the property protection file's values are: roles (comma-separated role names) or "
+        "policies (one rule of the policy file, or of Glance's defaults, per operation).")
     peer_url: str | None = opt(
         None, _opt_str,
         "URL at which other streamd nodes sharing this catalogue reach this node to fetch images from its "
@@ -711,8 +723,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         **_because(_MESSAGING, "control_exchange", "default_publisher_id", "disabled_notifications",
                    "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout", "transport_url"),
         **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
-        **_because("streamd enforces no property protections: who may modify an image may set any of its "
-                   "properties", "property_protection_file", "property_protection_rule_format"),
         **_because("streamd never shows locations or direct_url (Glance's default)", "show_image_direct_url",
                    "show_multiple_locations"),
         **_because("streamd does not debug remotely", "pydev_worker_debug_host", "pydev_worker_debug_port"),

@@ -30,7 +30,7 @@ from .imports import Importer, StagingArea
 from .pipeline import ImageDelivery, Prefetcher, Scrubber, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
-from .policy import PolicyEnforcer, settings_from_config
+from .policy import PolicyEnforcer, PropertyProtections, protections_from_config, settings_from_config
 from .quota import KeystoneLimits, Quotas
 from .stores import StoreRegistry
 
@@ -57,12 +57,18 @@ class Services:
     identity: KeystoneValidator | None = None
     # Deletes the data of pending_delete images (delayed_delete); run every wakeup_time seconds.
     scrubber: Scrubber | None = None
+    # [DEFAULT] property_protection_file's rules; None when no file is configured.
+    protections: PropertyProtections | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_services(config: Config) -> AsyncIterator[Services]:
     # First, so that a broken policy file stops the start before anything is opened.
     policy = PolicyEnforcer(settings_from_config(config))
+    protections = protections_from_config(config, policy)
+    if protections is not None:
+        log.info("property protections: %d rule(s) (%s) from %s", len(protections.rules) - 1,
+                 protections.rule_format, config.default.property_protection_file)
     async with contextlib.AsyncExitStack() as stack:
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
                                      pool_size=config.database.pool_size)
@@ -118,7 +124,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
-                       jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber)
+                       jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
+                       protections=protections)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

@@ -51,7 +51,7 @@ image_cache_sqlite_db = cache.db
 image_cache_max_size = 21474836480
 image_cache_stall_time = 3600
 user_storage_quota = 500GB
-property_protection_file = /etc/glance/property-protections-roles.conf
+property_protection_file = property-protections-roles.conf
 property_protection_rule_format = roles
 location_strategy = store_type
 transport_url = rabbit://openstack:{secret}@10.0.0.11:5672,openstack:{secret}@10.0.0.12:5672//
@@ -208,8 +208,7 @@ extra_properties = [hw_, trait:, os_distro]
 EXPECTED_IGNORED = {
     ("DEFAULT", o) for o in (
         "debug", "log_dir", "workers", "show_image_direct_url", "show_multiple_locations", "image_cache_driver",
-        "image_cache_sqlite_db", "property_protection_file", "property_protection_rule_format",
-        "location_strategy", "transport_url", "worker_self_reference_url", "log_file")
+        "image_cache_sqlite_db", "location_strategy", "transport_url", "worker_self_reference_url", "log_file")
 } | {
     ("database", o) for o in ("max_retries", "connection_recycle_time", "max_pool_size", "max_overflow")
 } | {
@@ -244,8 +243,13 @@ def write_deployment(directory: Path, *, port: int = 9292, main: str = GLANCE_AP
     path.write_text(main.format(port=port, data_dir=directory / "data", secret=SECRET))
     if imports is not None:
         (directory / "glance-image-import.conf").write_text(imports)
-    # The file names policy_file = policy.yaml: a deployment ships it (a named file must exist).
-    (directory / "policy.yaml").write_text('# the site\'s overrides\n"publicize_image": "role:admin"\n')
+    # [oslo_policy] policy_file names it, so it must exist (an empty policy: Glance's defaults).
+    (directory / "policy.yaml").write_text("{}\n")
+    # Glance's etc/property-protections-roles.conf.sample (its rules), beside the file that names it.
+    (directory / "property-protections-roles.conf").write_text(
+        "[^x_.*]\ncreate = admin,member,_member_\nread = admin,member,_member_\n"
+        "update = admin,member,_member_\ndelete = admin,member,_member_\n\n"
+        "[.*]\ncreate = admin\nread = admin\nupdate = admin\ndelete = admin\n")
     return path
 
 
@@ -260,6 +264,8 @@ def test_the_deployment_loads_and_honours_what_streamd_implements(tmp_path: Path
     assert d.public_endpoint == "https://image.cloud.example:9292"
     assert config.cache_dir == data / "image-cache" and d.image_cache_max_size == 20 << 30
     assert d.image_cache_stall_time == 3600
+    assert (d.property_protection_file, d.property_protection_rule_format) == (
+        "property-protections-roles.conf", "roles")
     assert config.database_url == f"sqlite+aiosqlite:///{data}/catalogue.sqlite"
     assert [(s.name, s.type) for s in config.stores] == [("local", "file"), ("ceph-fast", "rbd"), ("ceph-slow", "rbd")]
     assert config.default_store == "ceph-fast"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -77,6 +77,36 @@ async def _get_visible(request: web.Request, image_id: str) -> ImageRecord:
     return await request.app[SERVICES].catalog.get_image(image_id, ctx)
 
 
+def _readable(request: web.Request) -> Callable[[str], bool] | None:
+    """Which extra properties this caller may read (None: all), each name decided once per request."""
+    protections = request.app[SERVICES].protections
+    if protections is None:
+        return None
+    ctx = context_of(request)
+    decided: dict[str, bool] = {}
+
+    def readable(name: str) -> bool:
+        if name not in decided:
+            decided[name] = protections.allows(ctx, name, "read")
+        return decided[name]
+
+    return readable
+
+
+def view_for(request: web.Request, image: ImageRecord,
+             readable: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """The image as this caller may see it: only the extra properties the property protections
+    let it read (``readable``, from :func:`_readable`, to share the decisions over a list)."""
+    return image_view(image, readable or _readable(request))
+
+
+def _check_protection(request: web.Request, name: str, operation: str) -> None:
+    """403 unless the property protections let the caller ``operation`` the extra property ``name``."""
+    protections = request.app[SERVICES].protections
+    if protections is not None and not protections.allows(context_of(request), name, operation):
+        raise NotPermitted(f"Attribute '{name}' is reserved.")
+
+
 def image_policy(request: web.Request, image: ImageRecord) -> ImagePolicy:
     """The rules of ``image`` for this request's caller."""
     return ImagePolicy(request.app[SERVICES].policy, context_of(request), image)
@@ -95,7 +125,7 @@ async def create_image(request: web.Request) -> web.Response:
         "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
         "OpenStack-image-store-ids": ",".join(s.name for s in config.stores),
     }
-    return web.json_response(image_view(image), status=201, headers=headers)
+    return web.json_response(view_for(request, image), status=201, headers=headers)
 
 
 async def create_from_document(request: web.Request, body: dict[str, Any]) -> ImageRecord:
@@ -121,6 +151,9 @@ async def create_from_document(request: web.Request, body: dict[str, Any]) -> Im
     quota = request.app[SERVICES].quotas.for_project(ctx.project_id)
     if quota is not None:
         await quota.check_create()  # image_count_total, before the tag and property quotas (Glance's order)
+    # Property protections, before the property quota (Glance's outermost image factory).
+    for name in properties:
+        _check_protection(request, name, "create")
     _check_quota("image_property_quota", config.default.image_property_quota, len(properties))
     _check_quota("image_tag_quota", config.default.image_tag_quota, len(set(tags)))
     return await request.app[SERVICES].catalog.create_image(base, properties, tags)
@@ -154,7 +187,7 @@ def _split_document(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
 async def show_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     image_policy(request, image).enforce("get_image")
-    return web.json_response(image_view(image))
+    return web.json_response(view_for(request, image))
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -171,8 +204,9 @@ async def list_images(request: web.Request) -> web.Response:
     # database count, even when the rule leaves fewer on the page.
     images = [i for i in images if ImagePolicy(enforcer, ctx, i).check("get_image")]
     without_marker = [(k, v) for k, v in params if k != "marker"]
+    readable = _readable(request)
     body: dict[str, Any] = {
-        "images": [image_view(i) for i in images],
+        "images": [view_for(request, i, readable) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(without_marker)}" if without_marker else ""),
         "schema": "/v2/schemas/images",
     }
@@ -262,12 +296,18 @@ async def update_image(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     if not changes:
         # Glance checks policies per change and saves only if there was one: nothing to refuse.
-        return web.json_response(image_view(image))
+        return web.json_response(view_for(request, image))
     rules = image_policy(request, image)
+    # Extra properties the caller may not read are absent for this request (Glance's protected
+    # image): changing one is a 409 "does not exist", adding one needs the create permission.
+    protections = request.app[SERVICES].protections
+    hidden: dict[str, str] = {}
+    if protections is not None:
+        hidden = {k: v for k, v in image.properties.items() if not protections.allows(ctx, k, "read")}
 
     base_names = set(image_base_properties(config))
     new_base: dict[str, Any] = {}
-    props = dict(image.properties)
+    props = {k: v for k, v in image.properties.items() if k not in hidden}
     tags: list[str] | None = None
     for change in changes:
         name, op = change["name"], change["op"]
@@ -303,25 +343,29 @@ async def update_image(request: web.Request) -> web.Response:
         elif op == "remove":
             if name not in props:
                 raise Conflict(f"Property {name} does not exist.")
+            _check_protection(request, name, "delete")
             del props[name]
         elif op == "replace":
             if name not in props:
                 raise Conflict(f"Property {name} does not exist.")
             _check_property(name, value)
+            _check_protection(request, name, "update")
             props[name] = value
         else:
             if name in props and change["draft4"]:
                 raise Conflict(f"Property {name} already present.")
             _check_property(name, value)
+            _check_protection(request, name, "update" if name in props else "create")
             props[name] = value
 
-    _check_property_quota(config.default.image_property_quota, image.properties, props)
-    removed = set(image.properties) - set(props)
-    updated = {k: v for k, v in props.items() if image.properties.get(k) != v}
+    # What the caller could not read stays as it was (an add it may create replaces it).
+    _check_property_quota(config.default.image_property_quota, image.properties, {**hidden, **props})
+    removed = set(image.properties) - set(props) - set(hidden)
+    updated = {k: v for k, v in props.items() if image.properties.get(k) != v or k in hidden}
     image = await request.app[SERVICES].catalog.update_image(
         image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
         tag_quota=config.default.image_tag_quota)
-    return web.json_response(image_view(image))
+    return web.json_response(view_for(request, image))
 
 
 def _check_property_quota(limit: int, before: dict[str, str], after: dict[str, str]) -> None:

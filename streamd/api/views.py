@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..catalog.records import ImageRecord, MemberRecord, isotime
 
@@ -10,8 +10,10 @@ from ..catalog.records import ImageRecord, MemberRecord, isotime
 HIDDEN_PROPERTIES = frozenset({"os_glance_stage_host", "os_glance_hash_op_host"})
 
 
-def image_view(image: ImageRecord) -> dict[str, Any]:
-    view: dict[str, Any] = {k: v for k, v in image.properties.items() if k not in HIDDEN_PROPERTIES}
+def image_view(image: ImageRecord, readable: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """``readable``: which extra properties the caller may see (property protections); all when None."""
+    view: dict[str, Any] = {k: v for k, v in image.properties.items()
+                            if k not in HIDDEN_PROPERTIES and (readable is None or readable(k))}
     view.update({
         "name": image.name,
         "disk_format": image.disk_format,

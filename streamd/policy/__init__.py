@@ -17,18 +17,35 @@ from pathlib import Path
 from ..config import Config
 from .enforcer import RULE_NAMES, PolicyEnforcer, PolicySettings, credentials, rule_defaults
 from .images import NOT_FOUND, ImagePolicy, enforce_add_image, enforce_visibility
+from .protections import PropertyProtections
 from .targets import image_target, list_target, new_image_target
 
-__all__ = ["RULE_NAMES", "NOT_FOUND", "ImagePolicy", "PolicyEnforcer", "PolicySettings", "credentials",
+__all__ = ["RULE_NAMES", "NOT_FOUND", "ImagePolicy", "PolicyEnforcer", "PolicySettings", "PropertyProtections", "credentials",
            "enforce_add_image", "enforce_visibility", "image_target", "list_target", "new_image_target",
-           "rule_defaults", "settings_from_config"]
+           "protections_from_config", "rule_defaults", "settings_from_config"]
+
+
+def _config_dir(config: Config) -> Path:
+    return Path(config.source).absolute().parent if config.source else Path.cwd()
+
+
+def protections_from_config(config: Config, enforcer: PolicyEnforcer) -> PropertyProtections | None:
+    """``[DEFAULT] property_protection_file`` loaded (relative to the configuration file's
+    directory), or None when it is unset; a missing or malformed file is a ConfigError."""
+    name = config.default.property_protection_file
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = _config_dir(config) / path
+    return PropertyProtections.from_file(path, config.default.property_protection_rule_format, enforcer)
 
 
 def settings_from_config(config: Config) -> PolicySettings:
     """``[oslo_policy]`` with relative paths taken from the configuration file's directory (the
     directory streamd runs in when there is no file), as oslo.config looks them up."""
     options = config.oslo_policy
-    base = Path(config.source).absolute().parent if config.source else Path.cwd()
+    base = _config_dir(config)
 
     def resolve(name: str) -> Path:
         path = Path(name).expanduser()

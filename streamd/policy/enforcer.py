@@ -187,6 +187,14 @@ class PolicyEnforcer:
         # Each call gets fresh credentials: oslo.policy adds keys to the dict it is given.
         return bool(self._enforcer.enforce(rule, target, credentials(ctx), do_raise=False))
 
+    def allows_named_rule(self, ctx: RequestContext, name: str, target: Mapping[str, Any]) -> bool:
+        """``rule:NAME`` for any rule name, Glance's or the policy file's own (a property protection
+        file in the policies format names these). An unknown name gets oslo.policy's answer: the
+        ``policy_default_rule``."""
+        self._reload()
+        return bool(self._enforcer.enforce(_checks.RuleCheck("rule", name), dict(target), credentials(ctx),
+                                           do_raise=False))
+
     def enforce(self, ctx: RequestContext, rule: str, target: Mapping[str, Any]) -> None:
         if not self.allows(ctx, rule, target):
             raise NotPermitted(f"You are not authorized to complete {rule} action.")
