@@ -20,7 +20,6 @@ from aiohttp import web
 from ..catalog.metadefs import (AssociationRecord, NamespaceRecord, NewAssociation, NewObject, ObjectRecord,
                                 TagRecord, namespace_visible)
 from ..catalog.records import isotime
-from ..context import RequestContext
 from ..errors import DoesNotExist, InvalidRequest, NotPermitted
 from .inputs import json_body, text_header
 from .keys import SERVICES, context_of
@@ -51,39 +50,13 @@ def metadef_schemas() -> dict[str, dict[str, Any]]:
 
 # -- authorization ---------------------------------------------------------------------------------
 #
-# Glance 33's defaults (glance/policies/metadef.py, secure RBAC): reads need
-# ``admin or (reader and (project_id:%(project_id)s or 'public':%(visibility)s))``
-# (get_metadef_namespaces only the project part, against the caller's own project); every write
-# is ``rule:metadef_admin`` = ``rule:context_is_admin`` = role:admin.
-
-_READ_RULES = frozenset({
-    "get_metadef_namespace", "get_metadef_object", "get_metadef_objects", "list_metadef_resource_types",
-    "get_metadef_resource_type", "get_metadef_property", "get_metadef_properties", "get_metadef_tag",
-    "get_metadef_tags"})
-_WRITE_RULES = frozenset({
-    "add_metadef_namespace", "modify_metadef_namespace", "delete_metadef_namespace", "add_metadef_object",
-    "modify_metadef_object", "delete_metadef_object", "add_metadef_resource_type_association",
-    "remove_metadef_resource_type_association", "add_metadef_property", "modify_metadef_property",
-    "remove_metadef_property", "add_metadef_tag", "add_metadef_tags", "modify_metadef_tag", "delete_metadef_tag",
-    "delete_metadef_tags"})
+# Glance 33's metadef rules (streamd/policy/glance_rules.py): reads are admin, or reader on the
+# namespace's project or a public namespace; writes are rule:metadef_admin (context_is_admin).
 
 
-def _allowed(ctx: RequestContext, rule: str, target: Mapping[str, Any]) -> bool:
-    """Glance 33's default for ``rule``, by hand. After the policy merge this is
-    ``services.policy.allows(ctx, rule, target)``, and operators' policy.yaml overrides apply."""
-    if ctx.is_admin:
-        return True
-    if rule in _WRITE_RULES:
-        return False
-    # Glance checks role:reader; Keystone's implied roles give every member the reader role, and
-    # streamd's header identities (no implied roles) count member as reader as its image rules do.
-    if not ctx.can_read:
-        return False
-    if rule == "get_metadef_namespaces":
-        return target.get("project_id") == ctx.project_id
-    if rule in _READ_RULES:
-        return target.get("project_id") == ctx.project_id or target.get("visibility") == "public"
-    return False
+def _allowed(request: web.Request, rule: str, target: Mapping[str, Any]) -> bool:
+    """Glance 33's rule ``rule`` (its default, or the operator's policy file) through the enforcer."""
+    return request.app[SERVICES].policy.allows(context_of(request), rule, target)
 
 
 def authorize(request: web.Request, rule: str, target: dict[str, Any]) -> None:
@@ -91,14 +64,13 @@ def authorize(request: web.Request, rule: str, target: dict[str, Any]) -> None:
 
     ``target`` is what Glance passes: ``{"project_id": <namespace owner>, "visibility": ...}`` for
     a namespace, ``{"project_id": <caller's project>}`` before there is one (see :func:`target_of`).
-    The enforcement is a stand-in for ``services.policy.enforce(ctx, rule, target)`` (after the
-    policy merge). What stays here is Glance's MetadefAPIPolicy wrapper: a refusal on a namespace
+    The rules are the policy enforcer's (``services.policy``); what is added here is Glance's
+    MetadefAPIPolicy wrapper: a refusal on a namespace
     the caller may not even read is a 404, so that its existence is not revealed.
     """
-    ctx = context_of(request)
-    if _allowed(ctx, rule, target):
+    if _allowed(request, rule, target):
         return
-    if rule == "get_metadef_namespace" or not _allowed(ctx, "get_metadef_namespace", target):
+    if rule == "get_metadef_namespace" or not _allowed(request, "get_metadef_namespace", target):
         raise DoesNotExist("The resource could not be found.")
     raise NotPermitted(f"You are not authorized to complete {rule} action.")
 
@@ -270,7 +242,7 @@ async def list_namespaces(request: web.Request) -> web.Response:
         resource_types=resource_types.split(",") if resource_types is not None else None,
         sort_key=sort_key, sort_dir=sort_dir, limit=limit, marker=marker)
     # Each namespace is also checked against get_metadef_namespace (an operator's policy may hide some).
-    shown = [ns for ns in found if _allowed(ctx, "get_metadef_namespace", target_of(request, ns))]
+    shown = [ns for ns in found if _allowed(request, "get_metadef_namespace", target_of(request, ns))]
     associations = await catalog.associations_of(ns.id for ns in shown)
     namespaces = []
     for ns in shown:
