@@ -9,15 +9,16 @@ are in test_metadefs_parity.py.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
-from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, READER_A, ApiClient, Reply, both_databases,
-                      make_config, start_api)
+from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, PYTHON, READER_A, ApiClient, Reply,
+                      both_databases, make_config, start_api)
 from streamd.catalog import Catalog
-from streamd.catalog.metadef_files import read_definitions, write_definitions
+from streamd.catalog.metadef_files import SHIPPED_DEFINITIONS, read_definitions, write_definitions
 
 pytestmark = both_databases
 
@@ -498,3 +499,31 @@ async def test_tempest_schemas_for_a_reader(api_with_definitions: ApiClient) -> 
              "property": "property", "properties": "properties", "tag": "tag", "tags": "tags"}
     for path, name in names.items():
         assert (await _ok(api_with_definitions, "GET", f"/v2/schemas/metadefs/{path}", 200, as_=READER_A))["name"] == name
+
+
+# -- streamd metadefs-load / -unload / -export --------------------------------------------------------
+
+def _streamd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "streamd", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])  # the commands run in their own processes
+async def test_metadefs_commands(tmp_path: Path, database_url: str) -> None:
+    config = tmp_path / "streamd.conf"
+    config.write_text(f"[DEFAULT]\ndata_dir = {tmp_path / 'data'}\n[database]\nconnection = {database_url}\n")
+    done = _streamd("metadefs-load", "--config", str(config))
+    assert done.returncode == 0 and done.stdout.strip() == "loaded 32 of 32 namespaces", done.stderr
+    one = str(SHIPPED_DEFINITIONS / "compute-libvirt.json")
+    assert _streamd("metadefs-load", "--config", str(config), one).stdout.strip() == "loaded 0 of 1 namespaces"
+    assert _streamd("metadefs-load", "--config", str(config), one, "--overwrite").stdout.strip() == \
+        "loaded 1 of 1 namespaces"
+    done = _streamd("metadefs-export", "--config", str(config), str(tmp_path / "out"))
+    assert done.returncode == 0 and len(list((tmp_path / "out").glob("*.json"))) == 32
+    assert _streamd("metadefs-unload", "--config", str(config)).returncode == 0
+    catalog = await Catalog.open(database_url)
+    try:
+        assert await catalog.metadefs_empty()
+    finally:
+        await catalog.close()
+    missing = _streamd("metadefs-load", "--config", str(config), str(tmp_path / "nothing"))
+    assert missing.returncode == 1 and "no such file or directory" in missing.stderr

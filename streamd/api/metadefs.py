@@ -150,6 +150,21 @@ def _property_schema(value: Mapping[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _property_input(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A property definition from a request. Glance's model takes only strings in ``enum``,
+    ``operators`` and ``items.enum`` (WSME refuses the rest, which Glance answers with a 500)."""
+    lists = [("enum", value.get("enum")), ("operators", value.get("operators"))]
+    if isinstance(value.get("items"), dict):
+        lists.append(("enum", value["items"].get("enum")))
+    for field_name, items in lists:
+        if isinstance(items, list):
+            for item in items:
+                if not isinstance(item, str):
+                    raise InvalidRequest(f"Invalid input for field/attribute {field_name}. Value: '{items}'. "
+                                         f"Wrong type. Expected '<class 'str'>', got '{type(item)}'")
+    return _property_schema(value)
+
+
 def _properties_view(properties: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if properties is None:
         return None
@@ -276,9 +291,9 @@ async def create_namespace(request: web.Request) -> web.Response:
     if "owner" not in values:
         values["owner"] = ctx.project_id
     objects = [NewObject(name=o["name"], description=o.get("description"), required=list(o.get("required") or []),
-                         properties={k: _property_schema(v) for k, v in (o.get("properties") or {}).items()})
+                         properties={k: _property_input(v) for k, v in (o.get("properties") or {}).items()})
                for o in body.get("objects") or []]
-    properties = {k: _property_schema(v) for k, v in (body.get("properties") or {}).items()}
+    properties = {k: _property_input(v) for k, v in (body.get("properties") or {}).items()}
     associations = [NewAssociation(a["name"], a.get("prefix"), a.get("properties_target"))
                     for a in body.get("resource_type_associations") or []]
     ns = await request.app[SERVICES].catalog.create_namespace(
@@ -373,7 +388,7 @@ def _delete_contents(kind: str) -> Any:
 def _new_object(body: Mapping[str, Any]) -> NewObject:
     return NewObject(name=body["name"], description=body.get("description"),
                      required=list(body.get("required") or []),
-                     properties={k: _property_schema(v) for k, v in (body.get("properties") or {}).items()})
+                     properties={k: _property_input(v) for k, v in (body.get("properties") or {}).items()})
 
 
 async def list_objects(request: web.Request) -> web.Response:
@@ -428,7 +443,7 @@ async def create_property(request: web.Request) -> web.Response:
     body = await _body(request, "property")
     ns = await _namespace(request)
     authorize(request, "add_metadef_property", target_of(request, ns))
-    schema = _property_schema(body)
+    schema = _property_input(body)
     prop = await request.app[SERVICES].catalog.create_metadef_property(ns, body["name"], schema)
     return web.json_response({**_property_schema(prop.schema), "name": prop.name}, status=201)
 
@@ -461,7 +476,7 @@ async def update_property(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "modify_metadef_property", target_of(request, ns))
     prop = await request.app[SERVICES].catalog.update_metadef_property(ns, request.match_info["name"], body["name"],
-                                                               _property_schema(body))
+                                                               _property_input(body))
     return web.json_response({**_property_schema(prop.schema), "name": prop.name})
 
 
