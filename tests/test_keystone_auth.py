@@ -458,7 +458,11 @@ def test_the_glance_cli_logs_in_with_keystone(tmp_path: Path, keystone_daemon: D
     listed = run_glance(tmp_path, keystone_daemon, ks, "a-reader", "image-list")
     assert listed.returncode == 0 and image_id in listed.stdout, listed.stderr
     downloaded = tmp_path / "back.raw"
-    got = run_glance(tmp_path, keystone_daemon, ks, "a-reader", "image-download", "--file", str(downloaded),
+    # Glance 33's download_image needs the member role: a reader lists and shows, never downloads.
+    refused_download = run_glance(tmp_path, keystone_daemon, ks, "a-reader", "image-download", "--file",
+                                  str(downloaded), image_id)
+    assert refused_download.returncode != 0 and "download_image" in refused_download.stderr
+    got = run_glance(tmp_path, keystone_daemon, ks, "a-member", "image-download", "--file", str(downloaded),
                      image_id)
     assert got.returncode == 0, got.stderr
     assert downloaded.read_bytes() == data.read_bytes()

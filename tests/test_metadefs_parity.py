@@ -160,7 +160,7 @@ _DROPPED = re.compile(r"Connection aborted|Connection reset by peer|Remote end c
 def _cli(url: str, command: str) -> tuple[tuple[int, str, str], bool]:
     """One glance command (split on spaces: the steps have no quoted spaces) and whether it had to
     be run again: uWSGI's workers may reset a connection while they warm up."""
-    for attempt in range(6):
+    for attempt in range(8):
         done = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(GLANCE_CLI), "--os-image-url", url,
                                "--os-auth-token", "x", *command.split(" ")], capture_output=True, text=True,
                               timeout=60)
@@ -170,13 +170,34 @@ def _cli(url: str, command: str) -> tuple[tuple[int, str, str], bool]:
     return (done.returncode, _TIMES.sub("<time>", done.stdout), done.stderr.strip()), attempt > 0
 
 
-def test_glance_cli_md_commands_print_the_same(servers: dict[str, str]) -> None:
+class _GlanceKeptResetting(Exception):
+    """uWSGI cut one of Glance's connections on every retry: Glance's state after it is unknown."""
+
+
+def _compare_cli_steps(servers: dict[str, str], namespace: str) -> int:
     compared = 0
-    for command in CLI_STEPS:
+    for step in CLI_STEPS:
+        command = step.replace("cli-ns", namespace)
         ours, _ = _cli(servers["streamd"], command)
         theirs, retried = _cli(servers["glance"], command)
+        if _DROPPED.search(theirs[2]):
+            raise _GlanceKeptResetting(command)
         if retried and theirs[0] != 0 and ours[0] == 0:
             continue  # the reset came after Glance had done it: the retry found it done (409/404)
         assert ours == theirs, command
         compared += 1
+    return compared
+
+
+def test_glance_cli_md_commands_print_the_same(servers: dict[str, str]) -> None:
+    # uWSGI's resets are Glance's, never streamd's (streamd's answers are compared on every run):
+    # a run that Glance keeps cutting starts again on a namespace of its own.
+    for attempt in range(3):
+        try:
+            compared = _compare_cli_steps(servers, f"cli-ns{attempt}")
+            break
+        except _GlanceKeptResetting:
+            continue
+    else:
+        raise AssertionError("Glance's uWSGI kept resetting connections in three runs")
     assert compared >= len(CLI_STEPS) * 2 // 3, f"only {compared} steps compared"
