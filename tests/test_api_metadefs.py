@@ -325,6 +325,40 @@ async def test_a_policy_file_opens_metadef_writes_to_members_of_the_owning_proje
         await server.close()
 
 
+
+async def test_the_issues_metadef_default_recipe_opens_writes_to_anyone_who_sees_the_namespace(
+        tmp_path: Path, database_url: str) -> None:
+    # Every write rule set to rule:metadef_default (an empty rule) as the issue's recipe says:
+    # then, as in Glance 33 (its MetadefAPIPolicy and the visibility check of its database layer),
+    # only visibility is left to protect a namespace: another project's private one stays 404,
+    # but a reader may write and so may another project's member in a public one. Hence the
+    # project-member rule of the test above for opening metadefs to members.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({rule: "rule:metadef_default" for rule in OPEN_METADEFS
+                                      if rule != "metadef_project_member"}))
+    server, api, session = await start_api(make_config(tmp_path, database_url,
+                                                       oslo_policy={"policy_file": str(policy)}))
+    try:
+        contents = {"objects": [{"name": "o"}], "tags": [{"name": "t"}],
+                    "properties": {"p": {"title": "P", "type": "string"}}}
+        await create_ns(api, "b-private", owner=PROJECT_B, **contents)
+        await create_ns(api, "b-public", owner=PROJECT_B, visibility="public", **contents)
+        for method, path, body, rule in _writes("b-private"):
+            reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert error_of(reply)["code"] == 404, (path, rule)
+        reply = await api.call("POST", f"{NS}/b-public/tags/by-a", as_=READER_A)
+        assert reply.status == 201, reply.body
+        for method, path, body, rule in _writes("b-public"):
+            reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert reply.status in (200, 201, 204), (path, rule, reply.body)
+        assert (await api.call("GET", f"{NS}/b-public", as_=ADMIN)).status == 404
+    finally:
+        await session.close()
+        await server.close()
+
+
 async def test_objects_and_properties(api: ApiClient) -> None:
     await create_ns(api, "n")
     prop = {"title": "Hypervisor", "type": "string", "enum": ["kvm", "xen"], "default": "kvm"}
