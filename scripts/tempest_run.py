@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv/bin/python"
-DEFAULT_REGEX = r"^tempest\.api\.image\.v2"
+DEFAULT_REGEX = r"^(tempest\.api\.image\.v2|glance_tempest_plugin\.tests\.rbac)"
 SERVICE_PASSWORD = "streamd-glance-secret"
 REGION = "RegionOne"
 
@@ -259,7 +259,9 @@ def main() -> int:
         conf = work / "streamd.conf"
         conf.write_text(streamd_conf(work, port, keystone_url, http_port))
         streamd = start(stack, [str(PYTHON), "-m", "streamd", "serve", "--config", str(conf)],
-                        work / "streamd.log", cwd=str(work))
+                        work / "streamd.log", cwd=str(work),
+                        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         wait_http(f"http://127.0.0.1:{port}/versions", streamd, work / "streamd.log", "streamd")
         say(f"streamd on 127.0.0.1:{port} (log {work}/streamd.log)")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh [pytest args...]
 #
-# Runs the whole test suite (default args: tests/ -q, then Tempest's image tests through
-# scripts/tempest.sh) against throwaway services:
+# Runs the whole test suite (default args: tests/ -q, then Tempest's image tests and
+# glance-tempest-plugin's RBAC tests through scripts/tempest.sh) against throwaway services:
 # a PostgreSQL cluster from scripts/pg-dev.sh and a single-node Ceph cluster from
 # scripts/ceph-dev.sh, each in a temporary directory, removed on exit (also on
 # failure or Ctrl-C). Assumes scripts/install.sh --test has run.
@@ -69,7 +69,7 @@ set -e
 if [ "$rc" -eq 5 ]; then
     echo "test.sh: error: pytest collected no tests (exit code 5)" >&2
 fi
-# --- Tempest: the whole suite includes OpenStack's own image tests (scripts/tempest.sh), against
+# --- Tempest: the whole suite includes OpenStack's own image and RBAC tests (scripts/tempest.sh), against
 # a streamd of their own and the Keystone started above. ------------------------------------------
 if [ "$whole_suite" -eq 1 ]; then
     echo "test.sh: scripts/tempest.sh" >&2

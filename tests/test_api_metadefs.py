@@ -2,8 +2,8 @@
 
 Glance 33's rules: names unique (409), deleting a namespace deletes its contents, ``protected``
 namespaces refuse deletion (403), private namespaces of another project are invisible (404),
-reads need the reader role, writes are admin-only by default. The same calls against real Glance
-are in test_metadefs_parity.py.
+reads need the reader role, writes are admin-only by default (a policy file may open them to
+project members). The same calls against real Glance are in test_metadefs_parity.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
+import yaml
 
 from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, PYTHON, READER_A, ApiClient, Reply,
                       both_databases, make_config, start_api)
@@ -226,6 +227,136 @@ async def test_writes_are_admin_only(api: ApiClient) -> None:
     for method, path, body, _ in writes[4:] + [writes[3], writes[1], writes[2]]:
         reply = await api.call(method, path, as_=ADMIN, json_body=body, headers={"Content-Type": "application/json"})
         assert reply.status in (200, 201, 204), (path, reply.body)
+
+
+# Opening the metadefs API to project members (issue 14 item 4), the way Glance 33's own rules
+# build a project-member check (glance/policies/base.py PROJECT_MEMBER): a rule of the file's own
+# naming, every write action pointed at it. Its target is the namespace's owner (the caller's
+# project before there is one), so a member writes in their own project only.
+OPEN_METADEFS = {
+    "metadef_project_member": "rule:metadef_admin or (role:member and project_id:%(project_id)s)",
+    **{rule: "rule:metadef_project_member" for rule in (
+        "add_metadef_namespace", "modify_metadef_namespace", "delete_metadef_namespace",
+        "add_metadef_object", "modify_metadef_object", "delete_metadef_object",
+        "add_metadef_property", "modify_metadef_property", "remove_metadef_property",
+        "add_metadef_tag", "modify_metadef_tag", "delete_metadef_tag", "add_metadef_tags", "delete_metadef_tags",
+        "add_metadef_resource_type_association", "remove_metadef_resource_type_association")},
+}
+
+
+def _writes(ns: str) -> list[tuple[str, str, Any, str]]:
+    """Every metadef write on namespace ``ns`` (holding object o, property p, tag t), with its rule."""
+    path = f"{NS}/{ns}"
+    return [
+        ("PUT", path, {"namespace": ns, "description": "changed"}, "modify_metadef_namespace"),
+        ("POST", f"{path}/objects", {"name": "o2"}, "add_metadef_object"),
+        ("PUT", f"{path}/objects/o", {"name": "o", "description": "changed"}, "modify_metadef_object"),
+        ("POST", f"{path}/properties", {"name": "q", "title": "Q", "type": "string"}, "add_metadef_property"),
+        ("PUT", f"{path}/properties/p", {"name": "p", "title": "P2", "type": "string"}, "modify_metadef_property"),
+        ("POST", f"{path}/tags/t2", None, "add_metadef_tag"),
+        ("PUT", f"{path}/tags/t2", {"name": "t3"}, "modify_metadef_tag"),
+        ("POST", f"{path}/tags", {"tags": [{"name": "t4"}, {"name": "t5"}]}, "add_metadef_tags"),
+        ("POST", f"{path}/resource_types", {"name": "OS::Glance::Image"}, "add_metadef_resource_type_association"),
+        ("DELETE", f"{path}/resource_types/OS::Glance::Image", None, "remove_metadef_resource_type_association"),
+        ("DELETE", f"{path}/tags/t4", None, "delete_metadef_tag"),
+        # Glance checks delete_metadef_namespace first here, then delete_metadef_tags.
+        ("DELETE", f"{path}/tags", None, "delete_metadef_namespace"),
+        ("DELETE", f"{path}/objects/o", None, "delete_metadef_object"),
+        ("DELETE", f"{path}/properties/p", None, "remove_metadef_property"),
+        ("DELETE", path, None, "delete_metadef_namespace"),
+    ]
+
+
+async def test_a_policy_file_opens_metadef_writes_to_members_of_the_owning_project(
+        tmp_path: Path, database_url: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(OPEN_METADEFS))
+    server, api, session = await start_api(make_config(tmp_path, database_url,
+                                                       oslo_policy={"policy_file": str(policy)}))
+    try:
+        contents = {"objects": [{"name": "o"}], "tags": [{"name": "t"}],
+                    "properties": {"p": {"title": "P", "type": "string"}}}
+        await create_ns(api, "b-private", owner=PROJECT_B, **contents)
+        await create_ns(api, "b-public", owner=PROJECT_B, visibility="public", **contents)
+        # A member creates a namespace (with contents) in their own project: its owner is theirs.
+        made = await api.call("POST", NS, as_=MEMBER_A, json_body={"namespace": "a-own", **contents})
+        assert made.status == 201, made.body
+        assert made.json["owner"] == PROJECT_A
+        a_public = await api.call("POST", NS, as_=MEMBER_A, json_body={"namespace": "a-pub", "visibility": "public",
+                                                                        **contents})
+        assert a_public.status == 201, a_public.body
+
+        # Nobody outside project A may write in A's namespaces: A's reader (403), B's member
+        # (404 for the private one they cannot see, 403 for the public one).
+        reader_writes = _writes("a-own") + [("POST", NS, {"namespace": "r-ns"}, "add_metadef_namespace")]
+        for method, path, body, rule in reader_writes:
+            reply = await api.call(method, path, as_=READER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert error_of(reply) == {"code": 403, "title": "Forbidden",
+                                       "message": f"You are not authorized to complete {rule} action."}, (path, rule)
+        for ns, code in (("a-own", 404), ("a-pub", 403)):
+            for method, path, body, rule in _writes(ns):
+                reply = await api.call(method, path, as_=MEMBER_B, json_body=body,
+                                       headers={"Content-Type": "application/json"})
+                assert error_of(reply)["code"] == code, (ns, path, rule, reply.body)
+                if code == 403:
+                    assert error_of(reply)["message"] == f"You are not authorized to complete {rule} action."
+        # ... and A's member may not write in B's.
+        for ns, code in (("b-private", 404), ("b-public", 403)):
+            for method, path, body, rule in _writes(ns):
+                reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                       headers={"Content-Type": "application/json"})
+                assert error_of(reply)["code"] == code, (ns, path, rule, reply.body)
+        for ns in ("b-private", "b-public", "a-own"):
+            shown = await get(api, f"{NS}/{ns}", as_=ADMIN)
+            assert [o["name"] for o in shown["objects"]] == ["o"] and shown["tags"] == [{"name": "t"}], ns
+            assert list(shown["properties"]) == ["p"] and "description" not in shown, ns
+
+        # Their own: every write goes through, in order, down to deleting the namespace.
+        for method, path, body, rule in _writes("a-own"):
+            reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert reply.status in (200, 201, 204), (path, rule, reply.body)
+        assert (await api.call("GET", f"{NS}/a-own", as_=MEMBER_A)).status == 404
+        # B's namespaces are as they were.
+        assert (await get(api, f"{NS}/b-public", as_=MEMBER_A))["owner"] == PROJECT_B
+    finally:
+        await session.close()
+        await server.close()
+
+
+
+async def test_the_issues_metadef_default_recipe_opens_writes_to_anyone_who_sees_the_namespace(
+        tmp_path: Path, database_url: str) -> None:
+    # Every write rule set to rule:metadef_default (an empty rule) as the issue's recipe says:
+    # then, as in Glance 33 (its MetadefAPIPolicy and the visibility check of its database layer),
+    # only visibility is left to protect a namespace: another project's private one stays 404,
+    # but a reader may write and so may another project's member in a public one. Hence the
+    # project-member rule of the test above for opening metadefs to members.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({rule: "rule:metadef_default" for rule in OPEN_METADEFS
+                                      if rule != "metadef_project_member"}))
+    server, api, session = await start_api(make_config(tmp_path, database_url,
+                                                       oslo_policy={"policy_file": str(policy)}))
+    try:
+        contents = {"objects": [{"name": "o"}], "tags": [{"name": "t"}],
+                    "properties": {"p": {"title": "P", "type": "string"}}}
+        await create_ns(api, "b-private", owner=PROJECT_B, **contents)
+        await create_ns(api, "b-public", owner=PROJECT_B, visibility="public", **contents)
+        for method, path, body, rule in _writes("b-private"):
+            reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert error_of(reply)["code"] == 404, (path, rule)
+        reply = await api.call("POST", f"{NS}/b-public/tags/by-a", as_=READER_A)
+        assert reply.status == 201, reply.body
+        for method, path, body, rule in _writes("b-public"):
+            reply = await api.call(method, path, as_=MEMBER_A, json_body=body,
+                                   headers={"Content-Type": "application/json"})
+            assert reply.status in (200, 201, 204), (path, rule, reply.body)
+        assert (await api.call("GET", f"{NS}/b-public", as_=ADMIN)).status == 404
+    finally:
+        await session.close()
+        await server.close()
 
 
 async def test_objects_and_properties(api: ApiClient) -> None:
