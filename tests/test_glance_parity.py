@@ -1,7 +1,7 @@
 """The real clients against streamd and against real Glance 33, on the same error paths.
 
-The same sequence of ``glance`` CLI commands and openstacksdk calls (same image ids) runs against
-both servers; what each client prints for an error must be the same, and raw error responses must
+The same sequence of ``glance`` CLI commands, ``openstack`` CLI commands and openstacksdk calls
+(same image ids) runs against both servers; what each client prints for an error must be the same, and raw error responses must
 be the same bytes. Glance 33 runs from ``.venv-glance`` (made by ``scripts/install.sh --test``)
 under uWSGI, as in the benches (``bench/servers.py``).
 """
@@ -35,6 +35,7 @@ def _bench_servers() -> Any:
 Glance = _bench_servers().Glance
 
 GLANCE_CLI = ROOT / ".venv" / "bin" / "glance"
+OPENSTACK_CLI = ROOT / ".venv" / "bin" / "openstack"
 SHARED = "11111111-2222-3333-4444-555555555555"
 PRIVATE = "22222222-2222-3333-4444-555555555555"
 QCOW = "33333333-2222-3333-4444-555555555555"
@@ -100,6 +101,20 @@ def _glance(url: str, workdir: Path, *args: str, retry_resets: bool = False,
     return done.returncode, done.stderr.strip()
 
 
+def _openstack(url: str, workdir: Path, *args: str, retry_resets: bool = False) -> tuple[int, str]:
+    """The ``openstack`` CLI (python-openstackclient) without Keystone: its ``none`` auth plugin
+    with the image endpoint given. What it printed on both streams, the URL replaced."""
+    for _ in range(5):
+        done = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(OPENSTACK_CLI), "--os-auth-type", "none",
+                               "--os-endpoint", url, "--os-image-api-version", "2", *args],
+                              capture_output=True, text=True, timeout=60, cwd=workdir)
+        if not (retry_resets and _DROPPED.search(done.stderr)):
+            break
+        time.sleep(0.5)
+    printed = (done.stdout + done.stderr).replace(url, "URL").strip()
+    return done.returncode, printed
+
+
 def _raw(url: str, path: str, headers: dict[str, str]) -> tuple[int, str, str, bytes]:
     request = urllib.request.Request(url + path, headers={"Accept": "*/*", **headers})
     try:
@@ -143,6 +158,19 @@ def _scenario(url: str, workdir: Path, *, reference: bool) -> list[tuple[str, ob
     steps.append(("404 json", _raw(url, f"/v2/images/{MISSING}", {"Accept": "application/json"})))
     steps.append(("404 plain", _raw(url, f"/v2/images/{MISSING}", {"Accept": "text/plain"})))
     steps.append(("sdk", _sdk(url, retry_resets=reference)))
+    o = lambda *args: _openstack(url, workdir, *args, retry_resets=reference)  # noqa: E731
+    steps.append(("openstack: 404 no such image", o("image", "show", MISSING)))
+    steps.append(("openstack: 404 delete no such image", o("image", "delete", MISSING)))
+    steps.append(("openstack: 409 duplicate member", o("image", "add", "project", SHARED, "bbbb")))
+    steps.append(("openstack: 403 members of a private image", o("image", "add", "project", PRIVATE, "cccc")))
+    steps.append(("openstack: 403 member list of a private image", o("image", "member", "list", PRIVATE)))
+    steps.append(("openstack: 404 no such member", o("image", "remove", "project", SHARED, "zzzz")))
+    steps.append(("openstack: 409 stage to an active image", o("image", "stage", "--file", str(small), PRIVATE)))
+    steps.append(("openstack: 413 property quota",
+                  o("image", "set", *[a for n in range(5) for a in ("--property", f"q{n}=v")], SHARED)))
+    steps.append(("openstack: 404 no such tag", o("image", "unset", "--tag", "nosuchtag", SHARED)))
+    steps.append(("openstack: 403 deactivate a queued image", o("image", "set", "--deactivate", QCOW)))
+    steps.append(("openstack: 404 save no such image", o("image", "save", "--file", str(workdir / "out"), MISSING)))
     return steps
 
 
@@ -180,7 +208,12 @@ def test_clients_print_the_same_errors_for_both_servers(servers: dict[str, str],
     for (what, on_glance), (_, on_streamd) in zip(outcomes["glance"], outcomes["streamd"]):
         assert on_streamd == on_glance, what
     # Each error step failed, with the status and reason first, as scripts grep for them.
+    assert len(outcomes["glance"]) == len(outcomes["streamd"])
     for what, outcome in outcomes["streamd"]:
-        if isinstance(outcome, tuple) and len(outcome) == 2:
+        if what.startswith("openstack:"):
+            # openstackclient prints its own words (or nothing) for most errors; the exit code still
+            # tells scripts it failed — except `image set --deactivate`, which exits 0 on both servers.
+            assert outcome[0] == (0 if "deactivate" in what else 1), (what, outcome)
+        elif isinstance(outcome, tuple) and len(outcome) == 2:
             code = what.split()[0]
             assert outcome[0] == 1 and outcome[1].startswith(f"HTTP {code} "), (what, outcome)

@@ -57,8 +57,12 @@ def _legacy_owner_check(request: web.Request, ctx: RequestContext, image: ImageR
 async def list_members(request: web.Request) -> web.Response:
     ctx = context_of(request)
     image = await _get_visible(request, request.match_info["image_id"])
-    _check_shared(image)
-    _enforce_member_rule(request, image, "get_members")
+    try:
+        _check_shared(image)
+        _enforce_member_rule(request, image, "get_members")
+    except NotPermitted as exc:
+        # Glance's index says which image, then why.
+        raise NotPermitted(f"Not allowed to list members for image {image.id}: {exc.message}") from exc
     if not image_policy(request, image).allows("get_member"):
         # Glance filters the list by get_member, whose target is the image: all or nothing.
         return web.json_response({"members": [], "schema": "/v2/schemas/members"})
