@@ -41,6 +41,7 @@ PRIVATE = "22222222-2222-3333-4444-555555555555"
 QCOW = "33333333-2222-3333-4444-555555555555"
 MISSING = "00000000-0000-0000-0000-000000000009"
 PROPERTY_QUOTA = 3
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What requests reports when uWSGI drops a connection.
 _DROPPED = re.compile(r"Connection aborted|Connection reset by peer|Remote end closed connection")
 
@@ -170,6 +171,11 @@ def _scenario(url: str, workdir: Path, *, reference: bool) -> list[tuple[str, ob
                   o("image", "set", *[a for n in range(5) for a in ("--property", f"q{n}=v")], SHARED)))
     steps.append(("openstack: 404 no such tag", o("image", "unset", "--tag", "nosuchtag", SHARED)))
     steps.append(("openstack: 403 deactivate a queued image", o("image", "set", "--deactivate", QCOW)))
+    steps.append(("openstack: 400 min_ram beyond 64 bits", o("image", "set", "--min-ram", "9" * 23, SHARED)))
+    rc, printed = o("image", "create", "--disk-format", "qcow2", "--container-format", "bare", "--file", str(raw_file),
+                    "not-qcow2")
+    # A new image with a new id on each server.
+    steps.append(("openstack: 415 data that is not the declared format", (rc, _UUID.sub("ID", printed))))
     steps.append(("openstack: 404 save no such image", o("image", "save", "--file", str(workdir / "out"), MISSING)))
     return steps
 
