@@ -2,10 +2,10 @@
 # scripts/tempest.sh [TEST_REGEX]
 #
 # Runs OpenStack's Tempest image tests and glance-tempest-plugin's RBAC tests (default regex:
-# ^(tempest\.api\.image\.v2|glance_tempest_plugin\.tests\.rbac)) against a
-# streamd started for the run, with a throwaway Keystone (scripts/keystone-dev.sh) for identity:
+# ^(tempest\.api\.image\.v2|glance_tempest_plugin\.tests\.rbac)) against two
+# streamd nodes started for the run (one catalogue; the second is Tempest's alternate endpoint), with a throwaway Keystone (scripts/keystone-dev.sh) for identity:
 # Keystone tokens, secure RBAC (enforce_scope, new defaults), two file stores ("cheap" the
-# default, "fast"), glance-direct + web-download + copy-image, the image cache on, and a
+# default, "fast"), glance-direct + web-download + copy-image + glance-download, the image cache on, and a
 # loopback HTTP server for the image URLs Tempest would otherwise fetch from the internet.
 # Prints Tempest's own pass/fail/skip counts; exits non-zero when a test fails or none ran.
 #

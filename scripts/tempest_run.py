@@ -2,8 +2,10 @@
 
 Every part is real and throwaway, inside one temporary directory: a Keystone from
 scripts/keystone-dev.sh (or the one named by STREAMD_TEST_KEYSTONE_URL), the service user and
-image endpoint registered in it as a Glance deployment does, streamd in keystone mode with two
-file stores and the cache, a loopback HTTP server holding the images Tempest downloads, and a
+image endpoint registered in it as a Glance deployment does, two streamd nodes in keystone mode
+sharing one catalogue and two file stores (the second registered as ``image_remote``, Tempest's
+alternate endpoint for its cross-worker import and delete tests), glance-download enabled (it
+imports from the same region's image service, as Tempest's tests ask), the cache, a loopback HTTP server holding the images Tempest downloads, and a
 Tempest workspace whose tempest.conf says all that. Only the standard library is used here, so
 the project's venv is enough to run it.
 """
@@ -74,9 +76,11 @@ class Keystone:
             return found[0]["id"]
         return self.call("POST", f"/{collection}", {key: body})[key]["id"]
 
-    def register_image_service(self, image_url: str) -> None:
+    def register_image_service(self, image_url: str, remote_url: str) -> None:
         """As Glance's install guide: a ``glance`` user with admin and service roles in the
-        ``service`` project, and an ``image`` service with public/internal/admin endpoints."""
+        ``service`` project, and an ``image`` service with public/internal/admin endpoints; and
+        an ``image_remote`` service at the second node, which Tempest's
+        ``alternate_image_endpoint`` names for its cross-worker import and delete tests."""
         project = self.find_or_create("projects", "project", "service",
                                       {"name": "service", "domain_id": "default"})
         user = self.find_or_create("users", "user", "glance",
@@ -85,40 +89,48 @@ class Keystone:
         for role_name in ("admin", "service"):
             role = self.find_or_create("roles", "role", role_name, {"name": role_name})
             self.call("PUT", f"/projects/{project}/users/{user}/roles/{role}")
-        services = [s for s in self.call("GET", "/services?type=image")["services"]]
-        service = services[0]["id"] if services else self.call(
-            "POST", "/services", {"service": {"type": "image", "name": "glance"}})["service"]["id"]
-        for endpoint in self.call("GET", f"/endpoints?service_id={service}")["endpoints"]:
-            self.call("DELETE", f"/endpoints/{endpoint['id']}")
-        for interface in ("public", "internal", "admin"):
-            self.call("POST", "/endpoints", {"endpoint": {
-                "service_id": service, "interface": interface, "url": image_url, "region_id": REGION}})
+        for kind, url in (("image", image_url), ("image_remote", remote_url)):
+            services = [s for s in self.call("GET", f"/services?type={kind}")["services"]]
+            service = services[0]["id"] if services else self.call(
+                "POST", "/services", {"service": {"type": kind, "name": f"glance-{kind}"}})["service"]["id"]
+            for endpoint in self.call("GET", f"/endpoints?service_id={service}")["endpoints"]:
+                self.call("DELETE", f"/endpoints/{endpoint['id']}")
+            for interface in ("public", "internal", "admin"):
+                self.call("POST", "/endpoints", {"endpoint": {
+                    "service_id": service, "interface": interface, "url": url, "region_id": REGION}})
 
 
-def streamd_conf(work: Path, port: int, keystone_url: str, http_port: int) -> str:
+def streamd_conf(work: Path, node: str, port: int, keystone_url: str, http_port: int) -> str:
+    """One of two nodes sharing one catalogue (SQLite) and the two file stores; each has its own
+    staging area and cache, and passes a glance-direct import to the node that staged the data."""
     return f"""\
 [DEFAULT]
 bind_host = 127.0.0.1
 bind_port = {port}
-data_dir = {work}/streamd-data
+data_dir = {work}/{node}-data
 enabled_backends = cheap:file, fast:file
-enabled_import_methods = [glance-direct,web-download,copy-image]
-image_cache_dir = {work}/streamd-data/cache
+enabled_import_methods = [glance-direct,web-download,copy-image,glance-download]
+image_cache_dir = {work}/{node}-data/cache
 auth_strategy = keystone
+peer_url = http://127.0.0.1:{port}
+peer_token = tempest-peers
+
+[database]
+connection = sqlite:///{work}/catalogue.sqlite
 
 [glance_store]
 default_backend = cheap
 
 [cheap]
-filesystem_store_datadir = {work}/streamd-data/cheap
+filesystem_store_datadir = {work}/stores/cheap
 store_description = Cheap store, the default
 
 [fast]
-filesystem_store_datadir = {work}/streamd-data/fast
+filesystem_store_datadir = {work}/stores/fast
 store_description = Fast store
 
 [os_glance_staging_store]
-filesystem_store_datadir = {work}/streamd-data/staging
+filesystem_store_datadir = {work}/{node}-data/staging
 
 [import_filtering_opts]
 allowed_ports = [80,443,{http_port}]
@@ -176,6 +188,8 @@ placement = False
 glance = True
 
 [image]
+alternate_image_endpoint = image_remote
+alternate_image_endpoint_type = publicURL
 http_image = http://127.0.0.1:{http_port}/tempest-image.raw
 http_qcow2_image = http://127.0.0.1:{http_port}/tempest-image.qcow2
 image_caching_enabled = True
@@ -247,23 +261,26 @@ def main() -> int:
             found = dict(re.findall(r"export (\w+)=(\S+)", out))
             keystone_url = found["STREAMD_TEST_KEYSTONE_URL"]
             admin_password = found["STREAMD_TEST_KEYSTONE_ADMIN_PASSWORD"]
-        port, http_port = free_port(), free_port()
-        Keystone(keystone_url, admin_password).register_image_service(f"http://127.0.0.1:{port}")
-        say(f"Keystone {keystone_url}: glance service user and image endpoint http://127.0.0.1:{port}")
+        port, remote_port, http_port = free_port(), free_port(), free_port()
+        Keystone(keystone_url, admin_password).register_image_service(f"http://127.0.0.1:{port}",
+                                                                      f"http://127.0.0.1:{remote_port}")
+        say(f"Keystone {keystone_url}: glance service user, image endpoint http://127.0.0.1:{port}, "
+            f"image_remote endpoint http://127.0.0.1:{remote_port}")
 
         make_images(work / "http")
         http = start(stack, [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(http_port),
                              "--directory", str(work / "http")], work / "http.log")
         wait_http(f"http://127.0.0.1:{http_port}/", http, work / "http.log", "the image HTTP server")
 
-        conf = work / "streamd.conf"
-        conf.write_text(streamd_conf(work, port, keystone_url, http_port))
-        streamd = start(stack, [str(PYTHON), "-m", "streamd", "serve", "--config", str(conf)],
-                        work / "streamd.log", cwd=str(work),
-                        env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-        wait_http(f"http://127.0.0.1:{port}/versions", streamd, work / "streamd.log", "streamd")
-        say(f"streamd on 127.0.0.1:{port} (log {work}/streamd.log)")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        # The first node makes the catalogue; the second starts once it is there.
+        for node, node_port in (("streamd", port), ("streamd-remote", remote_port)):
+            conf = work / f"{node}.conf"
+            conf.write_text(streamd_conf(work, node, node_port, keystone_url, http_port))
+            process = start(stack, [str(PYTHON), "-m", "streamd", "serve", "--config", str(conf)],
+                            work / f"{node}.log", cwd=str(work), env=env)
+            wait_http(f"http://127.0.0.1:{node_port}/versions", process, work / f"{node}.log", node)
+            say(f"{node} on 127.0.0.1:{node_port} (log {work}/{node}.log)")
 
         tempest = args.tempest_venv / "bin/tempest"
         # A registry of our own: Tempest's default (~/.tempest/workspace.yaml) refuses a name twice.
@@ -284,7 +301,8 @@ def main() -> int:
             say(f"kept {work}")
         if run.returncode != 0 or totals.get("Failed", 0) or not totals.get("Passed", 0):
             if not keep:
-                sys.stderr.write((work / "streamd.log").read_text(errors="replace")[-6000:])
+                for node in ("streamd", "streamd-remote"):
+                    sys.stderr.write((work / f"{node}.log").read_text(errors="replace")[-6000:])
             return 1
     return 0
 

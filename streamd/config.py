@@ -599,6 +599,14 @@ class ImageImportOptions:
 
 
 @dataclass(frozen=True)
+class GlanceDownloadOptions:
+    extra_properties: tuple[str, ...] = opt(
+        ("hw_", "trait:", "os_distro", "os_secure_boot", "os_type"), _quoted_list,
+        "Prefixes of the properties a glance-download import copies from the source image to the new "
+        "one (disk_format and container_format are always copied; os_glance_* never is).")
+
+
+@dataclass(frozen=True)
 class ImageConversionOptions:
     output_format: str = opt(
         "raw", _choice("raw", "qcow2", "vmdk"), "Disk format the image_conversion plugin converts imports to.")
@@ -707,7 +715,6 @@ def _because(reason: str, *names: str) -> dict[str, str]:
 _LOGGING = "streamd logs to stderr at the level of `streamd serve --log-level`; oslo.log is not used"
 _MESSAGING = "streamd sends no notifications and makes no RPC calls (no oslo.messaging)"
 _READ_ORDER = "image data is read from the cache, then from the locations in the order they were added, then peers"
-_NO_GLANCE_DOWNLOAD = "streamd does not offer the glance-download import method"
 _TOKENS_IN_PROCESS = ("streamd caches validated tokens in-process (bounded, for token_cache_time); "
                       "memcached is not used")
 IGNORED_REASONS: dict[str, dict[str, str]] = {
@@ -736,7 +743,7 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "do_secure_hash": "streamd always computes os_hash_value while it stores data",
         "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "
                                "selects the legacy ones",
-        "http_retries": _NO_GLANCE_DOWNLOAD,
+        "http_retries": "a glance-download that fails is a failed task: import again to retry",
         "location_strategy": _READ_ORDER,
         "lock_path": "streamd takes no external locks",
         "max_request_id_length": "streamd makes its own request ids",
@@ -764,7 +771,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     "rbd": {"weight": _READ_ORDER},
     "os_glance_staging_store": {"*": "Glance does not use it either"},
     "os_glance_tasks_store": {"*": "streamd keeps no task work files"},
-    "glance_download_properties": {"*": _NO_GLANCE_DOWNLOAD},
     "keystone_authtoken": {
         **_because(_TOKENS_IN_PROCESS, "memcached_servers", "memcache_password", "memcache_pool_conn_get_timeout",
                    "memcache_pool_dead_retry", "memcache_pool_maxsize", "memcache_pool_socket_timeout",
@@ -877,6 +883,7 @@ class Config:
     # Options Glance knows that this configuration sets and streamd does not use.
     ignored: tuple[IgnoredOption, ...] = ()
     oslo_limit: OsloLimitOptions = field(default_factory=OsloLimitOptions)
+    glance_download_properties: GlanceDownloadOptions = GlanceDownloadOptions()
 
     @property
     def warning(self) -> str | None:
@@ -951,9 +958,13 @@ _SECTION_CLASSES: dict[str, type] = {
     "paste_deploy": PasteDeployOptions,
     "oslo_policy": OsloPolicyOptions,
     "oslo_limit": OsloLimitOptions,
+    "glance_download_properties": GlanceDownloadOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
+
+# The import methods there are (streamd.imports.flow runs them).
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
 
 # The import plugins there are (streamd.imports.plugins runs them): the one list of their names.
 IMPORT_PLUGINS = ("image_decompression", "image_conversion", "inject_image_metadata", "no_op")
@@ -1093,14 +1104,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         ignored.append(IgnoredOption("DEFAULT", "node_staging_uri", ignored_reason("DEFAULT", "node_staging_uri")))
     problems += _limits_problems(default, parsed["oslo_limit"])
     problems += unknown_import_plugins(parsed["image_import_opts"].image_import_plugins)
-    methods = default.enabled_import_methods
-    for method in methods:
-        if method == "glance-download":
-            ignored.append(IgnoredOption("DEFAULT", "enabled_import_methods (glance-download)", _NO_GLANCE_DOWNLOAD))
-        elif method not in ("glance-direct", "web-download", "copy-image"):
+    for method in default.enabled_import_methods:
+        if method not in IMPORT_METHODS:
             problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")
-    if "glance-download" in methods:
-        default = dataclasses.replace(default, enabled_import_methods=tuple(m for m in methods if m != "glance-download"))
 
     if problems:
         raise ConfigError(problems)
@@ -1114,7 +1120,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   oslo_policy=parsed["oslo_policy"],
                   policy_file_explicit="policy_file" in sections.get("oslo_policy", {}),
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
-                  oslo_limit=parsed["oslo_limit"])
+                  oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"])
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

@@ -166,6 +166,10 @@ class ImportSourceError(PeerFailure):
     """The source of an import failed: refused, broke off, stalled, or sent other than it declared."""
 
 
+class EndpointNotFound(PeerFailure):
+    """The service catalogue names no endpoint for what was asked (glance-download's region and interface)."""
+
+
 # -- the configuration ----------------------------------------------------------------
 
 class ConfigError(StreamdError):

@@ -94,20 +94,22 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if prefetcher is not None:
             stack.push_async_callback(prefetcher.stop)
 
-        quotas = await _open_quotas(config, catalog, stack)
-        staging = StagingArea(config.staging_dir)
-        await staging.start()
-        importer = Importer(catalog, stores, staging, config, quotas)
-        # Imports this node ran when it last stopped died with it: fail their tasks, release their
-        # locks, queue their images again, and clear the staging area of what no import will use.
-        await importer.recover()
-        stack.push_async_callback(importer.stop, 0)
-
         identity = None
         if config.auth_strategy == "keystone":
             identity = KeystoneValidator(config.keystone_authtoken)
             await identity.start()
             stack.push_async_callback(identity.stop)
+
+        quotas = await _open_quotas(config, catalog, stack)
+        staging = StagingArea(config.staging_dir)
+        await staging.start()
+        # glance-download finds the remote image service in the caller's Keystone catalogue.
+        importer = Importer(catalog, stores, staging, config, quotas,
+                            endpoint_lookup=identity.image_endpoint if identity is not None else None)
+        # Imports this node ran when it last stopped died with it: fail their tasks, release their
+        # locks, queue their images again, and clear the staging area of what no import will use.
+        await importer.recover()
+        stack.push_async_callback(importer.stop, 0)
 
         scrubber = Scrubber(catalog, stores, cache, scrub_time=config.default.scrub_time,
                             pool_size=config.default.scrub_pool_size)

@@ -217,7 +217,6 @@ EXPECTED_IGNORED = {
     ("os_glance_tasks_store", "filesystem_store_datadir"),
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),
-    ("glance_download_properties", "extra_properties"),
     ("oslo_concurrency", "lock_path"), ("os_brick", "lock_path"),
     ("oslo_messaging_notifications", "driver"), ("oslo_messaging_notifications", "topics"),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue"), ("oslo_messaging_rabbit", "amqp_durable_queues"),
@@ -372,13 +371,18 @@ def test_deprecated_names_are_read_as_oslo_config_reads_them(tmp_path: Path) -> 
                                                                 ("keystone_authtoken", "memcached_servers")}
 
 
-def test_glance_download_is_accepted_and_not_offered(tmp_path: Path) -> None:
+def test_glance_download_is_offered_with_its_properties(tmp_path: Path) -> None:
     path = tmp_path / "glance-api.conf"
-    path.write_text("[DEFAULT]\nenabled_import_methods = [glance-direct, 'glance-download', web-download]\n")
+    path.write_text("[DEFAULT]\nenabled_import_methods = [glance-direct, 'glance-download', web-download]\n"
+                    "[glance_download_properties]\nextra_properties = [hw_, 'os_distro']\n")
     config = load_config(path)
-    assert config.default.enabled_import_methods == ("glance-direct", "web-download")
-    assert config.ignored == (IgnoredOption("DEFAULT", "enabled_import_methods (glance-download)",
-                                            "streamd does not offer the glance-download import method"),)
+    assert config.default.enabled_import_methods == ("glance-direct", "glance-download", "web-download")
+    assert config.glance_download_properties.extra_properties == ("hw_", "os_distro")
+    assert config.ignored == ()
+    # Glance's default prefixes without the section.
+    path.write_text("[DEFAULT]\nenabled_import_methods = [glance-download]\n")
+    assert load_config(path).glance_download_properties.extra_properties == (
+        "hw_", "trait:", "os_distro", "os_secure_boot", "os_type")
 
 
 def test_every_glance_option_is_implemented_or_has_a_reason() -> None:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import AsyncIterator
 
 from aiohttp import web
 
 from ..catalog import ImageRecord
-from ..errors import InvalidRequest, NotPermitted
+from ..errors import InvalidRequest, NotPermitted, StreamdError
 from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible, image_policy
 from .inputs import require_content_type, size_header, text_header
 from .keys import SERVICES, context_of
+
+log = logging.getLogger(__name__)
 
 # Below this, the copy thread's hop costs more than it saves.
 THREAD_COPY_MIN = 1 << 20
@@ -166,8 +169,16 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
                 raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
             await response.write_eof()
             return response
-    async for data in source.chunks(first, length):
-        await response.write(data)
+    try:
+        async for data in source.chunks(first, length):
+            await response.write(data)
+    except StreamdError as exc:
+        # The status line went out with the headers: the only way left to tell the client is to
+        # cut the body short (it sees less than Content-Length), never to answer a second time.
+        log.error("GET %s failed after %s bytes were promised: %s", request.path, length, exc.message)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await response.write_eof()
     return response
 

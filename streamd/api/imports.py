@@ -18,6 +18,7 @@ from ..catalog.records import isotime
 from ..config import Config
 from ..errors import PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist
 from ..imports import ImportPlan
+from ..imports.glance_download import RemoteImage
 from ..imports.web import SUPPORTED_SCHEMES as WEB_DOWNLOAD_SCHEMES
 from .image_data import _body_chunks, _declared_size
 from ..policy import NOT_FOUND
@@ -65,15 +66,18 @@ async def import_image(request: web.Request) -> web.Response:
     if not isinstance(must_succeed, bool):
         raise InvalidRequest("all_stores_must_succeed must be a boolean")
     if image.status == "active" and method != "copy-image":
-        raise StateConflict(f"Image {image.id} is active: only copy-image applies to it")
+        raise StateConflict("Image with status active cannot be target for import")  # Glance's words
     if method == "copy-image" and image.status != "active":
         raise StateConflict(f"Image {image.id} is {image.status}: copy-image needs an active image")
     if method == "web-download" and image.status != "queued":
         raise StateConflict(f"Image {image.id} is {image.status}: web-download needs a queued image")
+    if method == "glance-download" and image.status != "queued":
+        raise StateConflict("Image needs to be in 'queued' state to use 'glance-download' method")
     if method == "glance-direct" and image.status != "uploading":
         raise StateConflict(f"Image {image.id} is {image.status}: glance-direct needs staged data (PUT /stage)")
     if not (image.disk_format and image.container_format):
         raise StateConflict("'disk_format' and 'container_format' must be set prior to import")
+    remote = RemoteImage.from_request(body["method"]) if method == "glance-download" else None
     # Glance's order: the image's state (409) first, then the rule: copy-image has its own, any
     # other method changes the image (modify_image); then the stores.
     image_policy(request, image).enforce("copy_image" if method == "copy-image" else "modify_image")
@@ -97,7 +101,8 @@ async def import_image(request: web.Request) -> web.Response:
             # Staged on another node sharing the catalogue: that node imports it (Glance proxies too).
             return await _proxy_to_stage_host(request, stage_host, body)
         raise StateConflict(f"Image {image.id} has no staged data on this node")
-    await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles)),
+    await importer.start(ImportPlan(image.id, method, tuple(stores), must_succeed, uri, tuple(ctx.roles),
+                                    remote=remote, auth_token=request.headers.get("X-Auth-Token")),
                          owner=ctx.project_id, user_id=ctx.user_id,
                          request_id=request_id_of(request))
     return web.Response(status=202)

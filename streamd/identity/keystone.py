@@ -34,7 +34,7 @@ import aiohttp
 
 from ..config import KeystoneAuthtokenOptions
 from ..context import RequestContext
-from ..errors import IdentityUnavailable, InvalidToken
+from ..errors import EndpointNotFound, IdentityUnavailable, InvalidToken
 from .cache import DEFAULT_MAX_ENTRIES, TokenCache, token_key
 from .tokens import ValidatedToken, parse_time, parse_token
 
@@ -171,6 +171,29 @@ class KeystoneValidator:
         if not allow_expired and validated.expired():
             raise InvalidToken("the token has expired")
         return validated
+
+    async def image_endpoint(self, token: str, region: str, interface: str) -> str:
+        """The URL of the ``image`` service in ``region`` for ``interface`` (public, internal,
+        admin), from the service catalogue of the caller's own ``token`` (``GET /v3/auth/catalog``),
+        as Glance's glance-download reads it from the request's catalogue; region names are
+        compared without case, as Glance does. ``EndpointNotFound`` when the catalogue has none."""
+        status, body = await self._request("GET", "/auth/catalog", params={}, headers={"X-Auth-Token": token})
+        if status in (401, 404):
+            raise InvalidToken("Keystone refused the token when asked for its service catalogue")
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("catalog"), list):
+            raise IdentityUnavailable(f"Keystone answered {status} to a service catalogue request")
+        wanted = interface.removesuffix("URL")
+        for service in body["catalog"]:
+            if not isinstance(service, dict) or service.get("type") != "image":
+                continue
+            for endpoint in service.get("endpoints") or ():
+                if not isinstance(endpoint, dict):
+                    continue
+                names = {str(endpoint.get("region_id") or ""), str(endpoint.get("region") or "")}
+                if region.lower() in {n.lower() for n in names if n} and endpoint.get("interface") == wanted \
+                        and isinstance(endpoint.get("url"), str):
+                    return endpoint["url"].rstrip("/")
+        raise EndpointNotFound(f"{interface} glance endpoint not found for region {region}")
 
     # -- Keystone -----------------------------------------------------------------------------
 

@@ -25,24 +25,32 @@ import contextlib
 import logging
 import os
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
-from ..errors import InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
+from ..errors import ImportSourceError, InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
 from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
                         refuse_oversized, write_to_stores)
 from ..quota import ProjectQuota, Quotas
 from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
+from .glance_download import (CATALOGUE_ENDPOINTS, EndpointLookup, RemoteImage, fetch_remote_record, file_url,
+                              properties_to_copy)
 from .staging import StagedMeta, StagingArea
+from .web import open_web_source
 
 log = logging.getLogger(__name__)
 
 # Where each method finds the image, and where it leaves it while it runs.
-FROM_STATUS = {"glance-direct": "uploading", "web-download": "queued", "copy-image": "active"}
+FROM_STATUS = {"glance-direct": "uploading", "web-download": "queued", "copy-image": "active",
+               "glance-download": "queued"}
+# What a failed import runs to put back what it changed before it failed.
+Undo = Callable[[], Awaitable[None]]
+# How long glance-download waits for the remote image service's record of the image.
+REMOTE_RECORD_TIMEOUT = 60.0
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -59,6 +67,9 @@ class ImportPlan:
     all_stores_must_succeed: bool
     uri: str | None
     roles: tuple[str, ...]
+    # glance-download: the remote image, and the caller's token that reads it (never recorded).
+    remote: RemoteImage | None = None
+    auth_token: str | None = field(default=None, repr=False, compare=False)
 
 
 class ImportFailed(StoreFailure):
@@ -67,8 +78,10 @@ class ImportFailed(StoreFailure):
 
 class Importer:
     def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config,
-                 quotas: Quotas | None = None) -> None:
+                 quotas: Quotas | None = None, endpoint_lookup: EndpointLookup | None = None) -> None:
         self.catalog = catalog
+        # glance-download finds the remote image service with it (Keystone's catalogue); None in noauth mode.
+        self.endpoint_lookup = endpoint_lookup
         self.quotas = quotas
         self.stores = stores
         self.staging = staging
@@ -125,7 +138,11 @@ class Importer:
                     request_id: str | None) -> TaskRecord:
         """Take the lock, record the task, and run the import in the background (the API answers 202)."""
         task_id = str(uuid.uuid4())
-        task_input = {"image_id": plan.image_id, "import_req": {"method": {"name": plan.method, "uri": plan.uri}},
+        method: dict[str, Any] = {"name": plan.method, "uri": plan.uri}
+        if plan.remote is not None:
+            method = {"name": plan.method, "glance_image_id": plan.remote.image_id,
+                      "glance_region": plan.remote.region, "glance_service_interface": plan.remote.interface}
+        task_input = {"image_id": plan.image_id, "import_req": {"method": method},
                       "stores": list(plan.stores), "all_stores_must_succeed": plan.all_stores_must_succeed,
                       "backend": list(plan.stores)}
         image, task = await self.catalog.begin_import(
@@ -172,8 +189,14 @@ class Importer:
         assert me is not None
         lost_lock = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(task_id, progress, me, lost_lock))
+        undo: list[Undo] = []
         try:
-            await self._import(plan, image, progress, quota)
+            try:
+                await self._import(plan, image, progress, quota, undo)
+            except BaseException:
+                for step in reversed(undo):
+                    await asyncio.shield(step())
+                raise
         except asyncio.CancelledError:
             reason = ("another import broke this import's lock" if lost_lock.is_set()
                       else "the daemon stopped during the import")
@@ -213,7 +236,7 @@ class Importer:
                 return
 
     async def _import(self, plan: ImportPlan, image: ImageRecord, progress: Progress,
-                      quota: ProjectQuota | None) -> None:
+                      quota: ProjectQuota | None, undo: list[Undo]) -> None:
         targets = [self.stores.get(name) for name in plan.stores]
         staged = self.staging.load(plan.image_id) if plan.method == "glance-direct" else None
         if quota is not None:
@@ -226,7 +249,11 @@ class Importer:
                 await quota.before_store(image, image.size, len(targets))
             await self._copy(plan, image, targets, progress)
             return
-        if plan.method == "web-download":
+        if plan.method == "glance-download":
+            image, meta = await self._glance_download(plan, image, progress, quota, undo)
+            if quota is not None:
+                await quota.before_store(image, meta.size, len(targets))
+        elif plan.method == "web-download":
             meta = await self._download(plan, image, progress, quota)
             if quota is not None:
                 await quota.before_store(image, meta.size, len(targets))
@@ -283,8 +310,6 @@ class Importer:
     async def _download(self, plan: ImportPlan, image: ImageRecord, progress: Progress,
                         quota: ProjectQuota | None) -> StagedMeta:
         """web-download: the source streamed into staging, hashed and inspected on the way."""
-        from .web import open_web_source
-
         assert plan.uri is not None
         opts = self.config.image_import_opts
         # Leftovers of an earlier failed attempt would otherwise block the rename into place.
@@ -298,6 +323,51 @@ class Importer:
                                              progress=progress, budget=budget)
         finally:
             await source.close()
+
+    async def _glance_download(self, plan: ImportPlan, image: ImageRecord, progress: Progress,
+                               quota: ProjectQuota | None, undo: list[Undo]) -> tuple[ImageRecord, StagedMeta]:
+        """glance-download: the remote record's formats and chosen properties onto the image, then
+        its data into staging. What puts the image's own formats and properties back goes on
+        ``undo``: the import runs it if anything fails, here or later."""
+        remote = plan.remote
+        assert remote is not None
+        if self.endpoint_lookup is None or not plan.auth_token:
+            raise ImportSourceError("glance-download needs Keystone (auth_strategy = keystone): the remote "
+                                    "image service is found in the caller's service catalogue")
+        endpoint = await self.endpoint_lookup(plan.auth_token, remote.region, remote.interface)
+        record = await fetch_remote_record(endpoint, remote.image_id, plan.auth_token,
+                                           timeout=REMOTE_RECORD_TIMEOUT)
+        copied = properties_to_copy(record, self.config.glance_download_properties.extra_properties)
+        before = {"disk_format": image.disk_format, "container_format": image.container_format}
+        old_properties = {k: image.properties[k] for k in copied if k in image.properties}
+        image = await self.catalog.update_image(
+            plan.image_id, changes={"disk_format": record.get("disk_format"),
+                                    "container_format": record.get("container_format")},
+            set_properties=copied)
+        undo.append(lambda: self._revert_remote_metadata(plan.image_id, before, old_properties,
+                                                          [k for k in copied if k not in old_properties]))
+        opts = self.config.image_import_opts
+        await asyncio.to_thread(self.staging.remove, plan.image_id)
+        budget = await quota.download_budget(image.id, len(plan.stores)) if quota is not None else None
+        source = await open_web_source(file_url(endpoint, remote.image_id), CATALOGUE_ENDPOINTS,
+                                       stall_timeout=opts.web_download_stall_timeout,
+                                       max_redirects=opts.web_download_max_redirects,
+                                       headers={"X-Auth-Token": plan.auth_token})
+        try:
+            meta = await self.staging.ingest(image, source.chunks(), declared_size=int(record["size"]),
+                                             limits=self.limits, progress=progress, budget=budget)
+        finally:
+            await source.close()
+        return image, meta
+
+    async def _revert_remote_metadata(self, image_id: str, before: Mapping[str, Any], old_properties: dict[str, str],
+                                      added: list[str]) -> None:
+        try:
+            await self.catalog.update_image(image_id, changes=dict(before), set_properties=old_properties,
+                                            remove_properties=added)
+        except StreamdError as exc:
+            log.error("glance-download of image %s failed and its formats and properties could not be put "
+                      "back: %s", image_id, exc)
 
     async def _store_staged(self, plan: ImportPlan, path: Path, meta: StagedMeta | None, attributes: dict[str, Any],
                             targets: list[Store], progress: Progress) -> None:

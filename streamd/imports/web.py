@@ -191,21 +191,22 @@ class WebSourceOpener:
 
 
 def open_web_source(uri: str, uri_filter: UriFilter, *, stall_timeout: float, max_redirects: int,
-                    connect_timeout: float = 30.0) -> WebSourceOpener:
+                    connect_timeout: float = 30.0, headers: dict[str, str] | None = None) -> WebSourceOpener:
     """Request ``uri``, following at most ``max_redirects`` redirects, each one filtered.
 
     Returns the open 2xx response as a ``WebDownload``, or for an ftp:// URI the started
     transfer as an ``FtpDownload`` (no redirects there). Raises ``InvalidRequest`` (or its
     ``DisallowedAddress``) when the URI or a redirect target is refused, and
     ``ImportSourceError`` when the source fails, answers other than 2xx, redirects too
-    often, or stalls for ``stall_timeout`` seconds.
+    often, or stalls for ``stall_timeout`` seconds. ``headers`` (HTTP only) go with the requests
+    to the first URI's origin, never to another one a redirect leads to (glance-download's token).
     """
     return WebSourceOpener(_open(uri, uri_filter, stall_timeout=stall_timeout, max_redirects=max_redirects,
-                                 connect_timeout=connect_timeout))
+                                 connect_timeout=connect_timeout, headers=headers or {}))
 
 
 async def _open(uri: str, uri_filter: UriFilter, *, stall_timeout: float, max_redirects: int,
-                connect_timeout: float) -> WebSource:
+                connect_timeout: float, headers: dict[str, str]) -> WebSource:
     url = _checked_url(uri, uri_filter)
     if url.scheme == "ftp":
         return await open_ftp_source(url, uri_filter, stall_timeout=stall_timeout, connect_timeout=connect_timeout)
@@ -226,10 +227,11 @@ async def _open(uri: str, uri_filter: UriFilter, *, stall_timeout: float, max_re
         read_bufsize=READ_BUFFER_BYTES,
     )
     opened = False
+    origin = url.origin()
     try:
         redirects = 0
         while True:
-            response = await _request(session, url, stall_timeout)
+            response = await _request(session, url, stall_timeout, headers if url.origin() == origin else {})
             if response.status in REDIRECT_STATUSES:
                 location = response.headers.get("Location")
                 response.close()
@@ -263,9 +265,10 @@ def _redirect_target(current: URL, location: str, uri_filter: UriFilter) -> URL:
         raise type(exc)(f"redirect from {current} to {target} refused: {exc.message}") from exc
 
 
-async def _request(session: aiohttp.ClientSession, url: URL, stall_timeout: float) -> aiohttp.ClientResponse:
+async def _request(session: aiohttp.ClientSession, url: URL, stall_timeout: float,
+                   headers: dict[str, str]) -> aiohttp.ClientResponse:
     try:
-        return await session.get(url, allow_redirects=False)
+        return await session.get(url, allow_redirects=False, headers=headers)
     except aiohttp.ConnectionTimeoutError as exc:
         raise ImportSourceError(f"could not connect to {url} in time") from exc
     except asyncio.TimeoutError as exc:
