@@ -360,3 +360,45 @@ async def test_a_live_claim_is_renewed_and_not_taken_over(tmp_path: Path, databa
         assert (await row(server, iid))["status"] == "deleted"
     finally:
         await stop(server, session)
+
+
+async def test_restore_on_one_node_races_a_scrub_on_another(tmp_path: Path, database_url: str) -> None:
+    """Node A restores images while node B scrubs the same ones, at once: each image ends either
+    active with its data intact (the restore won) or deleted with its data gone (the scrub won),
+    never active without data nor restored twice; and restored images are never scrubbed later."""
+    shared = tmp_path / "shared-store"
+    a, api_a, session_a = await start(tmp_path, database_url, "a", shared)
+    b, api_b, session_b = await start(tmp_path, database_url, "b", shared)
+    try:
+        images = [await active_image(api_a, data=DATA[:2000 + n]) for n in range(10)]
+        ids = [i["id"] for i in images]
+        for n, iid in enumerate(ids):
+            assert (await (api_a if n % 2 else api_b).call("DELETE", f"/v2/images/{iid}", as_=MEMBER_A)).status == 204
+
+        async def restore(iid: str) -> bool:
+            try:
+                await services_of(a).catalog.restore_image(iid)
+            except InvalidStatusTransition:
+                return False
+            return True
+
+        *restored, scrub = await asyncio.gather(*(restore(iid) for iid in ids), services_of(b).scrubber.run_once())
+        assert not scrub.failed
+        for image, won in zip(images, restored):
+            iid = image["id"]
+            state = await row(a, iid)
+            if won:
+                assert iid not in scrub.scrubbed
+                assert state["status"] == "active"
+                body = (await api_b.call("GET", f"/v2/images/{iid}/file", as_=MEMBER_A)).body
+                assert hashlib.md5(body).hexdigest() == image["checksum"]
+            else:
+                assert iid in scrub.scrubbed
+                assert state["status"] == "deleted" and not data_path(a, iid).exists()
+        # A later scrub on either node touches none of the restored images.
+        later = await asyncio.gather(services_of(a).scrubber.run_once(), services_of(b).scrubber.run_once())
+        assert later[0].scrubbed == later[1].scrubbed == []
+        assert all(data_path(a, iid).exists() for iid, won in zip(ids, restored) if won)
+    finally:
+        await stop(a, session_a)
+        await stop(b, session_b)
