@@ -1,7 +1,7 @@
 """Image locations as Glance 33 shows and changes them: ``show_image_direct_url``,
 ``show_multiple_locations``, PATCH ``/locations`` (add, replace, remove) and the 2.17 API
-(``POST``/``GET /v2/images/{id}/locations``), on file stores (this file) and on the real Ceph
-cluster (``test_locations_rbd.py``)."""
+(``POST``/``GET /v2/images/{id}/locations``), on file stores and on the real Ceph cluster
+(as Nova uses them: clone the image's protected snapshot, or write an RBD image and add it)."""
 
 from __future__ import annotations
 
@@ -347,3 +347,142 @@ def test_schema_documents_validation_data() -> None:
     item = image_schema(load_config(None))["properties"]["locations"]["items"]
     assert item["properties"]["validation_data"]["required"] == ["os_hash_algo", "os_hash_value"]
     assert hashlib.new("sha512").digest_size * 2 == 128  # the hex digest the schema's maxLength allows
+
+
+# -- RBD, as Nova uses it (the real Ceph cluster of scripts/test.sh) ------------------------------
+
+def ceph() -> tuple[str, str]:
+    """(ceph.conf, pool) of the test cluster."""
+    missing = [v for v in ("CEPH_CONF", "CEPH_POOL") if not os.environ.get(v)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not set: run with scripts/test.sh (or /tmp/dev/ceph.env), which starts Ceph")
+    return os.environ["CEPH_CONF"], os.environ["CEPH_POOL"]
+
+
+@contextlib.contextmanager
+def ioctx(pool: str) -> Any:
+    import rados
+
+    cluster = rados.Rados(conffile=ceph()[0], rados_id="admin")
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(pool) as ctx:
+            yield cluster, ctx
+    finally:
+        cluster.shutdown()
+
+
+def rbd_sections() -> dict[str, dict[str, str]]:
+    conf, pool = ceph()
+    return merged(SHOWN, {"DEFAULT": {"enabled_backends": "fs:file,ceph:rbd"},
+                          "glance_store": {"default_backend": "ceph"},
+                          "ceph": {"rbd_store_pool": pool, "rbd_store_ceph_conf": conf, "rbd_store_user": "admin"}})
+
+
+def parse_rbd(url: str) -> tuple[str, str, str, str]:
+    assert url.startswith("rbd://"), url
+    fsid, pool, image, snap = url[len("rbd://"):].split("/")
+    return fsid, pool, image, snap
+
+
+async def test_nova_clones_the_protected_snapshot_of_direct_url(tmp_path: Path) -> None:
+    import rbd
+
+    data = os.urandom(5 << 20) + bytes(3 << 20) + os.urandom(12345)
+    clone = f"test-clone-{os.getpid()}-{id(data):x}"
+    async with running(tmp_path, **rbd_sections()) as api:
+        image = await uploaded(api, data)
+        [location] = image["locations"]
+        # The store id, beside what the RBD store recorded of the write (bytes_written).
+        assert location["metadata"]["store"] == "ceph" and image["direct_url"] == location["url"]
+        fsid, pool, name, snap = parse_rbd(image["direct_url"])
+        assert (pool, name, snap) == (ceph()[1], image["id"], "snap")
+        with ioctx(pool) as (cluster, ctx):
+            assert fsid == cluster.get_fsid()
+            with rbd.Image(ctx, name, snapshot=snap, read_only=True) as parent:
+                assert parent.is_protected_snap(snap)
+            rbd.RBD().clone(ctx, name, snap, ctx, clone, features=rbd.RBD_FEATURE_LAYERING)
+            try:
+                with rbd.Image(ctx, clone, read_only=True) as child:
+                    assert child.size() == len(data)
+                    assert child.read(0, len(data)) == data
+                # The clone depends on the image's data: deleting the image is refused meanwhile.
+                reply = await api.call("DELETE", f"/v2/images/{image['id']}", as_=MEMBER_A)
+                assert reply.status == 409, reply.body
+            finally:
+                rbd.RBD().remove(ctx, clone)
+            assert (await api.call("DELETE", f"/v2/images/{image['id']}", as_=MEMBER_A)).status == 204
+            assert name not in rbd.RBD().list(ctx)
+
+
+def _write_rbd_image(ctx: Any, name: str, data: bytes) -> None:
+    """What Nova does for a snapshot in RBD: an image of its own, written, with a protected snapshot."""
+    import rbd
+
+    rbd.RBD().create(ctx, name, len(data), old_format=False, features=rbd.RBD_FEATURE_LAYERING)
+    with rbd.Image(ctx, name) as img:
+        img.write(data, 0)
+        img.create_snap("snap")
+        img.protect_snap("snap")
+
+
+async def test_a_service_adds_the_rbd_image_it_wrote(tmp_path: Path) -> None:
+    """POST /v2/images/{id}/locations (2.17) and PATCH add /locations with an rbd:// URL: the queued
+    image becomes active with the data's size, the hashes of validation_data, and the data reads
+    back; deleting the image deletes the RBD image (it is the image's data now)."""
+    import rbd
+
+    data = os.urandom(2 << 20)
+    sha512 = hashlib.sha512(data).hexdigest()
+    names = [f"test-nova-{os.getpid()}-{n}-{id(data):x}" for n in range(2)]
+    async with running(tmp_path, **rbd_sections()) as api:
+        with ioctx(ceph()[1]) as (cluster, ctx):
+            for name in names:
+                _write_rbd_image(ctx, name, data)
+            try:
+                urls = [f"rbd://{cluster.get_fsid()}/{ceph()[1]}/{name}/snap" for name in names]
+                # Into no store of this node (another cluster or pool), or without the snapshot: refused.
+                queued = await api.create()
+                for bad in (f"rbd://{'0' * 8}-0000-0000-0000-{'0' * 12}/{ceph()[1]}/{names[0]}/snap",
+                            f"rbd://{cluster.get_fsid()}/elsewhere/{names[0]}/snap",
+                            f"rbd://{cluster.get_fsid()}/{ceph()[1]}/{names[0]}/nosnap",
+                            f"rbd://{cluster.get_fsid()}/{ceph()[1]}/missing-{names[0]}/snap"):
+                    reply = await api.call("POST", f"/v2/images/{queued['id']}/locations", as_=SERVICE_A,
+                                           json_body={"url": bad})
+                    assert error_of(reply)["message"] == "Invalid location", bad
+                reply = await api.call("POST", f"/v2/images/{queued['id']}/locations", as_=SERVICE_A,
+                                       json_body={"url": urls[0], "validation_data": {"os_hash_algo": "sha512",
+                                                                                      "os_hash_value": sha512}})
+                assert reply.status == 202 and reply.body == b"", reply.body
+                shown = await show(api, queued["id"])
+                assert (shown["status"], shown["size"], shown["os_hash_algo"], shown["os_hash_value"]) == (
+                    "active", len(data), "sha512", sha512)
+                assert shown["locations"] == [{"url": urls[0], "metadata": {"store": "ceph"}}]
+                assert shown["direct_url"] == urls[0] and shown["stores"] == "ceph"
+                assert await download(api, queued["id"]) == data
+                reply = await api.call("GET", f"/v2/images/{queued['id']}/locations", as_=SERVICE_A)
+                assert reply.json == [{"url": urls[0], "metadata": {"store": "ceph"}}]
+
+                # The same by PATCH (set_image_location: a member of the project suffices).
+                other = await api.create()
+                reply = await api.patch(other["id"], [{"op": "add", "path": "/locations/-",
+                                                       "value": {"url": urls[1], "metadata": {"from": "nova"}}}])
+                assert reply.status == 200, reply.body
+                assert (reply.json["status"], reply.json["size"], reply.json["checksum"]) == ("active", len(data), None)
+                assert reply.json["locations"] == [{"url": urls[1], "metadata": {"from": "nova", "store": "ceph"}}]
+                assert await download(api, other["id"]) == data
+                # The same URL twice is a duplicate.
+                reply = await api.patch(other["id"], [{"op": "add", "path": "/locations/0",
+                                                       "value": {"url": urls[1], "metadata": {"from": "nova"}}}])
+                assert error_of(reply)["message"] == f"The location {urls[1]} already exists"
+
+                for image_id in (queued["id"], other["id"]):
+                    assert (await api.call("DELETE", f"/v2/images/{image_id}", as_=MEMBER_A)).status == 204
+                assert not set(names) & set(rbd.RBD().list(ctx))
+            finally:
+                for name in names:
+                    if name in rbd.RBD().list(ctx):
+                        with rbd.Image(ctx, name) as img:
+                            img.unprotect_snap("snap")
+                            img.remove_snap("snap")
+                        rbd.RBD().remove(ctx, name)
