@@ -8,14 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
+import re
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlparse
 
 import pytest
 
-from conftest import ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, READER_A, ApiClient, make_config, start_api
+from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, READER_A, ROOT, ApiClient, make_config, start_api,
+                      start_daemon, stop_daemon)
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PATCH_21 = "application/openstack-images-v2.1-json-patch"
@@ -218,8 +224,10 @@ async def test_patch_errors(tmp_path: Path) -> None:
         code, message = await error(image["id"], [{"op": "replace", "path": "/locations",
                                                    "value": [{"url": other_file.as_uri(), "metadata": {}}]}])
         assert code == 400 and message.startswith("Original locations is not empty: [{'url': "), message
-        assert await error(image["id"], [{"op": "remove", "path": "/locations/0"}], ADMIN) == (
-            403, "Cannot remove last location in the image.")
+        # Glance words it as webob's detail after the default explanation.
+        reply = await api.patch(image["id"], [{"op": "remove", "path": "/locations/0"}], as_=ADMIN)
+        assert reply.error["message"] == ("Access was denied to this resource.<br /><br />\n"
+                                          "Cannot remove last location in the image.\n\n")
         assert await error(queued["id"], [{"op": "remove", "path": "/locations/0"}], ADMIN) == (
             409, "It's not allowed to remove locations if image status is queued.")
         # The rules: set_image_location (admin or a member of the project), delete_image_location (admin).
@@ -486,3 +494,106 @@ async def test_a_service_adds_the_rbd_image_it_wrote(tmp_path: Path) -> None:
                             img.unprotect_snap("snap")
                             img.remove_snap("snap")
                         rbd.RBD().remove(ctx, name)
+
+
+# -- the real CLIs, against streamd and against Glance 33 ---------------------------------------
+
+CLI_IMAGE = "44444444-2222-3333-4444-555555555555"
+CLI_QUEUED = "55555555-2222-3333-4444-555555555555"
+_FILE_URL = re.compile(r"file://[^\s\"'|,]*/(" + CLI_IMAGE + ")")
+
+
+def _normalized(text: str) -> str:
+    """Where each server keeps its files differs: the directory is replaced by DIR."""
+    return _FILE_URL.sub(r"file://DIR/\1", text)
+
+
+def _rows(table: str, *names: str) -> dict[str, str]:
+    """The rows ``names`` of a glanceclient property table."""
+    rows: dict[str, str] = {}
+    current = None
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2:
+            continue
+        if cells[0]:
+            current = cells[0]
+            if current in names:
+                rows[current] = cells[1]
+        elif current in names:  # a long value wraps onto the next lines
+            rows[current] += cells[1]
+    # The wrapping drops the blanks it breaks at: compare without blanks.
+    return {k: re.sub(r"\s", "", _normalized(v)) for k, v in rows.items()}
+
+
+def _cli_scenario(url: str, workdir: Path, *, reference: bool) -> list[tuple[str, object]]:
+    from test_glance_parity import _glance, _openstack
+
+    small = workdir / "small.img"
+    small.write_bytes(b"locations of streamd and glance" * 11)
+
+    def g(*args: str, setup: bool = False) -> tuple[int, str]:
+        return _glance(url, workdir, *args, retry_resets=reference, setup=setup)
+
+    def g_out(*args: str) -> str:
+        for _ in range(5):
+            done = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(ROOT / ".venv/bin/glance"),
+                                   "--os-image-url", url, "--os-auth-token", "x", *args],
+                                  capture_output=True, text=True, timeout=60, cwd=workdir)
+            if done.returncode == 0 or not reference:
+                break
+            time.sleep(0.5)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    setup = [g("image-create", "--id", CLI_IMAGE, "--disk-format", "raw", "--container-format", "bare", setup=True),
+             g("image-upload", "--file", str(small), CLI_IMAGE, setup=True),
+             g("image-create", "--id", CLI_QUEUED, "--disk-format", "raw", "--container-format", "bare", setup=True)]
+    assert [rc for rc, _ in setup] == [0, 0, 0], setup
+    shown = _rows(g_out("image-show", CLI_IMAGE), "direct_url", "locations", "stores", "status", "size")
+    with urllib.request.urlopen(f"{url}/v2/images/{CLI_IMAGE}", timeout=30) as reply:
+        raw_url = json.loads(reply.read())["direct_url"]
+    steps: list[tuple[str, object]] = [("image-show", shown)]
+    steps.append(("location-add file:", g("location-add", "--url", "file:///etc/passwd", CLI_QUEUED)))
+    steps.append(("location-add its own file", g("location-add", "--url", raw_url, CLI_QUEUED)))
+    steps.append(("location-delete the last", g("location-delete", "--url", raw_url, CLI_IMAGE)))
+    steps.append(("add-location (2.17) to an active image", g("add-location", "--url", raw_url, CLI_IMAGE)))
+    steps.append(("add-location (2.17) without the service role", g("add-location", "--url", raw_url, CLI_QUEUED)))
+    rc, printed = g("location-update", "--url", raw_url, "--metadata", '{"date": "2015-10-15"}', CLI_IMAGE)
+    steps.append(("location-update", (rc, _normalized(printed))))
+    steps.append(("image-show after the update", _rows(g_out("image-show", CLI_IMAGE), "direct_url", "locations")))
+    rc, printed = _openstack(url, workdir, "image", "show", CLI_IMAGE, "-c", "properties", "-f", "json",
+                             retry_resets=reference)
+    assert rc == 0, printed
+    properties = json.loads(printed)["properties"]
+    steps.append(("openstack image show: properties", {k: _normalized(json.dumps(properties.get(k), sort_keys=True))
+                                                       for k in ("direct_url", "locations", "stores")}))
+    return steps
+
+
+def test_glance_and_openstack_cli_show_and_change_locations_as_with_glance(tmp_path: Path) -> None:
+    from test_glance_parity import Glance, _warm_up
+
+    class LocationsGlance(Glance):  # type: ignore[misc, valid-type]
+        def prepare(self) -> list[str]:
+            command = super().prepare()
+            conf = self.workdir / "etc/glance-api.conf"
+            conf.write_text(conf.read_text().replace(
+                "[DEFAULT]\n", "[DEFAULT]\nshow_multiple_locations = true\nshow_image_direct_url = true\n", 1))
+            return command
+
+    (tmp_path / "streamd").mkdir()
+    (tmp_path / "glance-work").mkdir()
+    daemon = start_daemon(tmp_path / "streamd", extra_config="show_multiple_locations = true\n"
+                                                              "show_image_direct_url = true\n")
+    try:
+        ours = _cli_scenario(daemon.url, tmp_path / "streamd", reference=False)
+        with LocationsGlance(tmp_path / "glance", ROOT / ".venv-glance") as glance:
+            _warm_up(glance.url)
+            theirs = _cli_scenario(glance.url, tmp_path / "glance-work", reference=True)
+    finally:
+        stop_daemon(daemon)
+    assert dict(ours) == dict(theirs)
+    shown = dict(ours)["image-show after the update"]
+    assert json.loads(shown["locations"]) == [  # type: ignore[index]
+        {"url": f"file://DIR/{CLI_IMAGE}", "metadata": {"date": "2015-10-15", "store": "fs"}}]

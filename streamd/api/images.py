@@ -334,7 +334,13 @@ async def update_image(request: web.Request) -> web.Response:
             elif op == "replace":
                 await edits.replace(value)
             else:
-                await edits.remove(change["path"][1])
+                try:
+                    await edits.remove(change["path"][1])
+                except NotPermitted as exc:
+                    if exc.message != image_locations.LAST_LOCATION:
+                        raise
+                    # Glance: HTTPForbidden(e.msg), the message as webob's detail.
+                    raise ProtocolError(403, "Access was denied to this resource.", detail=exc.message) from None
             continue
         if op == "replace" and name == "owner" and not ctx.is_admin:
             raise NotPermitted("Owner can't be updated by non admin.")

@@ -25,6 +25,9 @@ from ..stores.registry import StoreRegistry
 
 # Schemes Glance never accepts in a location a client sets (glance.common.store_utils).
 RESTRICTED_SCHEMES = frozenset({"file", "filesystem", "swift+config"})
+# Refusing to remove an image's only location (Glance raises it as its own Forbidden, which its
+# API wraps as a webob detail: the edge renders it so).
+LAST_LOCATION = "Cannot remove last location in the image."
 # The URL scheme of each store type's locations.
 SCHEME_OF_TYPE = {"file": "file", "rbd": "rbd"}
 
@@ -298,7 +301,7 @@ class LocationEdits:
         if self.status != "active":
             raise StateConflict(f"It's not allowed to remove locations if image status is {self.status}.")
         if len(self.locations) == 1:
-            raise NotPermitted("Cannot remove last location in the image.")
+            raise NotPermitted(LAST_LOCATION)
         pos = position(pointer, len(self.locations), allow_end=False)
         if pos is None:
             raise InvalidRequest("Invalid position for removing a location.")
