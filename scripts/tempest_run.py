@@ -31,6 +31,13 @@ PYTHON = ROOT / ".venv/bin/python"
 DEFAULT_REGEX = r"^(tempest\.api\.image\.v2|glance_tempest_plugin\.tests\.rbac)"
 SERVICE_PASSWORD = "streamd-glance-secret"
 REGION = "RegionOne"
+# Tests that add http:// locations: they need Glance's http store, which streamd does not have
+# (manage_locations "needs at least one http store", says Tempest's own help). The other
+# location tests run (show_multiple_locations is on); LocationImportTest and
+# MultistoreLocationImportTest skip themselves without http_store_enabled.
+NEEDS_HTTP_STORE = (r"ImageLocations(Admin)?Test\.test_(set_location|replace_location|set_location_with_hash"
+                    r"|set_location_with_hash_second_matching|set_location_with_hash_not_matching"
+                    r"|delete_locations)\[")
 
 
 def say(message: str) -> None:
@@ -105,6 +112,8 @@ enabled_backends = cheap:file, fast:file
 enabled_import_methods = [glance-direct,web-download,copy-image]
 image_cache_dir = {work}/streamd-data/cache
 auth_strategy = keystone
+show_multiple_locations = true
+show_image_direct_url = true
 
 [glance_store]
 default_backend = cheap
@@ -112,10 +121,12 @@ default_backend = cheap
 [cheap]
 filesystem_store_datadir = {work}/streamd-data/cheap
 store_description = Cheap store, the default
+weight = 10
 
 [fast]
 filesystem_store_datadir = {work}/streamd-data/fast
 store_description = Fast store
+weight = 20
 
 [os_glance_staging_store]
 filesystem_store_datadir = {work}/streamd-data/staging
@@ -183,6 +194,9 @@ build_timeout = 120
 
 [image-feature-enabled]
 import_image = True
+manage_locations = True
+store_weight_enabled = True
+do_secure_hash = False
 """
 
 
@@ -271,9 +285,10 @@ def main() -> int:
                         "--name", work.name, str(work / "workspace")], check=True,
                        stdout=subprocess.DEVNULL, cwd=str(work))
         (work / "workspace/etc/tempest.conf").write_text(tempest_conf(work, keystone_url, admin_password, http_port))
-        say(f"tempest run --concurrency 1 --regex '{args.regex}'")
+        say(f"tempest run --concurrency 1 --regex '{args.regex}' --exclude-regex '{NEEDS_HTTP_STORE}'")
         started = time.monotonic()
-        run = subprocess.run([str(tempest), "run", "--concurrency", "1", "--regex", args.regex],
+        run = subprocess.run([str(tempest), "run", "--concurrency", "1", "--regex", args.regex,
+                              "--exclude-regex", NEEDS_HTTP_STORE],
                              cwd=str(work / "workspace"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sys.stdout.write(run.stdout)
         totals = {k: int(v) for k, v in re.findall(r"^ - (Passed|Skipped|Failed|Unexpected Success): (\d+)",

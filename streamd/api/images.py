@@ -101,14 +101,16 @@ def view_for(request: web.Request, image: ImageRecord,
     """The image as this caller may see it: only the extra properties the property protections
     let it read (``readable``, from :func:`_readable`, to share the decisions over a list)."""
     config = request.app[SERVICES].config
+    # The stores in the locations' order: by weight, as Glance 33 sorts an image's locations.
+    stores = tuple(dict.fromkeys(loc.store for loc in image_locations.ordered(image.locations, config)))
     show_all, show_direct = config.default.show_multiple_locations, config.default.show_image_direct_url
     if not (show_all or show_direct):
-        return image_view(image, readable or _readable(request))
+        return image_view(image, readable or _readable(request), stores=stores)
     # Only callers get_image_location lets read an image's locations see them (an empty list
     # and no direct_url otherwise, as Glance's serializer answers a refused location read).
     visible = locations_view(image, config) if image_policy(request, image).allows("get_image_location") else []
     return image_view(image, readable or _readable(request), locations=visible if show_all else None,
-                      direct_url=visible[0]["url"] if show_direct and visible else None)
+                      direct_url=visible[0]["url"] if show_direct and visible else None, stores=stores)
 
 
 def _check_protection(request: web.Request, name: str, operation: str) -> None:
