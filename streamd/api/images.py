@@ -9,6 +9,7 @@ import re
 import urllib.parse
 from typing import Any, Callable
 
+import jsonschema
 from aiohttp import web
 
 from ..catalog.query import is_uuid_like, parse_list_params
@@ -491,8 +492,6 @@ _ADD_LOCATION_SCHEMA: dict[str, Any] = {
 
 
 def _check_add_location_body(body: Any) -> None:
-    import jsonschema
-
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(_ADD_LOCATION_SCHEMA).iter_errors({"add_location": body}))
     if error is not None:

@@ -1,7 +1,8 @@
 """The image rows themselves: create, read, change, move between statuses, delete.
 
-Also the one change to an image's locations that is not part of writing data
-(dropping the copy in one store); uploads and imports add locations.
+Also the changes to an image's locations that are not part of writing data (dropping the
+copy in one store; a client's location edits, saved with the rest of its patch); uploads
+and imports add locations.
 """
 
 from __future__ import annotations
