@@ -121,12 +121,14 @@ default_backend = cheap
 [cheap]
 filesystem_store_datadir = {work}/streamd-data/cheap
 store_description = Cheap store, the default
-weight = 10
+# Weights in the stores' alphabetical order: Tempest's wait_for_image_imported_to_stores compares
+# the image's "stores" (listed by weight, as Glance 33 lists them) with the sorted store ids.
+weight = 20
 
 [fast]
 filesystem_store_datadir = {work}/streamd-data/fast
 store_description = Fast store
-weight = 20
+weight = 10
 
 [os_glance_staging_store]
 filesystem_store_datadir = {work}/streamd-data/staging
