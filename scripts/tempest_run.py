@@ -33,6 +33,13 @@ PYTHON = ROOT / ".venv/bin/python"
 DEFAULT_REGEX = r"^(tempest\.api\.image\.v2|glance_tempest_plugin\.tests\.rbac)"
 SERVICE_PASSWORD = "streamd-glance-secret"
 REGION = "RegionOne"
+# Tests that add http:// locations: they need Glance's http store, which streamd does not have
+# (manage_locations "needs at least one http store", says Tempest's own help). The other
+# location tests run (show_multiple_locations is on); LocationImportTest and
+# MultistoreLocationImportTest skip themselves without http_store_enabled.
+NEEDS_HTTP_STORE = (r"ImageLocations(Admin)?Test\.test_(set_location|replace_location|set_location_with_hash"
+                    r"|set_location_with_hash_second_matching|set_location_with_hash_not_matching"
+                    r"|delete_locations)\[")
 
 
 def say(message: str) -> None:
@@ -112,6 +119,8 @@ enabled_backends = cheap:file, fast:file
 enabled_import_methods = [glance-direct,web-download,copy-image,glance-download]
 image_cache_dir = {work}/{node}-data/cache
 auth_strategy = keystone
+show_multiple_locations = true
+show_image_direct_url = true
 peer_url = http://127.0.0.1:{port}
 peer_token = tempest-peers
 
@@ -124,10 +133,14 @@ default_backend = cheap
 [cheap]
 filesystem_store_datadir = {work}/stores/cheap
 store_description = Cheap store, the default
+# Weights in the stores' alphabetical order: Tempest's wait_for_image_imported_to_stores compares
+# the image's "stores" (listed by weight, as Glance 33 lists them) with the sorted store ids.
+weight = 20
 
 [fast]
 filesystem_store_datadir = {work}/stores/fast
 store_description = Fast store
+weight = 10
 
 [os_glance_staging_store]
 filesystem_store_datadir = {work}/{node}-data/staging
@@ -197,6 +210,9 @@ build_timeout = 120
 
 [image-feature-enabled]
 import_image = True
+manage_locations = True
+store_weight_enabled = True
+do_secure_hash = False
 """
 
 
@@ -288,9 +304,10 @@ def main() -> int:
                         "--name", work.name, str(work / "workspace")], check=True,
                        stdout=subprocess.DEVNULL, cwd=str(work))
         (work / "workspace/etc/tempest.conf").write_text(tempest_conf(work, keystone_url, admin_password, http_port))
-        say(f"tempest run --concurrency 1 --regex '{args.regex}'")
+        say(f"tempest run --concurrency 1 --regex '{args.regex}' --exclude-regex '{NEEDS_HTTP_STORE}'")
         started = time.monotonic()
-        run = subprocess.run([str(tempest), "run", "--concurrency", "1", "--regex", args.regex],
+        run = subprocess.run([str(tempest), "run", "--concurrency", "1", "--regex", args.regex,
+                              "--exclude-regex", NEEDS_HTTP_STORE],
                              cwd=str(work / "workspace"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sys.stdout.write(run.stdout)
         totals = {k: int(v) for k, v in re.findall(r"^ - (Passed|Skipped|Failed|Unexpected Success): (\d+)",

@@ -407,6 +407,22 @@ class DefaultOptions:
         0, _int_range(0),
         "Seconds an image stays in pending_delete before the scrubber deletes its data.")
     scrub_pool_size: int = opt(1, _int_range(1), "Images the scrubber deletes at once (1: one after the other).")
+    show_image_direct_url: bool = opt(
+        False, _bool,
+        "Show direct_url on images: the URL of the image's best location (the first after "
+        "location_strategy and the stores' weight), for clients that read the store themselves (Nova, "
+        "Cinder cloning from RBD). Only to callers the get_image_location rule lets read locations. "
+        "Location URLs name the backend's layout; leave this off unless such clients need it.")
+    show_multiple_locations: bool = opt(
+        False, _bool,
+        "Show the locations list (url, metadata with the store's id) on images, and let callers with "
+        "set_image_location / delete_image_location change it by PATCH /locations (add, replace, remove). "
+        "Glance's deprecated option, with its risks: off by default.")
+    location_strategy: str = opt(
+        "location_order", _choice("location_order", "store_type"),
+        "How an image's locations are ordered for direct_url and the locations list (earlier Glance's "
+        "option): location_order keeps the order they were added in (then the stores' weight, highest "
+        "first, as Glance 33); store_type orders them by [store_type_location_strategy] store_type_preference.")
     wakeup_time: int = opt(
         300, _int_range(0),
         "Seconds between runs of the in-daemon scrubber (with delayed_delete; 0: never, leave it to "
@@ -508,6 +524,14 @@ class DatabaseOptions:
 
 
 @dataclass(frozen=True)
+class StoreTypeLocationStrategyOptions:
+    store_type_preference: tuple[str, ...] = opt(
+        (), _list,
+        "Store types (file, rbd) in the order their locations are preferred when location_strategy is "
+        "store_type; locations in stores of other types come after them, in their own order.")
+
+
+@dataclass(frozen=True)
 class GlanceStoreOptions:
     default_backend: str | None = opt(
         None, _opt_str, "Store that uploads go to when the request names none (default: the first enabled store).")
@@ -538,6 +562,10 @@ class FileStoreOptions:
         "Granularity of zero detection with thin provisioning: a power of two from 4096 to 65536 bytes.")
     filesystem_store_chunk_size: int = opt(
         65536, _int_range(4096, 64 << 20), "Bytes read or written at a time (Glance's option; streamd moves larger chunks where it helps).")
+    weight: int = opt(
+        0, _int_range(),
+        "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
+        "first in direct_url and the locations list.")
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
 
 
@@ -559,6 +587,10 @@ class RbdStoreOptions:
     rados_op_timeout: float = opt(
         30.0, _float_range(0.0),
         "Seconds a single Ceph operation may take before the request fails with 503 (0: wait forever).")
+    weight: int = opt(
+        0, _int_range(),
+        "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
+        "first in direct_url and the locations list.")
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
 
 
@@ -714,7 +746,6 @@ def _because(reason: str, *names: str) -> dict[str, str]:
 
 _LOGGING = "streamd logs to stderr at the level of `streamd serve --log-level`; oslo.log is not used"
 _MESSAGING = "streamd sends no notifications and makes no RPC calls (no oslo.messaging)"
-_READ_ORDER = "image data is read from the cache, then from the locations in the order they were added, then peers"
 _TOKENS_IN_PROCESS = ("streamd caches validated tokens in-process (bounded, for token_cache_time); "
                       "memcached is not used")
 IGNORED_REASONS: dict[str, dict[str, str]] = {
@@ -730,8 +761,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         **_because(_MESSAGING, "control_exchange", "default_publisher_id", "disabled_notifications",
                    "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout", "transport_url"),
         **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
-        **_because("streamd never shows locations or direct_url (Glance's default)", "show_image_direct_url",
-                   "show_multiple_locations"),
         **_because("streamd does not debug remotely", "pydev_worker_debug_host", "pydev_worker_debug_port"),
         **_because("one event loop per process", "workers", "backlog", "tcp_keepidle", "http_keepalive",
                    "max_header_line"),
@@ -740,11 +769,11 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "allow_anonymous_access": "with auth_strategy keystone every API request needs a token; with noauth "
                                   "identity comes from the X-* headers or [noauth]",
         "digest_algorithm": "streamd does not verify image signatures",
-        "do_secure_hash": "streamd always computes os_hash_value while it stores data",
+        "do_secure_hash": "streamd computes os_hash_value while it stores data; a location added by "
+                          "POST /v2/images/{id}/locations takes its validation_data as given (do_secure_hash = false)",
         "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "
                                "selects the legacy ones",
         "http_retries": "a glance-download that fails is a failed task: import again to retry",
-        "location_strategy": _READ_ORDER,
         "lock_path": "streamd takes no external locks",
         "max_request_id_length": "streamd makes its own request ids",
         "metadata_encryption_key": "location URLs are kept in the catalogue unencrypted",
@@ -766,9 +795,7 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "filesystem_store_file_perm": "image files are created mode 0640",
         "filesystem_store_metadata_file": "locations carry no metadata file",
         "*": "streamd's file store has no tunable thread pool or timeout",
-        "weight": _READ_ORDER,
     },
-    "rbd": {"weight": _READ_ORDER},
     "os_glance_staging_store": {"*": "Glance does not use it either"},
     "os_glance_tasks_store": {"*": "streamd keeps no task work files"},
     "keystone_authtoken": {
@@ -799,7 +826,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     "oslo_messaging_notifications": {"*": _MESSAGING},
     "oslo_messaging_rabbit": {"*": _MESSAGING},
     "oslo_messaging_kafka": {"*": _MESSAGING},
-    "store_type_location_strategy": {"*": _READ_ORDER},
 }
 # Options of earlier Glance releases that files written for them still carry: accepted like
 # Glance 33's own (the reasons above name them).
@@ -884,6 +910,7 @@ class Config:
     ignored: tuple[IgnoredOption, ...] = ()
     oslo_limit: OsloLimitOptions = field(default_factory=OsloLimitOptions)
     glance_download_properties: GlanceDownloadOptions = GlanceDownloadOptions()
+    store_type_location_strategy: StoreTypeLocationStrategyOptions = StoreTypeLocationStrategyOptions()
 
     @property
     def warning(self) -> str | None:
@@ -959,6 +986,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "oslo_policy": OsloPolicyOptions,
     "oslo_limit": OsloLimitOptions,
     "glance_download_properties": GlanceDownloadOptions,
+    "store_type_location_strategy": StoreTypeLocationStrategyOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -1120,7 +1148,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   oslo_policy=parsed["oslo_policy"],
                   policy_file_explicit="policy_file" in sections.get("oslo_policy", {}),
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
-                  oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"])
+                  oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"],
+                  store_type_location_strategy=parsed["store_type_location_strategy"])
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

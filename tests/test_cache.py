@@ -622,19 +622,19 @@ async def test_versions_list_2_18_when_the_cache_is_on(api: Api) -> None:
     reply = await api.call("GET", "/versions")
     current = [v["id"] for v in reply.json["versions"] if v["status"] == "CURRENT"]
     assert current == ["v2.18"]
-    # 2.17 (the locations API) is not served yet, so it is not listed (Glance lists it).
-    assert {"v2.14", "v2.15", "v2.16"} <= {v["id"] for v in reply.json["versions"]} - {"v2.17"}
-    assert "v2.17" not in {v["id"] for v in reply.json["versions"]}
+    # Glance 33's list with the cache: 2.18 current, then 2.17 (the locations API) down to 2.14.
+    assert [v["id"] for v in reply.json["versions"]][:5] == ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14"]
 
 
-async def test_cache_off_means_no_cache_routes_and_2_15(tmp_path: Path) -> None:
+async def test_cache_off_means_no_cache_routes_and_2_17_current(tmp_path: Path) -> None:
     api = Api(*await start_api(make_config(tmp_path, None, DEFAULT={"image_cache_dir": "none"})))
     try:
         assert api.server.app[SERVICES].cache is None
         reply = await api.call("GET", "/versions")
         listed = {v["id"]: v["status"] for v in reply.json["versions"]}
-        assert [v for v, s in listed.items() if s == "CURRENT"] == ["v2.15"]
-        assert "v2.18" not in listed and "v2.14" not in listed and "v2.17" not in listed
+        # Glance 33 without the cache: 2.17 (the locations API) is current, 2.15 supported.
+        assert [v for v, s in listed.items() if s == "CURRENT"] == ["v2.17"] and listed["v2.15"] == "SUPPORTED"
+        assert "v2.18" not in listed and "v2.14" not in listed
         data = payload(MiB, 70)
         image_id = await api.image(data)
         for _ in range(2):

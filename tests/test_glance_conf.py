@@ -207,13 +207,13 @@ extra_properties = [hw_, trait:, os_distro]
 # Everything the files set that streamd does not use: (section, option).
 EXPECTED_IGNORED = {
     ("DEFAULT", o) for o in (
-        "debug", "log_dir", "workers", "show_image_direct_url", "show_multiple_locations", "image_cache_driver",
-        "image_cache_sqlite_db", "location_strategy", "transport_url", "worker_self_reference_url", "log_file")
+        "debug", "log_dir", "workers", "image_cache_driver",
+        "image_cache_sqlite_db", "transport_url", "worker_self_reference_url", "log_file")
 } | {
     ("database", o) for o in ("max_retries", "connection_recycle_time", "max_pool_size", "max_overflow")
 } | {
     ("glance_store", "stores"), ("glance_store", "filesystem_store_datadir"),
-    ("local", "filesystem_store_file_perm"), ("local", "weight"), ("ceph-fast", "weight"),
+    ("local", "filesystem_store_file_perm"),
     ("os_glance_tasks_store", "filesystem_store_datadir"),
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),

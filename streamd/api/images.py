@@ -1,4 +1,5 @@
-"""``/v2/images``: create, list, show, update (JSON patch), delete, deactivate, reactivate."""
+"""``/v2/images``: create, list, show, update (JSON patch), delete, deactivate, reactivate, and the
+locations API (2.17: ``/v2/images/{id}/locations``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import re
 import urllib.parse
 from typing import Any, Callable
 
+import jsonschema
 from aiohttp import web
 
 from ..catalog.query import is_uuid_like, parse_list_params
-from ..catalog.records import ImageRecord
+from ..catalog.records import ImageRecord, Location
 from ..catalog.values import INTEGER_MAX, short_number
 from ..errors import InvalidRequest, StateConflict as Conflict, NotPermitted, DoesNotExist, QuotaExceeded
+from ..pipeline import locations as image_locations
+from ..pipeline.locations import locations_view
 from ..policy import ImagePolicy, enforce_add_image, list_target
 from .errors import ProtocolError
 from .inputs import json_body
@@ -97,7 +101,17 @@ def view_for(request: web.Request, image: ImageRecord,
              readable: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """The image as this caller may see it: only the extra properties the property protections
     let it read (``readable``, from :func:`_readable`, to share the decisions over a list)."""
-    return image_view(image, readable or _readable(request))
+    config = request.app[SERVICES].config
+    # The stores in the locations' order: by weight, as Glance 33 sorts an image's locations.
+    stores = tuple(dict.fromkeys(loc.store for loc in image_locations.ordered(image.locations, config)))
+    show_all, show_direct = config.default.show_multiple_locations, config.default.show_image_direct_url
+    if not (show_all or show_direct):
+        return image_view(image, readable or _readable(request), stores=stores)
+    # Only callers get_image_location lets read an image's locations see them (an empty list
+    # and no direct_url otherwise, as Glance's serializer answers a refused location read).
+    visible = locations_view(image, config) if image_policy(request, image).allows("get_image_location") else []
+    return image_view(image, readable or _readable(request), locations=visible if show_all else None,
+                      direct_url=visible[0]["url"] if show_direct and visible else None, stores=stores)
 
 
 def _check_protection(request: web.Request, name: str, operation: str) -> None:
@@ -309,6 +323,7 @@ async def update_image(request: web.Request) -> web.Response:
     new_base: dict[str, Any] = {}
     props = {k: v for k, v in image.properties.items() if k not in hidden}
     tags: list[str] | None = None
+    edits = image_locations.LocationEdits(image, config, request.app[SERVICES].stores)
     for change in changes:
         name, op = change["name"], change["op"]
         value = change.get("value")
@@ -316,8 +331,20 @@ async def update_image(request: web.Request) -> web.Response:
             if op == "replace" and not value:
                 raise NotPermitted("Cannot set locations to empty list.")
             rules.enforce("delete_image_location" if op == "remove" else "set_image_location")
-            # Glance refuses location changes while show_multiple_locations is off (its default).
-            raise NotPermitted(f"It's not allowed to {op} locations if locations are invisible.")
+            # Refused while show_multiple_locations is off (Glance's default), with Glance's checks otherwise.
+            if op == "add":
+                await edits.add(change["path"][1], value)
+            elif op == "replace":
+                await edits.replace(value)
+            else:
+                try:
+                    await edits.remove(change["path"][1])
+                except NotPermitted as exc:
+                    if exc.message != image_locations.LAST_LOCATION:
+                        raise
+                    # Glance: HTTPForbidden(e.msg), the message as webob's detail.
+                    raise ProtocolError(403, "Access was denied to this resource.", detail=exc.message) from None
+            continue
         if op == "replace" and name == "owner" and not ctx.is_admin:
             raise NotPermitted("Owner can't be updated by non admin.")
         # Per change, as Glance: publicize_image/communitize_image for a new visibility (on every
@@ -362,9 +389,14 @@ async def update_image(request: web.Request) -> web.Response:
     _check_property_quota(config.default.image_property_quota, image.properties, {**hidden, **props})
     removed = set(image.properties) - set(props) - set(hidden)
     updated = {k: v for k, v in props.items() if image.properties.get(k) != v or k in hidden}
+    if edits.changed:
+        await edits.check_removable()  # 409 while RBD clones use the data of a removed location
     image = await request.app[SERVICES].catalog.update_image(
-        image.id, changes=new_base, set_properties=updated, remove_properties=removed, tags=tags,
-        tag_quota=config.default.image_tag_quota)
+        image.id, changes={**new_base, **edits.values}, set_properties=updated, remove_properties=removed, tags=tags,
+        tag_quota=config.default.image_tag_quota,
+        locations=edits.locations if edits.changed else None, expected_locations=edits.before)
+    if edits.changed:
+        await edits.delete_removed()
     return web.json_response(view_for(request, image))
 
 
@@ -435,6 +467,78 @@ async def reactivate_image(request: web.Request) -> web.Response:
     return await _toggle_active(request, "reactivate", "deactivated", "active")
 
 
+# -- the locations API (2.17) ---------------------------------------------------------------
+
+# Glance's add-location body schema (glance/api/v2/images.py get_location_schema), checked as
+# {"add_location": body} with the newest draft, as jsonschema.validate does (dependentRequired).
+_ADD_LOCATION_SCHEMA: dict[str, Any] = {
+    "name": "location",
+    "properties": {"add_location": {
+        "type": "object",
+        "properties": {
+            "url": {"type": "string", "readOnly": True},
+            "validation_data": {
+                "type": "object", "writeOnly": True, "additionalProperties": False,
+                "properties": {"os_hash_algo": {"type": "string", "maxLength": 64,
+                                                "enum": ["sha1", "sha256", "sha512", "md5"]},
+                               "os_hash_value": {"type": "string", "maxLength": 128}},
+                "dependentRequired": {"os_hash_value": ["os_hash_algo"], "os_hash_algo": ["os_hash_value"]},
+            },
+        },
+        "required": ["url"],
+    }},
+    "additionalProperties": {"type": "string"},
+}
+
+
+def _check_add_location_body(body: Any) -> None:
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(_ADD_LOCATION_SCHEMA).iter_errors({"add_location": body}))
+    if error is not None:
+        raise InvalidRequest(f"Provided object does not match schema 'location': {error}")
+
+
+async def add_location(request: web.Request) -> web.Response:
+    """``POST /v2/images/{id}/locations``: a queued image gets its data's location (a service's
+    call: Nova or Cinder that wrote the data into a store themselves) and becomes active.
+
+    Glance runs this as a ``location_import`` task; here the location is checked and recorded
+    before the 202, so a URL that names no data in this node's stores is a 400. The hashes are
+    ``validation_data``'s, as Glance's with ``do_secure_hash = false`` (none without it)."""
+    services = request.app[SERVICES]
+    config = services.config
+    body = await json_body(request)
+    _check_add_location_body(body)
+    image = await _get_visible(request, request.match_info["image_id"])
+    if image.status != "queued":
+        raise Conflict(f"It's not allowed to add locations if image status is {image.status}.")
+    image_policy(request, image).enforce("add_image_location")
+    ctx = context_of(request)
+    if "service" not in ctx.roles | ctx.service_roles:
+        # Glance lets other callers add http locations only, and streamd has no http store.
+        raise NotPermitted("http store must be enabled to use location API by normal user.")
+    validation = body.get("validation_data") or {}
+    image_locations.check_hashing_data(validation, config.default.hashing_algorithm)
+    resolved = await image_locations.resolve(services.stores, config, body["url"])
+    if not (image.disk_format and image.container_format):
+        raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
+    values: dict[str, Any] = {"status": "active", "size": resolved.size}
+    if validation:
+        values.update(os_hash_algo=validation["os_hash_algo"], os_hash_value=validation["os_hash_value"])
+    location = Location(resolved.store, resolved.url, {})
+    await services.catalog.update_image(image.id, changes=values, expected_status="queued",
+                                        locations=[location], expected_locations=[])
+    return web.Response(status=202)
+
+
+async def get_locations(request: web.Request) -> web.Response:
+    """``GET /v2/images/{id}/locations``: every location of the image (fetch_image_location, a
+    service's rule), whatever show_multiple_locations says."""
+    image = await _get_visible(request, request.match_info["image_id"])
+    image_policy(request, image).enforce("fetch_image_location")
+    return web.json_response(locations_view(image, request.app[SERVICES].config))
+
+
 def add_routes(app: web.Application, prefix: str) -> None:
     r = app.router
     r.add_get(prefix + "/images", list_images)
@@ -444,3 +548,5 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_delete(prefix + "/images/{image_id}", delete_image)
     r.add_post(prefix + "/images/{image_id}/actions/deactivate", deactivate_image)
     r.add_post(prefix + "/images/{image_id}/actions/reactivate", reactivate_image)
+    r.add_post(prefix + "/images/{image_id}/locations", add_location)
+    r.add_get(prefix + "/images/{image_id}/locations", get_locations)

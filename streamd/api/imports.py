@@ -286,7 +286,7 @@ async def info_stores_detail(request: web.Request) -> web.Response:
     for info in stores:
         store = registry.get(info["id"])
         info["type"] = store.type
-        info["weight"] = 0
+        info["weight"] = getattr(config.store(info["id"]).options, "weight", 0)
         info["properties"] = store.properties()
     return web.json_response({"stores": stores})
 

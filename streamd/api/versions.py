@@ -15,21 +15,23 @@ from .keys import SERVICES
 
 
 def listed_versions(config: Config) -> list[tuple[str, str]]:
-    """(version, status) in Glance's order for the same configuration, less what is not served.
+    """(version, status) in Glance 33's order for the same configuration.
 
     streamd always runs with ``enabled_backends``; the cache API (2.14, 2.16, 2.18) is listed once
-    the image cache is configured. Glance 33 also lists 2.17, the locations API
-    (``/v2/images/{id}/locations``), which streamd does not serve yet: it is left out, so the list
-    has a gap there as Glance's own list has gaps (2.14 and 2.16 without the cache), and clients
-    that probe for 2.17 see it is absent. Without the cache, where Glance's CURRENT is 2.17,
-    streamd's is 2.15.
+    the image cache is configured. 2.17 is the locations API (``/v2/images/{id}/locations``).
+    Without the cache Glance lists 2.17, its CURRENT, after 2.8, and so does streamd.
     """
     versions: list[tuple[str, str]] = []
-    if config.cache_dir is not None:
-        versions += [("2.18", "CURRENT"), ("2.16", "SUPPORTED"), ("2.15", "SUPPORTED"), ("2.14", "SUPPORTED")]
+    cache = config.cache_dir is not None
+    if cache:
+        versions += [("2.18", "CURRENT"), ("2.17", "SUPPORTED"), ("2.16", "SUPPORTED"), ("2.15", "SUPPORTED"),
+                     ("2.14", "SUPPORTED")]
     else:
-        versions += [("2.15", "CURRENT")]
-    versions += [(f"2.{n}", "SUPPORTED") for n in (13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)]
+        versions += [("2.15", "SUPPORTED")]
+    versions += [(f"2.{n}", "SUPPORTED") for n in (13, 12, 11, 10, 9, 8)]
+    if not cache:
+        versions += [("2.17", "CURRENT")]
+    versions += [(f"2.{n}", "SUPPORTED") for n in (7, 6, 5, 4, 3, 2, 1, 0)]
     return versions
 
 

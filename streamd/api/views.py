@@ -10,8 +10,12 @@ from ..catalog.records import ImageRecord, MemberRecord, isotime
 HIDDEN_PROPERTIES = frozenset({"os_glance_stage_host", "os_glance_hash_op_host"})
 
 
-def image_view(image: ImageRecord, readable: Callable[[str], bool] | None = None) -> dict[str, Any]:
-    """``readable``: which extra properties the caller may see (property protections); all when None."""
+def image_view(image: ImageRecord, readable: Callable[[str], bool] | None = None, *,
+               locations: list[dict[str, Any]] | None = None, direct_url: str | None = None,
+               stores: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``readable``: which extra properties the caller may see (property protections); all when None.
+    ``locations`` (show_multiple_locations) and ``direct_url`` (show_image_direct_url) are shown
+    when given; ``stores`` in the order they are to be listed (default: the locations' order)."""
     view: dict[str, Any] = {k: v for k, v in image.properties.items()
                             if k not in HIDDEN_PROPERTIES and (readable is None or readable(k))}
     view.update({
@@ -33,12 +37,19 @@ def image_view(image: ImageRecord, readable: Callable[[str], bool] | None = None
         "id": image.id,
         "created_at": isotime(image.created_at),
         "updated_at": isotime(image.updated_at),
+    })
+    if locations is not None:
+        view["locations"] = locations
+    if direct_url is not None:
+        view["direct_url"] = direct_url
+    view.update({
         "tags": list(image.tags),
         "self": f"/v2/images/{image.id}",
         "file": f"/v2/images/{image.id}/file",
         "schema": "/v2/schemas/image",
     })
-    stores = image.stores
+    if stores is None:
+        stores = image.stores
     if stores:
         view["stores"] = ",".join(stores)
     return view

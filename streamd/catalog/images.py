@@ -1,14 +1,16 @@
 """The image rows themselves: create, read, change, move between statuses, delete.
 
-Also the one change to an image's locations that is not part of writing data
-(dropping the copy in one store); uploads and imports add locations.
+Also the changes to an image's locations that are not part of writing data (dropping the
+copy in one store; a client's location edits, saved with the rest of its patch); uploads
+and imports add locations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..context import RequestContext
 from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTransition, NotPermitted, QuotaExceeded
 from . import models as m
-from .base import CatalogBase, write_properties
+from .base import CatalogBase, insert_location, write_properties
 from .members import membership
 from .records import ImageRecord, Location, utcnow
 from .status import NEEDS_FORMATS, check_transition
@@ -83,8 +85,14 @@ class ImagesMixin(CatalogBase):
                            set_properties: Mapping[str, str] | None = None,
                            remove_properties: Iterable[str] = (),
                            tags: Iterable[str] | None = None, tag_quota: int = -1,
-                           expected_status: str | None = None) -> ImageRecord:
-        """Apply a whole set of changes in one transaction (Glance's single ``save``)."""
+                           expected_status: str | None = None,
+                           locations: Sequence[Location] | None = None,
+                           expected_locations: Sequence[Location] | None = None) -> ImageRecord:
+        """Apply a whole set of changes in one transaction (Glance's single ``save``).
+
+        ``locations`` replaces the image's active locations, in that order, provided they are
+        still ``expected_locations`` (as a set: InvalidStatusTransition if another request
+        changed them meanwhile)."""
         changes = dict(changes or {})
         check_row(m.images, changes)
         check_properties(set_properties or {})
@@ -110,6 +118,14 @@ class ImagesMixin(CatalogBase):
             if result.rowcount != 1:
                 raise InvalidStatusTransition(f"Image {image_id} changed while it was being updated")
             await write_properties(conn, image_id, image.properties, new_props)
+            if locations is not None:
+                current = [loc for loc in image.locations if loc.status == "active"]
+                if expected_locations is not None and _location_keys(current) != _location_keys(expected_locations):
+                    raise InvalidStatusTransition(f"The locations of image {image_id} changed while it was being updated")
+                await conn.execute(m.image_locations.delete().where(
+                    m.image_locations.c.image_id == image_id, m.image_locations.c.status == "active"))
+                for loc in locations:
+                    await insert_location(conn, image_id, loc.store, loc.url, loc.metadata, now)
             if tags is not None:
                 wanted = list(dict.fromkeys(tags))
                 if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
@@ -187,3 +203,7 @@ class ImagesMixin(CatalogBase):
                 values.update(size=None, virtual_size=None, checksum=None, os_hash_algo=None, os_hash_value=None)
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(**values))
             return found[0]
+
+
+def _location_keys(locations: Iterable[Location]) -> list[tuple[str, str, str]]:
+    return sorted((loc.store, loc.url, json.dumps(loc.metadata, sort_keys=True)) for loc in locations)
