@@ -1,7 +1,8 @@
 """Command line: ``streamd serve``, ``streamd scrub``, ``streamd check-config``, ``streamd config-example``,
 ``streamd policy-sample``, ``streamd --version``, and the metadata definitions verbs
 ``streamd metadefs-load|metadefs-unload|metadefs-export`` (glance-manage's ``db_load_metadefs``,
-``db_unload_metadefs``, ``db_export_metadefs``)."""
+``db_unload_metadefs``, ``db_export_metadefs``; ``streamd-manage``, in ``manage.py``, has glance-manage's
+own spellings of them)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,17 @@ def _scrub(config: Config, restore: str | None) -> int:
 
 
 async def _metadefs(args: argparse.Namespace, config: Config) -> str:
-    """One metadefs verb on the catalogue the configuration names (the daemon may be running)."""
+    verb = args.command[len("metadefs-"):]
+    return await run_metadefs(config, verb, path=getattr(args, "path", None), merge=getattr(args, "merge", False),
+                              prefer_new=getattr(args, "prefer_new", False),
+                              overwrite=getattr(args, "overwrite", False))
+
+
+async def run_metadefs(config: Config, verb: str, *, path: str | None = None, merge: bool = False,
+                       prefer_new: bool = False, overwrite: bool = False) -> str:
+    """One metadefs verb (``load``, ``unload`` or ``export``) on the catalogue the configuration
+    names (the daemon may be running); what to print. ``streamd metadefs-*`` and
+    ``streamd-manage db *_metadefs`` both run it."""
     from pathlib import Path
 
     from .catalog import Catalog
@@ -143,16 +154,16 @@ async def _metadefs(args: argparse.Namespace, config: Config) -> str:
 
     catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout)
     try:
-        if args.command == "metadefs-load":
-            documents = read_definitions(Path(args.path) if args.path else None)
-            loaded = await catalog.load_metadefs(documents, merge=args.merge, prefer_new=args.prefer_new,
-                                                 overwrite=args.overwrite)
+        if verb == "load":
+            documents = read_definitions(Path(path) if path else None)
+            loaded = await catalog.load_metadefs(documents, merge=merge, prefer_new=prefer_new, overwrite=overwrite)
             return f"loaded {len(loaded)} of {len(documents)} namespaces"
-        if args.command == "metadefs-unload":
+        if verb == "unload":
             await catalog.unload_metadefs()
             return "metadata definitions deleted"
-        written = write_definitions(Path(args.path), await catalog.export_metadefs())
-        return f"exported {len(written)} namespaces to {args.path}"
+        assert verb == "export" and path is not None
+        written = write_definitions(Path(path), await catalog.export_metadefs())
+        return f"exported {len(written)} namespaces to {path}"
     finally:
         await catalog.close()
 

@@ -40,6 +40,7 @@ LAYERS = {
     "status": 5,  # class -> HTTP status: read by the edges (and daemon/cli), never by the core
     "daemon": 6,
     "cli": 7, "__main__": 7,
+    "manage": 7,  # streamd-manage (glance-manage's verbs): shares the metadefs verbs with cli
 }
 # Only these may speak HTTP as a server.
 HTTP_SERVER_LAYERS = {"api", "admin", "daemon", "cli", "__main__"}

@@ -46,7 +46,9 @@ class CatalogBase:
     # -- lifecycle -----------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, busy_timeout: float = 30.0, pool_size: int = 10) -> Self:
+    async def open(cls, url: str, *, busy_timeout: float = 30.0, pool_size: int = 10, migrate: bool = True) -> Self:
+        """The catalogue at ``url``, its schema brought to the newest revision unless ``migrate`` is
+        false (``streamd-manage db``, which reads and moves the revision itself)."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -56,22 +58,47 @@ class CatalogBase:
         else:
             engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
         catalog = cls(engine)
-        await catalog.migrate()
+        if migrate:
+            await catalog.migrate()
         return catalog
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    async def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to an Alembic revision (the newest by default)."""
         from alembic import command
-        from alembic.config import Config as AlembicConfig
 
         def upgrade(sync_conn: sa.Connection) -> None:
-            cfg = AlembicConfig()
-            cfg.set_main_option("script_location", str(_MIGRATIONS))
-            cfg.attributes["connection"] = sync_conn
-            command.upgrade(cfg, "head")
+            command.upgrade(_alembic_config(sync_conn), revision)
 
         async with self._write() as conn:
             await conn.run_sync(upgrade)
+
+    async def stamp(self, revision: str) -> None:
+        """Record ``revision`` as the schema's without running any migration (glance-manage
+        db version_control)."""
+        from alembic import command
+
+        def stamp(sync_conn: sa.Connection) -> None:
+            command.stamp(_alembic_config(sync_conn), revision)
+
+        async with self._write() as conn:
+            await conn.run_sync(stamp)
+
+    async def schema_revisions(self) -> tuple[str, ...]:
+        """The revisions the database records (none: not under migration control, e.g. empty)."""
+        from alembic.runtime.migration import MigrationContext
+
+        def current(sync_conn: sa.Connection) -> tuple[str, ...]:
+            return tuple(MigrationContext.configure(sync_conn).get_current_heads())
+
+        async with self._read() as conn:
+            return await conn.run_sync(current)
+
+    @staticmethod
+    def head_revisions() -> tuple[str, ...]:
+        """The newest revisions streamd's migrations know (one: they are a single line)."""
+        from alembic.script import ScriptDirectory
+
+        return tuple(ScriptDirectory.from_config(_alembic_config(None)).get_heads())
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -164,6 +191,15 @@ async def insert_location(conn: AsyncConnection, image_id: str, store: str, url:
     await conn.execute(m.image_locations.insert().values(
         image_id=image_id, store=store, url=url, metadata_json=json.dumps(dict(metadata)),
         status="active", created_at=created_at))
+
+
+def _alembic_config(sync_conn: sa.Connection | None) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = sync_conn
+    return cfg
 
 
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:

@@ -17,6 +17,7 @@ readable alone:
 - ``cache_nodes.py``: which node caches what, and the data digests peers trust;
 - ``usage.py``: what a project holds, as the quotas count it.
 - ``scrub.py``: delayed delete: pending_delete images, the scrubber's claims, restore.
+- ``purge.py``: hard-deleting what is kept of deleted images and expired tasks (streamd-manage db purge);
 - ``metadefs.py``: the metadata definitions catalogue (namespaces, objects, properties, tags,
   resource types).
 
@@ -39,6 +40,7 @@ from .imports import (FAILED_IMPORT, IMPORT_LOCK, IMPORTING_TO, STAGE_HOST, TASK
                       store_list)
 from .listing import ListingMixin
 from .members import MembersMixin
+from .purge import PurgeMixin
 from .scrub import ScrubMixin
 from .metadefs import MetadefsMixin
 from .tags import TagsMixin
@@ -50,6 +52,6 @@ __all__ = ["Catalog", "FAILED_IMPORT", "IMPORT_LOCK", "IMPORTING_TO", "STAGE_HOS
 
 
 class Catalog(ImagesMixin, ListingMixin, TagsMixin, MembersMixin, UploadsMixin, ImportsMixin, CacheNodesMixin,
-              UsageMixin, ScrubMixin, MetadefsMixin, CatalogBase):
+              UsageMixin, ScrubMixin, MetadefsMixin, PurgeMixin, CatalogBase):
     """Images, their members, tags and locations, uploads, imports, cache peers and metadata
     definitions, in one catalogue."""
