@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                              ("purge_images_table", 180, "purge the rows of images deleted longer ago than "
                                                          "a given age")):
         verb = action(name, text)
+        # glance-manage also takes them in order, as words (its action_args): checked as it checks them.
+        verb.add_argument("age_arg", nargs="?", metavar="AGE_IN_DAYS")
+        verb.add_argument("rows_arg", nargs="?", metavar="MAX_ROWS")
         verb.add_argument("--age_in_days", type=int, default=days,
                           help=f"purge deleted rows older than age in days (default {days})")
         verb.add_argument("--max_rows", type=int, default=100,
@@ -214,7 +217,18 @@ def _purge_limits(age_in_days: int, max_rows: int) -> None:
         raise Failed(f"'max_rows' value out of range, must not exceed {MAX_INT}.")
 
 
+def _int_word(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise Failed(f"Invalid int value for {name}: {value}") from None
+
+
 async def _purge(config: Config, args: argparse.Namespace) -> int:
+    if args.age_arg is not None:
+        args.age_in_days = _int_word(args.age_arg, "age_in_days")
+    if args.rows_arg is not None:
+        args.max_rows = _int_word(args.rows_arg, "max_rows")
     _purge_limits(args.age_in_days, args.max_rows)
     images_only = args.action == "purge_images_table"
 

@@ -123,6 +123,10 @@ def test_usage_errors_are_glance_manages(db: tuple[str, Path]) -> None:
     assert manage(config, "db", "purge_images_table", "--max_rows", "-2") == (1, "", "Minimal rows limit is -1.")
     assert manage(config, "db", "purge", "--max_rows", str(2 ** 31)) == (
         1, "", "'max_rows' value out of range, must not exceed 2147483647.")
+    # In order, as words (glance-manage's action_args), checked as glance-manage checks them.
+    assert manage(config, "db", "purge", "x") == (1, "", "Invalid int value for age_in_days: x")
+    assert manage(config, "db", "purge", "3", "y") == (1, "", "Invalid int value for max_rows: y")
+    assert manage(config, "db", "purge", "3", "-5") == (1, "", "Minimal rows limit is -1.")
 
 
 def test_purge_refuses_a_database_not_up_to_date(db: tuple[str, Path]) -> None:
@@ -208,8 +212,8 @@ def test_purge_respects_age_max_rows_and_data_in_stores(db: tuple[str, Path]) ->
     assert now["images"] == everything["images"]
     assert now["locations"] == named("pending60")
 
-    # Glance's defaults (30 days, 100 rows): the third one; the 5-day-old ones stay.
-    counts = _purged_counts(ok(config, "db", "purge"))
+    # Glance's defaults (30 days, 100 rows), given as words: the third one; the 5-day-old ones stay.
+    counts = _purged_counts(ok(config, "db", "purge", "30", "100"))
     assert counts["image_data_digests"] == 1 and counts["tasks"] == 0, counts
     assert left()["digests"] == named("recent5", "pending60", "live")
     # -1: every row; with age 1 the recent image's digest and task go too, pending and live stay.

@@ -7,6 +7,8 @@ Glance's answers where clients can see them (``glance/api/v2/images.py``
 
 from __future__ import annotations
 
+import urllib.parse
+import uuid
 from typing import Any
 
 import aiohttp
@@ -228,16 +230,67 @@ def _require_tasks_access(request: web.Request) -> None:
     request.app[SERVICES].policy.enforce(context_of(request), "tasks_api_access", {})
 
 
+TASK_STATUSES = ("pending", "processing", "success", "failure")
+TASK_TYPES = ("import",)  # the only type Glance's filter takes (its imports' tasks are api_image_import)
+
+
+def _task_list_params(request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
+    """Glance 33's tasks RequestDeserializer.index, in its order and words: the query as Glance reads
+    it (one value per name, the last; in the order the names first came) and the list's arguments."""
+    params: dict[str, str] = {}
+    for name in request.query:
+        params[name] = request.query.getall(name)[-1]
+    rest = dict(params)
+    limit, marker = rest.pop("limit", None), rest.pop("marker", None)
+    sort_key, sort_dir = rest.pop("sort_key", "created_at"), rest.pop("sort_dir", "desc")
+    if sort_dir not in ("asc", "desc"):
+        raise InvalidRequest(f"Invalid sort direction: {sort_dir}")
+    if rest.get("status") and rest["status"] not in TASK_STATUSES:
+        raise InvalidRequest(f"Invalid status value: {rest['status']}")
+    if rest.get("type") and rest["type"] not in TASK_TYPES:
+        raise InvalidRequest(f"Invalid type value: {rest['type']}")
+    if marker and not _uuid_like(marker):
+        raise InvalidRequest("Invalid marker format")
+    default = request.app[SERVICES].config.default
+    page = default.limit_param_default
+    if limit is not None:
+        try:
+            page = int(limit)
+        except ValueError:
+            raise InvalidRequest("limit param must be an integer") from None
+        if page < 0:
+            raise InvalidRequest("limit param must be positive")
+    return params, {"limit": min(default.api_limit_max, page), "marker": marker or None, "sort_key": sort_key,
+                    "sort_dir": sort_dir, "filters": rest}
+
+
+def _uuid_like(value: str) -> bool:
+    """oslo.utils' is_uuid_like: a UUID however written (hyphens, braces, urn:uuid:, case)."""
+    try:
+        parsed = uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    plain = value.lower().replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    return parsed.hex == plain
+
+
 async def list_tasks(request: web.Request) -> web.Response:
+    """``GET /v2/tasks`` as Glance 33: paged (``limit`` up to api_limit_max, ``marker``), sorted
+    (``sort_key``, ``sort_dir``), filtered (``status``, ``type`` and the other task columns), the
+    caller's project's tasks unless an admin asks; ``next`` when the page is full."""
     _require_tasks_access(request)
-    tasks = await request.app[SERVICES].catalog.list_tasks()
-    # Glance's filters (glance task-list --status/--type send them).
-    for name in ("status", "type"):
-        wanted = request.query.get(name)
-        if wanted is not None:
-            tasks = [t for t in tasks if getattr(t, name) == wanted]
-    return web.json_response({"tasks": [task_view(t, full=False) for t in tasks], "first": "/v2/tasks",
-                              "schema": "/v2/schemas/tasks"})
+    params, arguments = _task_list_params(request)
+    ctx = context_of(request)
+    owner = None if ctx.is_admin or ctx.project_id is None else ctx.project_id
+    tasks = await request.app[SERVICES].catalog.page_tasks(owner=owner, **arguments)
+    without_marker = {k: v for k, v in params.items() if k != "marker"}
+    body: dict[str, Any] = {
+        "tasks": [task_view(t, full=False) for t in tasks],
+        "first": "/v2/tasks" + (f"?{urllib.parse.urlencode(without_marker)}" if without_marker else ""),
+        "schema": "/v2/schemas/tasks"}
+    if tasks and len(tasks) == arguments["limit"]:
+        body["next"] = "/v2/tasks?" + urllib.parse.urlencode({**without_marker, "marker": tasks[-1].id})
+    return web.json_response(body)
 
 
 async def show_task(request: web.Request) -> web.Response:

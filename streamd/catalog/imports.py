@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import DoesNotExist, InvalidStatusTransition, StateConflict
+from ..errors import DoesNotExist, InvalidRequest, InvalidStatusTransition, NotPermitted, StateConflict
 from . import models as m
 from .base import CatalogBase, insert_location, write_properties
 from .records import ImageRecord, TaskRecord, utcnow
@@ -191,6 +191,48 @@ class ImportsMixin(CatalogBase):
         async with self._read() as conn:
             return [task_record(r) for r in (await conn.execute(stmt)).mappings()]
 
+    async def page_tasks(self, *, owner: str | None, limit: int, marker: str | None = None,
+                         sort_key: str = "created_at", sort_dir: str = "desc",
+                         filters: Mapping[str, str] | None = None) -> list[TaskRecord]:
+        """``GET /v2/tasks`` as Glance 33's task_get_all: the tasks ``owner`` holds (None: every
+        project's, for admins) that have not expired (Glance soft-deletes a task at its
+        ``expires_at``), ``filters`` by equality on task columns, ordered by ``sort_key`` then
+        ``created_at`` and ``id`` (all ``sort_dir``), the page after the ``marker`` task.
+
+        InvalidRequest for a ``sort_key`` Glance's task model lacks and for a marker there is no
+        (unexpired) task for; NotPermitted for a marker task of another project."""
+        t = m.tasks.c
+        if sort_key not in TASK_SORT_KEYS:
+            raise InvalidRequest("Sort key supplied was not valid.")
+        # deleted and deleted_at are alike on every task shown: they order nothing.
+        keys = [k for k in (sort_key, "created_at", "id") if k not in ("deleted", "deleted_at")]
+        keys = list(dict.fromkeys(keys))
+        now = utcnow()
+        live = sa.or_(t.expires_at.is_(None), t.expires_at > now)
+        stmt = sa.select(m.tasks).where(live)
+        if owner is not None:
+            stmt = stmt.where(t.owner == owner)
+        for name, value in (filters or {}).items():
+            if name in TASK_FILTER_KEYS:
+                stmt = stmt.where(t[name] == value)
+        columns = [_sort_column(k) for k in keys]
+        async with self._read() as conn:
+            if marker is not None:
+                row = (await conn.execute(sa.select(m.tasks).where(t.id == marker, live))).mappings().first()
+                if row is None:
+                    raise InvalidRequest(f"Task with the given id {marker} was not found")
+                if owner is not None and row["owner"] != owner:
+                    raise NotPermitted(f"Forbidding request, task {marker} is not visible")
+                values = [_sort_value(k, row) for k in keys]
+                after = []
+                for i, column in enumerate(columns):
+                    beyond = column < values[i] if sort_dir == "desc" else column > values[i]
+                    after.append(sa.and_(*[columns[j] == values[j] for j in range(i)], beyond))
+                stmt = stmt.where(sa.or_(*after))
+            order = [c.desc() if sort_dir == "desc" else c.asc() for c in columns]
+            stmt = stmt.order_by(*order).limit(limit)
+            return [task_record(r) for r in (await conn.execute(stmt)).mappings()]
+
     async def recover_imports(self, host: str) -> list[TaskRecord]:
         """At start-up: imports this node ran died with it. Fail their tasks, release their locks, and
         put their images back where the import found them (queued, or active for a copy)."""
@@ -233,6 +275,29 @@ class ImportsMixin(CatalogBase):
             rows = await conn.execute(sa.select(m.tasks.c.image_id).where(
                 m.tasks.c.status.in_(RUNNING_TASK_STATUSES)))
             return {r.image_id for r in rows if r.image_id}
+
+
+# Glance 33's Task model attributes a list may sort by (``deleted`` and ``deleted_at`` included).
+TASK_SORT_KEYS = ("id", "type", "status", "owner", "expires_at", "created_at", "updated_at", "deleted",
+                  "deleted_at", "image_id", "request_id", "user_id")
+# The text columns a list filters on by equality (Glance filters on any model attribute it is given).
+TASK_FILTER_KEYS = ("id", "type", "status", "owner", "image_id", "request_id", "user_id")
+# NULL sorts as Glance's paging compares it: as '' (text) and as the earliest time.
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _sort_column(key: str) -> sa.ColumnElement[Any]:
+    column = m.tasks.c[key]
+    if column.nullable:
+        return sa.func.coalesce(column, _EPOCH if isinstance(column.type, sa.DateTime) else "")
+    return column
+
+
+def _sort_value(key: str, row: Mapping[Any, Any]) -> Any:
+    value = row[key]
+    if value is None:
+        return _EPOCH if isinstance(m.tasks.c[key].type, sa.DateTime) else ""
+    return value
 
 
 async def _load_task(conn: AsyncConnection, task_id: str) -> TaskRecord:
