@@ -132,21 +132,22 @@ async def test_each_option_alone(tmp_path: Path) -> None:
         assert "direct_url" not in image and len(image["locations"]) == 1
 
 
-async def test_get_image_location_decides_who_sees_them(tmp_path: Path) -> None:
-    """Glance's default get_image_location: admin, or a reader of the image's project. Others who
-    may see the image (a community one) get an empty list and no direct_url."""
+async def test_whoever_sees_the_image_sees_its_locations(tmp_path: Path) -> None:
+    """As Glance 33's serializer: the views do not ask get_image_location (it guards the PATCH
+    paths), so another project's member sees a community image's locations and direct_url
+    (Nova booting it), and a policy file refusing the rule hides nothing."""
     async with running(tmp_path, **SHOWN) as api:
         image = await uploaded(api, visibility="community")
         assert len((await show(api, image["id"], READER_A))["locations"]) == 1
         assert "direct_url" in await show(api, image["id"], ADMIN)
         other = await show(api, image["id"], MEMBER_B)
-        assert other["locations"] == [] and "direct_url" not in other
+        assert len(other["locations"]) == 1 and other["direct_url"] == other["locations"][0]["url"]
     policy = tmp_path / "policy.yaml"
     policy.write_text('get_image_location: "!"\n')
     async with running(tmp_path / "2", **merged(SHOWN, {"oslo_policy": {"policy_file": str(policy)}})) as api:
         image = await uploaded(api)
         shown = await show(api, image["id"], ADMIN)
-        assert shown["locations"] == [] and "direct_url" not in shown
+        assert len(shown["locations"]) == 1 and "direct_url" in shown
 
 
 async def test_store_weight_and_store_type_order_the_locations(tmp_path: Path) -> None:

@@ -107,9 +107,10 @@ def view_for(request: web.Request, image: ImageRecord,
     show_all, show_direct = config.default.show_multiple_locations, config.default.show_image_direct_url
     if not (show_all or show_direct):
         return image_view(image, readable or _readable(request), stores=stores)
-    # Only callers get_image_location lets read an image's locations see them (an empty list
-    # and no direct_url otherwise, as Glance's serializer answers a refused location read).
-    visible = locations_view(image, config) if image_policy(request, image).allows("get_image_location") else []
+    # Whoever may see the image sees its locations: Glance 33's serializer reads them without
+    # asking get_image_location (that rule guards the PATCH paths), so Nova booting another
+    # project's public image gets its direct_url.
+    visible = locations_view(image, config)
     return image_view(image, readable or _readable(request), locations=visible if show_all else None,
                       direct_url=visible[0]["url"] if show_direct and visible else None, stores=stores)
 
