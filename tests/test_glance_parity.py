@@ -88,7 +88,7 @@ def _warm_up(url: str) -> None:
 
 def _glance(url: str, workdir: Path, *args: str, retry_resets: bool = False,
             setup: bool = False) -> tuple[int, str]:
-    for attempt in range(5):
+    for attempt in range(12):
         # stdin closed, not empty: glanceclient uploads a non-tty stdin as image data.
         done = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', str(GLANCE_CLI), "--os-image-url", url,
                                "--os-auth-token", "x", *args], capture_output=True, text=True, timeout=60, cwd=workdir)
@@ -96,7 +96,8 @@ def _glance(url: str, workdir: Path, *args: str, retry_resets: bool = False,
         # handled): only for Glance, the command is run again.
         if not (retry_resets and _DROPPED.search(done.stderr)):
             break
-        time.sleep(0.5)
+        # Resets come in bursts while a uWSGI worker restarts: back off a little more each time.
+        time.sleep(0.5 + 0.25 * attempt)
     if setup and attempt and "HTTP 409 Conflict" in done.stderr:
         return 0, ""  # the reset came after Glance had done it: the retry finds it done
     return done.returncode, done.stderr.strip()
