@@ -25,11 +25,11 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 
 from conftest import (ADMIN, MEMBER_A, MEMBER_B, PROJECT_A, PROJECT_B, ApiClient, both_databases, make_config,
-                      start_api, start_daemon, stop_daemon)
+                      start_api)
 from streamd.catalog import Catalog
 from streamd.catalog import models as m
 from streamd.catalog.records import utcnow
-from test_glance_parity import GLANCE_CLI, Glance, _warm_up
+from test_glance_parity import GLANCE_CLI, glance_and_streamd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,21 +238,10 @@ def _import_images(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    venv = ROOT / ".venv-glance"
-    if not (venv / "bin" / "uwsgi").exists():
-        pytest.fail(f"{venv} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
-    base = tmp_path_factory.mktemp("tasks-parity")
-    (base / "streamd").mkdir()
-    daemon = start_daemon(base / "streamd")
-    try:
-        with Glance(base / "glance", venv) as glance:
-            _warm_up(glance.url)
-            servers = {"glance": glance.url, "streamd": daemon.url}
-            for url in servers.values():
-                _import_images(url)
-            yield servers
-    finally:
-        stop_daemon(daemon)
+    with glance_and_streamd(tmp_path_factory.mktemp("tasks-parity")) as both:
+        for url in both.values():
+            _import_images(url)
+        yield both
 
 
 def _masked(url: str, text: str) -> str:

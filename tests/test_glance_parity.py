@@ -8,6 +8,7 @@ under uWSGI, as in the benches (``bench/servers.py``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import subprocess
@@ -56,20 +57,28 @@ class QuotaGlance(Glance):  # type: ignore[misc, valid-type]
         return command
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+@contextlib.contextmanager
+def glance_and_streamd(base: Path, *, glance_class: Any = Glance, extra_config: str = "") -> Iterator[dict[str, str]]:
+    """Real Glance 33 (uWSGI, ``.venv-glance``, warmed up) and a streamd daemon, both under ``base``:
+    ``{"glance": URL, "streamd": URL}``. The reference for every parity test."""
     venv = ROOT / ".venv-glance"
     if not (venv / "bin" / "uwsgi").exists():
         pytest.fail(f"{venv} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
-    base = tmp_path_factory.mktemp("parity")
     (base / "streamd").mkdir()
-    daemon = start_daemon(base / "streamd", extra_config=f"image_property_quota = {PROPERTY_QUOTA}\n")
+    daemon = start_daemon(base / "streamd", extra_config=extra_config)
     try:
-        with QuotaGlance(base / "glance", venv) as glance:
+        with glance_class(base / "glance", venv) as glance:
             _warm_up(glance.url)
             yield {"glance": glance.url, "streamd": daemon.url}
     finally:
         stop_daemon(daemon)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with glance_and_streamd(tmp_path_factory.mktemp("parity"), glance_class=QuotaGlance,
+                            extra_config=f"image_property_quota = {PROPERTY_QUOTA}\n") as both:
+        yield both
 
 
 def _warm_up(url: str) -> None:

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import ROOT, start_daemon, stop_daemon
-from test_glance_parity import Glance, _warm_up
+from conftest import ROOT
+from test_glance_parity import glance_and_streamd
 
 OPENSTACK_CLI = ROOT / ".venv" / "bin" / "openstack"
 _TIMES = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -123,19 +123,10 @@ def _steps(namespace: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    venv = ROOT / ".venv-glance"
-    if not (venv / "bin" / "uwsgi").exists():
-        pytest.fail(f"{venv} is missing: run scripts/install.sh --test (it makes the Glance 33 venv)")
-    base = tmp_path_factory.mktemp("metadefs-cli")
-    (base / "streamd").mkdir()
     # Both start with no definitions loaded: the listings show only what the commands made.
-    daemon = start_daemon(base / "streamd", "metadefs_initial_load = false\n")
-    try:
-        with Glance(base / "glance", venv) as glance:
-            _warm_up(glance.url)
-            yield {"glance": glance.url, "streamd": daemon.url}
-    finally:
-        stop_daemon(daemon)
+    with glance_and_streamd(tmp_path_factory.mktemp("metadefs-cli"),
+                            extra_config="metadefs_initial_load = false\n") as both:
+        yield both
 
 
 class _GlanceKeptResetting(Exception):
