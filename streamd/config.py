@@ -272,7 +272,7 @@ def opt(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 
 # -- sections ------------------------------------------------------------------------
 
-STORE_TYPES = {"file", "rbd"}
+STORE_TYPES = {"file", "rbd", "http"}
 
 GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
 GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
@@ -303,6 +303,12 @@ class DefaultOptions:
         "Largest image, in bytes, that can be uploaded (413 past it).")
     hashing_algorithm: str = opt(
         "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
+    do_secure_hash: bool = opt(
+        True, _bool,
+        "Compute checksum and os_hash_value of the data a location added by POST /v2/images/{id}/locations "
+        "names (reading it once, in the location_import task), and check it against the validation_data given.")
+    http_retries: int = opt(
+        3, _int_range(0), "Times the location_import task tries again to read a location's data for its hashes.")
     image_property_quota: int = opt(128, _int_range(-1), "Most additional properties an image may have (-1: no limit).")
     image_tag_quota: int = opt(128, _int_range(-1), "Most tags an image may have (-1: no limit).")
     image_member_quota: int = opt(128, _int_range(-1), "Most members an image may have (-1: no limit).")
@@ -652,7 +658,22 @@ class InjectMetadataOptions:
         ("admin",), _list, "Callers with any of these roles get nothing injected.")
 
 
-STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions}
+@dataclass(frozen=True)
+class HttpStoreOptions:
+    https_ca_certificates_file: str | None = opt(
+        None, _opt_str, "CA bundle that verifies the web servers of https locations (then https_insecure is ignored).")
+    https_insecure: bool = opt(
+        True, _bool, "Do not verify the certificates of https locations (glance_store's default, true).")
+    http_proxy_information: tuple[tuple[str, str], ...] = opt(
+        (), _dict, "Proxies for reading locations, as scheme:proxy pairs (http:10.0.0.1:3128, https:...).")
+    weight: int = opt(
+        0, _int_range(),
+        "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
+        "first in direct_url and the locations list.")
+    store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+
+
+STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions, "http": HttpStoreOptions}
 
 
 @dataclass(frozen=True)
@@ -769,11 +790,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "allow_anonymous_access": "with auth_strategy keystone every API request needs a token; with noauth "
                                   "identity comes from the X-* headers or [noauth]",
         "digest_algorithm": "streamd does not verify image signatures",
-        "do_secure_hash": "streamd computes os_hash_value while it stores data; a location added by "
-                          "POST /v2/images/{id}/locations takes its validation_data as given (do_secure_hash = false)",
         "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "
                                "selects the legacy ones",
-        "http_retries": "a glance-download that fails is a failed task: import again to retry",
         "lock_path": "streamd takes no external locks",
         "max_request_id_length": "streamd makes its own request ids",
         "metadata_encryption_key": "location URLs are kept in the catalogue unencrypted",
@@ -1112,6 +1130,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     if glance_store.default_backend is not None and glance_store.default_backend not in store_names:
         problems.append(f"[glance_store] default_backend = {glance_store.default_backend!r}: "
                         f"not one of enabled_backends ({', '.join(sorted(store_names))})")
+    read_only = [s.name for s in stores if s.type == "http"]
+    default_store = glance_store.default_backend or (stores[0].name if stores else None)
+    if default_store in read_only:
+        problems.append(f"[glance_store] default_backend = {default_store!r}: an http store is read-only, "
+                        "it cannot be the default store")
     if default.peer_url and not default.peer_token:
         problems.append("[DEFAULT] peer_url: needs peer_token, the secret peers present to each other")
     if default.limit_param_default > default.api_limit_max:
@@ -1236,5 +1259,8 @@ def render_example() -> str:
     section("rbd", RbdStoreOptions,
             "A Ceph RBD store: enable it by naming it in enabled_backends, e.g. fs:file,rbd:rbd (the "
             "section takes the store's name). Needs Debian's python3-rados and python3-rbd.")
+    section("web", HttpStoreOptions,
+            "A read-only http store (glance_store's http): images whose data stays on web servers, "
+            "added as http(s) locations. Enable it as e.g. fs:file,web:http.")
     lines.append("")
     return "\n".join(lines)

@@ -131,12 +131,13 @@ def test_shipped_example_documents_every_option_and_loads(tmp_path: Path) -> Non
         if line.startswith("#") and " = " in line:
             line = line[1:]
             if line.startswith("enabled_backends"):
-                line = "enabled_backends = fs:file,rbd:rbd"
+                line = "enabled_backends = fs:file,rbd:rbd,web:http"
         lines.append(line)
     config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.default.bind_port == 9292
     assert config.store("rbd").options.rbd_thin_provisioning is True
     assert config.store("rbd").options.rbd_store_pool == "images"
+    assert config.store("web").options.https_insecure is True
 
 
 # oslo.config's ListOpt (oslo_config/types.py List) on the values of glance-api.conf: what

@@ -79,6 +79,17 @@ async def in_two_stores(api: ApiClient) -> dict[str, Any]:
     raise AssertionError(f"the import never finished: {shown}")
 
 
+async def settled(api: ApiClient, image_id: str, as_: dict[str, str] = MEMBER_A) -> dict[str, Any]:
+    """The image once its location_import task has ended (POST /v2/images/{id}/locations)."""
+    for _ in range(1000):
+        reply = await api.call("GET", f"/v2/images/{image_id}/tasks", as_=as_)
+        tasks = reply.json["tasks"] if reply.status == 200 else []
+        if tasks and all(t["status"] in ("success", "failure") for t in tasks):
+            return await show(api, image_id, as_)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the location_import task of {image_id} never ended")
+
+
 def error_of(reply: Any) -> dict[str, Any]:
     """Code, title and message of an error answer, without webob's trailing ``<br /><br />``."""
     error = reply.error
@@ -464,9 +475,13 @@ async def test_a_service_adds_the_rbd_image_it_wrote(tmp_path: Path) -> None:
                                        json_body={"url": urls[0], "validation_data": {"os_hash_algo": "sha512",
                                                                                       "os_hash_value": sha512}})
                 assert reply.status == 202 and reply.body == b"", reply.body
-                shown = await show(api, queued["id"])
+                # A location_import task: the data is read once, its hash checked (do_secure_hash).
+                shown = await settled(api, queued["id"])
                 assert (shown["status"], shown["size"], shown["os_hash_algo"], shown["os_hash_value"]) == (
                     "active", len(data), "sha512", sha512)
+                assert shown["checksum"] == hashlib.md5(data).hexdigest()
+                [task] = (await api.call("GET", f"/v2/images/{queued['id']}/tasks", as_=MEMBER_A)).json["tasks"]
+                assert (task["type"], task["status"]) == ("location_import", "success")
                 assert shown["locations"] == [{"url": urls[0], "metadata": {"store": "ceph"}}]
                 assert shown["direct_url"] == urls[0] and shown["stores"] == "ceph"
                 assert await download(api, queued["id"]) == data

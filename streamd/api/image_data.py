@@ -57,7 +57,7 @@ async def upload(request: web.Request) -> web.Response:
     image = await _get_visible(request, request.match_info["image_id"])
     image_policy(request, image).enforce("upload_image")
     require_content_type(request, "application/octet-stream", "image data")
-    store = request.app[SERVICES].stores.get(text_header(request, "X-Image-Meta-Store"))
+    store = request.app[SERVICES].stores.writable(text_header(request, "X-Image-Meta-Store"))
     async with request.app[SERVICES].uploads.track():
         await upload_image(
             request.app[SERVICES].catalog, store, image.id, _body_chunks(request), declared_size=_declared_size(request),

@@ -21,7 +21,7 @@ from ..pipeline.locations import locations_view
 from ..policy import ImagePolicy, enforce_add_image, list_target
 from .errors import ProtocolError
 from .inputs import json_body
-from .keys import SERVICES, context_of
+from .keys import SERVICES, context_of, request_id_of
 from .schemas import image_base_properties, validate_image
 from .views import image_view
 
@@ -324,7 +324,8 @@ async def update_image(request: web.Request) -> web.Response:
     new_base: dict[str, Any] = {}
     props = {k: v for k, v in image.properties.items() if k not in hidden}
     tags: list[str] | None = None
-    edits = image_locations.LocationEdits(image, config, request.app[SERVICES].stores)
+    edits = image_locations.LocationEdits(image, config, request.app[SERVICES].stores,
+                                          check_url=location_url_check(request))
     for change in changes:
         name, op = change["name"], change["op"]
         value = change.get("value")
@@ -499,13 +500,27 @@ def _check_add_location_body(body: Any) -> None:
         raise InvalidRequest(f"Provided object does not match schema 'location': {error}")
 
 
+def location_url_check(request: web.Request) -> Callable[[str], None]:
+    """Web-download's filtering rules on an http(s) location a client adds (Glance 33 runs them on
+    the 2.17 call; streamd on PATCH /locations too), with Glance's message."""
+    uri_filter = request.app[SERVICES].importer.uri_filter
+
+    def check(url: str) -> None:
+        try:
+            uri_filter.check(url)
+        except InvalidRequest:
+            raise InvalidRequest(f"URI for add location does not pass filtering: {url}") from None
+    return check
+
+
 async def add_location(request: web.Request) -> web.Response:
     """``POST /v2/images/{id}/locations``: a queued image gets its data's location (a service's
-    call: Nova or Cinder that wrote the data into a store themselves) and becomes active.
+    call: Nova or Cinder that wrote the data into a store themselves; anyone's, for an http
+    location where an http store is enabled) and becomes active through a ``location_import``
+    task (``imports.location_import``), as in Glance 33.
 
-    Glance runs this as a ``location_import`` task; here the location is checked and recorded
-    before the 202, so a URL that names no data in this node's stores is a 400. The hashes are
-    ``validation_data``'s, as Glance's with ``do_secure_hash = false`` (none without it)."""
+    Unlike Glance, a URL that names no data in this node's stores is a 400 here, before the
+    202 (Glance fails the task instead): the size is known before the task starts."""
     services = request.app[SERVICES]
     config = services.config
     body = await json_body(request)
@@ -515,20 +530,19 @@ async def add_location(request: web.Request) -> web.Response:
         raise Conflict(f"It's not allowed to add locations if image status is {image.status}.")
     image_policy(request, image).enforce("add_image_location")
     ctx = context_of(request)
+    url = body["url"]
+    http_url = url.startswith("http")
     if "service" not in ctx.roles | ctx.service_roles:
-        # Glance lets other callers add http locations only, and streamd has no http store.
-        raise NotPermitted("http store must be enabled to use location API by normal user.")
+        if not (http_url and any(s.type == "http" for s in config.stores)):
+            raise NotPermitted("http store must be enabled to use location API by normal user.")
     validation = body.get("validation_data") or {}
     image_locations.check_hashing_data(validation, config.default.hashing_algorithm)
-    resolved = await image_locations.resolve(services.stores, config, body["url"])
+    resolved = await image_locations.resolve(services.stores, config, url, check_url=location_url_check(request))
     if not (image.disk_format and image.container_format):
         raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
-    values: dict[str, Any] = {"status": "active", "size": resolved.size}
-    if validation:
-        values.update(os_hash_algo=validation["os_hash_algo"], os_hash_value=validation["os_hash_value"])
-    location = Location(resolved.store, resolved.url, {})
-    await services.catalog.update_image(image.id, changes=values, expected_status="queued",
-                                        locations=[location], expected_locations=[])
+    await services.importer.start_location_import(
+        image.id, store=resolved.store, url=resolved.url, size=resolved.size, validation=validation,
+        owner=ctx.project_id, user_id=ctx.user_id, request_id=request_id_of(request))
     return web.Response(status=202)
 
 

@@ -150,7 +150,8 @@ def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[st
     if all_stores and (stores is not None or header is not None):
         raise InvalidRequest("all_stores cannot be combined with stores or the X-Image-Meta-Store header")
     if all_stores:
-        return [name for name in registry.by_name if name not in holding]
+        # Read-only (http) stores are no import's target, as Glance's _get_available_stores.
+        return [name for name, store in registry.by_name.items() if name not in holding and not store.read_only]
     if stores is None:
         names = [header] if header is not None else [registry.default]
     elif isinstance(stores, list) and stores and all(isinstance(s, str) for s in stores):
@@ -158,7 +159,7 @@ def _target_stores(request: web.Request, body: dict[str, Any], holding: tuple[st
     else:
         raise InvalidRequest("stores must be a non-empty list of store names")
     for name in names:
-        registry.get(name)  # 400 for an unknown store
+        registry.writable(name)  # 400 for an unknown or a read-only store
         if name in holding:
             raise InvalidRequest(f"Image is already present at store '{name}'")
     return names
@@ -323,6 +324,8 @@ def _stores_info(config: Config) -> list[dict[str, Any]]:
             info["description"] = entry.options.store_description
         if entry.name == config.default_store:
             info["default"] = "true"
+        if entry.type == "http":
+            info["read-only"] = "true"  # as Glance 33 marks its http stores
         found.append(info)
     return found
 

@@ -46,8 +46,8 @@ def store_list(value: str | None) -> list[str]:
 class ImportsMixin(CatalogBase):
     async def begin_import(self, image_id: str, *, task_id: str, owner: str | None, user_id: str | None,
                            request_id: str | None, host: str, task_input: Mapping[str, Any], stores: list[str],
-                           from_status: str, to_status: str | None,
-                           lock_timeout: float) -> tuple[ImageRecord, TaskRecord]:
+                           from_status: str, to_status: str | None, lock_timeout: float,
+                           task_type: str = "api_image_import") -> tuple[ImageRecord, TaskRecord]:
         """Take the import lock and record the task, in one transaction.
 
         The lock is Glance's ``os_glance_import_task`` property. A lock whose task stopped
@@ -67,7 +67,7 @@ class ImportsMixin(CatalogBase):
                 props = await self._break_stale_lock(conn, image_id, held, props, lock_timeout)
             now = utcnow()
             await conn.execute(m.tasks.insert().values(
-                id=task_id, type="api_image_import", status="processing", owner=owner, user_id=user_id,
+                id=task_id, type=task_type, status="processing", owner=owner, user_id=user_id,
                 request_id=request_id, image_id=image_id, host=host, input_json=json.dumps(dict(task_input)),
                 result_json=None, message="", created_at=now, updated_at=now, expires_at=None))
             importing = store_list(props.get(IMPORTING_TO)) + stores

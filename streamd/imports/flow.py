@@ -37,6 +37,7 @@ from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspectio
 from ..quota import ProjectQuota, Quotas
 from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
+from .location_import import LocationImport
 from .glance_download import (CATALOGUE_ENDPOINTS, EndpointLookup, RemoteImage, fetch_remote_record, file_url,
                               properties_to_copy)
 from .staging import StagedMeta, StagingArea
@@ -154,6 +155,48 @@ class Importer:
         self._running[task_id] = runner
         runner.add_done_callback(lambda _: self._running.pop(task_id, None))
         return task
+
+    async def start_location_import(self, image_id: str, *, store: str, url: str, size: int,
+                                    validation: Mapping[str, str], owner: str | None, user_id: str | None,
+                                    request_id: str | None) -> TaskRecord:
+        """``POST /v2/images/{id}/locations``: take the import lock, record a ``location_import``
+        task, and run it in the background (see ``location_import``)."""
+        task_id = str(uuid.uuid4())
+        task_input = {"image_id": image_id, "loc_url": url, "validation_data": dict(validation)}
+        _, task = await self.catalog.begin_import(
+            image_id, task_id=task_id, owner=owner, user_id=user_id, request_id=request_id, host=self.host,
+            task_input=task_input, stores=[], from_status="queued", to_status=None,
+            lock_timeout=self.lock_timeout, task_type="location_import")
+        job = LocationImport(self.catalog, self.config, self.stores.get(store), image_id, url, size, validation)
+        runner = asyncio.create_task(self._run_location_import(job, task_id), name=f"import-{image_id}")
+        self._running[task_id] = runner
+        runner.add_done_callback(lambda _: self._running.pop(task_id, None))
+        return task
+
+    async def _run_location_import(self, job: LocationImport, task_id: str) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        lost_lock = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(task_id, Progress(), me, lost_lock))
+        success, message = False, ""
+        try:
+            await job.run()
+            success = True
+        except asyncio.CancelledError:
+            message = "Location import aborted: the daemon stopped" if not lost_lock.is_set() else \
+                "Location import aborted: another operation broke its lock"
+            if not lost_lock.is_set():
+                raise
+        except StreamdError as exc:
+            log.warning("location import of image %s (%s) failed: %s", job.image_id, job.url, exc)
+            message = str(exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await asyncio.shield(self.catalog.finish_import(
+                job.image_id, task_id, success=success, message=message,
+                result={"image_id": job.image_id} if success else None))
 
     async def expire_dead_imports(self) -> None:
         """Periodically, on every node: free the images of imports whose node died, and drop staged

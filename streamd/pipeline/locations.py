@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import urllib.parse
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..catalog.records import ImageRecord, Location
 from ..config import Config
@@ -28,8 +28,10 @@ RESTRICTED_SCHEMES = frozenset({"file", "filesystem", "swift+config"})
 # Refusing to remove an image's only location (Glance raises it as its own Forbidden, which its
 # API wraps as a webob detail: the edge renders it so).
 LAST_LOCATION = "Cannot remove last location in the image."
-# The URL scheme of each store type's locations.
-SCHEME_OF_TYPE = {"file": "file", "rbd": "rbd"}
+# The URL schemes of each store type's locations.
+SCHEMES_OF_TYPE = {"file": ("file",), "rbd": ("rbd",), "http": ("http", "https")}
+# A check of a web URL a client adds (the API's filtering rules): raises InvalidRequest.
+UrlCheck = Callable[[str], None]
 
 
 def ordered(locations: Iterable[Location], config: Config) -> list[Location]:
@@ -68,17 +70,21 @@ class ResolvedLocation:
     size: int
 
 
-async def resolve(stores: StoreRegistry, config: Config, url: Any) -> ResolvedLocation:
+async def resolve(stores: StoreRegistry, config: Config, url: Any, *,
+                  check_url: UrlCheck | None = None) -> ResolvedLocation:
     """The store holding ``url`` and the data's size; InvalidRequest("Invalid location") otherwise,
-    as Glance answers every URL it cannot use (unknown or restricted scheme, no such data)."""
+    as Glance answers every URL it cannot use (unknown or restricted scheme, no such data).
+    ``check_url`` is run on web (http, https) URLs before anything is fetched."""
     if not isinstance(url, str) or not url:
         raise InvalidRequest("Invalid location")
     scheme = urllib.parse.urlparse(url).scheme
-    schemes = {SCHEME_OF_TYPE.get(s.type) for s in config.stores}
+    schemes = {scheme for s in config.stores for scheme in SCHEMES_OF_TYPE.get(s.type, ())}
     if scheme not in schemes or scheme in RESTRICTED_SCHEMES:
         raise InvalidRequest("Invalid location")
+    if check_url is not None and scheme in SCHEMES_OF_TYPE["http"]:
+        check_url(url)
     for store in stores:
-        if SCHEME_OF_TYPE.get(store.type) != scheme or not store.owns(url):
+        if scheme not in SCHEMES_OF_TYPE.get(store.type, ()) or not store.owns(url):
             continue
         try:
             reader = await store.reader(url)
@@ -199,9 +205,11 @@ class LocationEdits:
     (status, size, digests) for the image row, ``before`` to detect a concurrent change, and
     ``removed`` whose data goes once the change is saved."""
 
-    def __init__(self, image: ImageRecord, config: Config, stores: StoreRegistry) -> None:
+    def __init__(self, image: ImageRecord, config: Config, stores: StoreRegistry, *,
+                 check_url: UrlCheck | None = None) -> None:
         self.config = config
         self.stores = stores
+        self.check_url = check_url
         self.image = image
         self.before = ordered(image.locations, config)
         self.locations = list(self.before)
@@ -231,7 +239,7 @@ class LocationEdits:
                                 f"Attempted: {count}, Maximum: {limit}")
 
     async def _new_location(self, entry: Mapping[str, Any]) -> Location:
-        resolved = await resolve(self.stores, self.config, entry.get("url"))
+        resolved = await resolve(self.stores, self.config, entry.get("url"), check_url=self.check_url)
         metadata = check_metadata(entry.get("metadata", {}))
         metadata.pop("store", None)  # the store id is the store's that holds the URL (glance_store sets it)
         size = self._current("size")

@@ -80,6 +80,8 @@ class Store(abc.ABC):
     type: str
     # Local stores (files on this node) read as fast as the cache would: no need to copy them.
     local: bool = False
+    # Read-only stores (http) serve data others keep: no upload, import or copy goes to them.
+    read_only: bool = False
 
     async def start(self) -> None:
         """Connect, create directories, and clear what an earlier crash left half-written."""

@@ -24,6 +24,10 @@ def open_store(entry: StoreConfig, config: Config) -> Store:
         from .rbd import RbdStore  # the Ceph bindings are loaded only where an rbd store is configured
 
         return RbdStore(entry.name, entry.options, config.host_id)
+    if entry.type == "http":
+        from .http import HttpStore
+
+        return HttpStore(entry.name, entry.options)
     raise ConfigError([f"store {entry.name}: unknown type {entry.type}"])
 
 
@@ -55,6 +59,13 @@ class StoreRegistry:
             return self.by_name[name]
         except KeyError:
             raise InvalidRequest(f"Store for identifier {name} not found") from None
+
+    def writable(self, name: str | None) -> Store:
+        """The store data may be written to (``get``, and 400 for a read-only one)."""
+        store = self.get(name)
+        if store.read_only:
+            raise InvalidRequest(f"Store {store.name} is read-only")
+        return store
 
     def for_location(self, store_name: str) -> Store | None:
         return self.by_name.get(store_name)
