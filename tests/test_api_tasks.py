@@ -157,6 +157,15 @@ async def test_filters_and_owner_scoping(api: ApiClient) -> None:
     reply = await api.call("GET", f"/v2/tasks?marker={ids['b1']}", as_=MEMBER_A)
     assert reply.status == 403 and reply.error["message"].startswith(f"Forbidding request, task {ids['b1']} is "
                                                                      "not visible"), reply.body
+    # Shown one by one: another project's task is a 403, an expired one is gone (admins see both).
+    assert (await api.call("GET", f"/v2/tasks/{ids['a2']}", as_=MEMBER_A)).status == 200
+    assert (await api.call("GET", f"/v2/tasks/{ids['n1']}", as_=MEMBER_A)).status == 200  # no owner: anyone's
+    reply = await api.call("GET", f"/v2/tasks/{ids['b1']}", as_=MEMBER_A)
+    assert reply.status == 403 and reply.error["message"].startswith(
+        f"Forbidding request, task {ids['b1']} is not visible"), reply.body
+    assert (await api.call("GET", f"/v2/tasks/{ids['gone']}", as_=MEMBER_A)).status == 404
+    for name in ("b1", "gone"):
+        assert (await api.call("GET", f"/v2/tasks/{ids[name]}", as_=ADMIN)).status == 200
     # The expired task is not listed, and as a marker it is not found.
     assert "gone" not in await _names(api, ids, "?limit=100")
     reply = await api.call("GET", f"/v2/tasks?marker={ids['gone']}", as_=ADMIN)

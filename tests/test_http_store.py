@@ -337,3 +337,26 @@ async def test_the_http_store_takes_no_data(tmp_path: Path, web: str) -> None:
 def test_an_http_store_cannot_be_the_default(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="an http store is read-only, it cannot be the default store"):
         load_config(None, overrides={"DEFAULT": {"data_dir": str(tmp_path), "enabled_backends": "web:http,fs:file"}})
+
+
+async def test_added_locations_count_against_user_storage_quota(tmp_path: Path, web: str) -> None:
+    """Glance's _check_user_storage_quota: each added location brings the image's size once more."""
+    small = f"{web}/images/small.raw"
+    async with running(tmp_path, web, user_storage_quota=str(len(SMALL) * 3 // 2)) as api:
+        image = await api.create()
+        reply = await api.patch(image["id"], [{"op": "add", "path": "/locations/-",
+                                               "value": {"url": small, "metadata": {}}}])
+        assert reply.status == 200, reply.body
+        reply = await api.patch(image["id"], [{"op": "add", "path": "/locations/-",
+                                               "value": {"url": f"{small}#again", "metadata": {}}}])
+        left = len(SMALL) * 3 // 2 - len(SMALL)
+        assert (reply.status, message(reply)) == (413, (
+            f"Image exceeds the storage quota: The size of the data {len(SMALL)} will exceed the limit. "
+            f"{left} bytes remaining."))
+        assert len((await show(api, image["id"]))["locations"]) == 1
+        # The 2.17 call is refused before any task when the data cannot fit.
+        other = await api.create()
+        reply = await add_location(api, other["id"], f"{web}/images/data.raw")
+        assert reply.status == 413, reply.body
+        assert await tasks_of(api, other["id"]) == []
+        assert (await show(api, other["id"]))["status"] == "queued"

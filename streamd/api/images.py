@@ -393,6 +393,9 @@ async def update_image(request: web.Request) -> web.Response:
     updated = {k: v for k, v in props.items() if image.properties.get(k) != v or k in hidden}
     if edits.changed:
         await edits.check_removable()  # 409 while RBD clones use the data of a removed location
+        quota = request.app[SERVICES].quotas.for_project(ctx.project_id)
+        if quota is not None:
+            await quota.before_locations(image.id, edits.size, len(edits.before), len(edits.added))
     image = await request.app[SERVICES].catalog.update_image(
         image.id, changes={**new_base, **edits.values}, set_properties=updated, remove_properties=removed, tags=tags,
         tag_quota=config.default.image_tag_quota,
@@ -540,6 +543,9 @@ async def add_location(request: web.Request) -> web.Response:
     resolved = await image_locations.resolve(services.stores, config, url, check_url=location_url_check(request))
     if not (image.disk_format and image.container_format):
         raise InvalidRequest("Properties disk_format, container_format must be set prior to saving data.")
+    quota = services.quotas.for_project(ctx.project_id)
+    if quota is not None:
+        await quota.before_locations(image.id, resolved.size, 0, 1)
     await services.importer.start_location_import(
         image.id, store=resolved.store, url=resolved.url, size=resolved.size, validation=validation,
         owner=ctx.project_id, user_id=ctx.user_id, request_id=request_id_of(request))

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..catalog import TaskRecord
 from ..catalog.catalog import STAGE_HOST
-from ..catalog.records import isotime
+from ..catalog.records import isotime, utcnow
 from ..config import Config
 from ..errors import PeerFailed, InvalidRequest, StateConflict, NotPermitted, PeerUnreachable, DoesNotExist
 from ..imports import ImportPlan
@@ -295,8 +295,18 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def show_task(request: web.Request) -> web.Response:
+    """Glance 33's task_get: a task of another project is a 403 to non-admins (where a policy
+    lets them reach the tasks API at all), and an expired one is gone (Glance soft-deletes
+    expired tasks; only admins see deleted ones)."""
     _require_tasks_access(request)
-    return web.json_response(task_view(await request.app[SERVICES].catalog.get_task(request.match_info["task_id"])))
+    ctx = context_of(request)
+    task = await request.app[SERVICES].catalog.get_task(request.match_info["task_id"])
+    if not ctx.is_admin:
+        if task.expires_at is not None and task.expires_at <= utcnow():
+            raise DoesNotExist(f"Task with the given id {task.id} not found")
+        if task.owner is not None and task.owner != ctx.project_id:
+            raise NotPermitted(f"Forbidding request, task {task.id} is not visible")
+    return web.json_response(task_view(task))
 
 
 # -- discovery ---------------------------------------------------------------------------------------------

@@ -317,6 +317,16 @@ class LocationEdits:
         self.changed = True
 
     @property
+    def added(self) -> list[Location]:
+        """Locations of the new list that ``before`` did not have."""
+        had = {(loc.store, loc.url) for loc in self.before}
+        return [loc for loc in self.locations if (loc.store, loc.url) not in had]
+
+    @property
+    def size(self) -> int:
+        return int(self._current("size") or 0)
+
+    @property
     def removed(self) -> list[Location]:
         """Locations of ``before`` whose data no remaining location refers to."""
         kept = {(loc.store, loc.url) for loc in self.locations}

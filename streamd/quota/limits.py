@@ -189,6 +189,21 @@ class ProjectQuota:
         if remaining is not None and size * copies > remaining:
             raise storage_quota_full(size * copies, remaining)
 
+    # -- locations a client adds (PATCH /locations, POST /v2/images/{id}/locations) ---------------
+
+    async def before_locations(self, image_id: str, size: int, existing: int, added: int) -> None:
+        """Glance's ``_check_user_storage_quota``: ``added`` more locations of ``size`` bytes must fit
+        in user_storage_quota beside everything the project holds (this image's ``existing``
+        locations included). Keystone's limits are not checked here, as in Glance."""
+        if added <= 0 or size <= 0:
+            return
+        remaining = await self._storage_remaining(image_id)
+        if remaining is None:
+            return
+        remaining -= size * existing
+        if size * added > remaining:
+            raise storage_quota_full(size * added, remaining)
+
     # -- PUT /stage ------------------------------------------------------------------------------------
 
     async def before_stage(self, image_id: str, declared_size: int | None) -> ByteBudget | None:
