@@ -15,7 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
 # Debian packages the test suite needs (installed by --test).
-TEST_APT_PACKAGES=(postgresql qemu-utils genisoimage)
+TEST_APT_PACKAGES=(postgresql qemu-utils genisoimage rabbitmq-server)
 # --- Ceph: packages for the throwaway Ceph cluster (RBD store tests). ---------
 # scripts/ceph-dev.sh runs ceph-mon + ceph-osd; ceph-common has the ceph/rbd/rados
 # CLIs; python3-rados/python3-rbd are Debian's bindings (built for Debian's Python

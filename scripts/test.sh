@@ -17,6 +17,7 @@ PY="$ROOT/.venv/bin/python"
 PG_DIR=""
 CEPH_DIR=""
 KEYSTONE_DIR=""
+RABBITMQ_DIR=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -26,6 +27,9 @@ cleanup() {
     fi
     if [ -n "$KEYSTONE_DIR" ]; then
         "$ROOT/scripts/keystone-dev.sh" stop "$KEYSTONE_DIR" || true
+    fi
+    if [ -n "$RABBITMQ_DIR" ]; then
+        "$ROOT/scripts/rabbitmq-dev.sh" stop "$RABBITMQ_DIR" || true
     fi
     if [ -n "$PG_DIR" ]; then
         "$ROOT/scripts/pg-dev.sh" stop "$PG_DIR" || true
@@ -54,6 +58,11 @@ eval "$ceph_env"
 KEYSTONE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-keystone.XXXXXX")"
 keystone_env="$("$ROOT/scripts/keystone-dev.sh" start "$KEYSTONE_DIR")"
 eval "$keystone_env"
+
+# --- RabbitMQ (notifications): exports STREAMD_TEST_RABBITMQ_URL, _DIR --------------------
+RABBITMQ_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-rabbitmq.XXXXXX")"
+rabbitmq_env="$("$ROOT/scripts/rabbitmq-dev.sh" start "$RABBITMQ_DIR")"
+eval "$rabbitmq_env"
 # ------------------------------------------------------------------------------------
 
 whole_suite=0

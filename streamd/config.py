@@ -303,6 +303,14 @@ class DefaultOptions:
         "Largest image, in bytes, that can be uploaded (413 past it).")
     hashing_algorithm: str = opt(
         "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
+    transport_url: str | None = opt(
+        None, _opt_str,
+        "oslo.messaging transport of the notifications (rabbit://USER:PASS@HOST:5672/), unless "
+        "[oslo_messaging_notifications] transport_url names another.")
+    default_publisher_id: str = opt("image.localhost", _str, "publisher_id of the notifications streamd sends.")
+    disabled_notifications: tuple[str, ...] = opt(
+        (), _list, "Notifications not sent: event types (image.send) or whole groups (image, task, metadef_tag).")
+    control_exchange: str = opt("openstack", _str, "Exchange the notifications are published to (oslo.messaging's).")
     do_secure_hash: bool = opt(
         True, _bool,
         "Compute checksum and os_hash_value of the data a location added by POST /v2/images/{id}/locations "
@@ -659,6 +667,25 @@ class InjectMetadataOptions:
 
 
 @dataclass(frozen=True)
+class NotificationOptions:
+    driver: tuple[str, ...] = opt(
+        (), _list,
+        "oslo.messaging notification drivers: messagingv2 (Glance's usual), messaging, log, routing, noop. "
+        "Empty (the default): no notifications are sent.")
+    transport_url: str | None = opt(None, _opt_str, "Transport of the notifications ([DEFAULT] transport_url if unset).")
+    topics: tuple[str, ...] = opt(("notifications",), _list, "Topics the notifications are sent to.")
+    retry: int = opt(
+        2, _int_range(-1),
+        "Times oslo.messaging retries one delivery before streamd keeps the notification to send it again "
+        "later (-1: retry forever, as oslo.messaging's default; then one that cannot be delivered holds the "
+        "others back until the bus is there).")
+    queue_size: int = opt(
+        10000, _int_range(1),
+        "Notifications waiting for the bus at most; past it the oldest are dropped (and counted). "
+        "streamd's option: requests never wait for the bus.")
+
+
+@dataclass(frozen=True)
 class HttpStoreOptions:
     https_ca_certificates_file: str | None = opt(
         None, _opt_str, "CA bundle that verifies the web servers of https locations (then https_insecure is ignored).")
@@ -766,7 +793,9 @@ def _because(reason: str, *names: str) -> dict[str, str]:
 
 
 _LOGGING = "streamd logs to stderr at the level of `streamd serve --log-level`; oslo.log is not used"
-_MESSAGING = "streamd sends no notifications and makes no RPC calls (no oslo.messaging)"
+_MESSAGING = "streamd makes no RPC calls"
+_RABBIT = ("oslo.messaging's RabbitMQ driver runs with its defaults here; TLS and the like go in "
+           "transport_url's query (?ssl=1)")
 _TOKENS_IN_PROCESS = ("streamd caches validated tokens in-process (bounded, for token_cache_time); "
                       "memcached is not used")
 IGNORED_REASONS: dict[str, dict[str, str]] = {
@@ -779,8 +808,7 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
                    "logging_user_identity_format", "max_logfile_count", "max_logfile_size_mb", "publish_errors",
                    "rate_limit_burst", "rate_limit_except_level", "rate_limit_interval", "syslog_log_facility",
                    "use_journal", "use_json", "use_stderr", "use_syslog", "verbose"),
-        **_because(_MESSAGING, "control_exchange", "default_publisher_id", "disabled_notifications",
-                   "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout", "transport_url"),
+        **_because(_MESSAGING, "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout"),
         **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
         **_because("streamd does not debug remotely", "pydev_worker_debug_host", "pydev_worker_debug_port"),
         **_because("one event loop per process", "workers", "backlog", "tcp_keepidle", "http_keepalive",
@@ -841,9 +869,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     "taskflow_executor": {"*": "imports run in the daemon's event loop, not in taskflow"},
     "wsgi": {"*": "one event loop per process, no WSGI server"},
     "os_brick": {"*": "only Glance's cinder store uses os-brick"},
-    "oslo_messaging_notifications": {"*": _MESSAGING},
-    "oslo_messaging_rabbit": {"*": _MESSAGING},
-    "oslo_messaging_kafka": {"*": _MESSAGING},
+    "oslo_messaging_rabbit": {"*": _RABBIT},
+    "oslo_messaging_kafka": {"*": "notifications go to RabbitMQ (or the log): the kafka driver is not installed"},
 }
 # Options of earlier Glance releases that files written for them still carry: accepted like
 # Glance 33's own (the reasons above name them).
@@ -929,6 +956,7 @@ class Config:
     oslo_limit: OsloLimitOptions = field(default_factory=OsloLimitOptions)
     glance_download_properties: GlanceDownloadOptions = GlanceDownloadOptions()
     store_type_location_strategy: StoreTypeLocationStrategyOptions = StoreTypeLocationStrategyOptions()
+    oslo_messaging_notifications: NotificationOptions = NotificationOptions()
 
     @property
     def warning(self) -> str | None:
@@ -1005,6 +1033,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "oslo_limit": OsloLimitOptions,
     "glance_download_properties": GlanceDownloadOptions,
     "store_type_location_strategy": StoreTypeLocationStrategyOptions,
+    "oslo_messaging_notifications": NotificationOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -1172,7 +1201,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   policy_file_explicit="policy_file" in sections.get("oslo_policy", {}),
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
                   oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"],
-                  store_type_location_strategy=parsed["store_type_location_strategy"])
+                  store_type_location_strategy=parsed["store_type_location_strategy"],
+                  oslo_messaging_notifications=parsed["oslo_messaging_notifications"])
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

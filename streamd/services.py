@@ -27,6 +27,7 @@ from .errors import Duplicate
 from .identity import KeystoneValidator
 from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
+from .notifications import Notifier
 from .pipeline import ImageDelivery, Prefetcher, Scrubber, verify_stale_entry
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
@@ -59,6 +60,8 @@ class Services:
     scrubber: Scrubber | None = None
     # [DEFAULT] property_protection_file's rules; None when no file is configured.
     protections: PropertyProtections | None = None
+    # Glance's notifications to the message bus (a no-op without [oslo_messaging_notifications] driver).
+    notifier: Notifier | None = None
 
 
 @contextlib.asynccontextmanager
@@ -101,11 +104,16 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             stack.push_async_callback(identity.stop)
 
         quotas = await _open_quotas(config, catalog, stack)
+        # Before the importer (its tasks notify), closed after it: what the last imports sent is flushed.
+        notifier = Notifier(config)
+        await notifier.start()
+        stack.push_async_callback(notifier.stop)
         staging = StagingArea(config.staging_dir)
         await staging.start()
         # glance-download finds the remote image service in the caller's Keystone catalogue.
         importer = Importer(catalog, stores, staging, config, quotas,
-                            endpoint_lookup=identity.image_endpoint if identity is not None else None)
+                            endpoint_lookup=identity.image_endpoint if identity is not None else None,
+                            notifier=notifier)
         # Imports this node ran when it last stopped died with it: fail their tasks, release their
         # locks, queue their images again, and clear the staging area of what no import will use.
         await importer.recover()
@@ -127,7 +135,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
-                       protections=protections)
+                       protections=protections, notifier=notifier)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

@@ -208,7 +208,7 @@ extra_properties = [hw_, trait:, os_distro]
 EXPECTED_IGNORED = {
     ("DEFAULT", o) for o in (
         "debug", "log_dir", "workers", "image_cache_driver",
-        "image_cache_sqlite_db", "transport_url", "worker_self_reference_url", "log_file")
+        "image_cache_sqlite_db", "worker_self_reference_url", "log_file")
 } | {
     ("database", o) for o in ("max_retries", "connection_recycle_time", "max_pool_size", "max_overflow")
 } | {
@@ -218,7 +218,6 @@ EXPECTED_IGNORED = {
     ("image_format", "vmdk_allowed_types"),
     ("image_import_opts", "max_parallel_stores"),
     ("oslo_concurrency", "lock_path"), ("os_brick", "lock_path"),
-    ("oslo_messaging_notifications", "driver"), ("oslo_messaging_notifications", "topics"),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue"), ("oslo_messaging_rabbit", "amqp_durable_queues"),
     ("oslo_messaging_rabbit", "heartbeat_in_pthread"),
     ("oslo_middleware", "enable_proxy_headers_parsing"),

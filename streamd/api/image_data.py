@@ -15,7 +15,8 @@ from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible, image_policy
 from .inputs import require_content_type, size_header, text_header
-from .keys import SERVICES, context_of
+from .keys import SERVICES, context_of, notify, notifying
+from ..notifications import image_payload, import_properties, send_payload
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,22 @@ async def upload(request: web.Request) -> web.Response:
     image_policy(request, image).enforce("upload_image")
     require_content_type(request, "application/octet-stream", "image data")
     store = request.app[SERVICES].stores.writable(text_header(request, "X-Image-Meta-Store"))
-    async with request.app[SERVICES].uploads.track():
-        await upload_image(
-            request.app[SERVICES].catalog, store, image.id, _body_chunks(request), declared_size=_declared_size(request),
-            limits=UploadLimits.from_config(config),
-            host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
+    # Glance's ImageProxy.set_data: image.prepare, then image.upload (error: its message) and image.activate.
+    notify(request, "image.prepare", {**image_payload(image), **import_properties(image), "backend": store.name})
+    try:
+        async with request.app[SERVICES].uploads.track():
+            await upload_image(
+                request.app[SERVICES].catalog, store, image.id, _body_chunks(request),
+                declared_size=_declared_size(request), limits=UploadLimits.from_config(config),
+                host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
+    except StreamdError as exc:
+        notify(request, "image.upload", f"Failed to upload image data for image {image.id}: {exc.message}", error=True)
+        raise
+    if notifying(request):
+        uploaded = await request.app[SERVICES].catalog.get_image(image.id)
+        notify(request, "image.upload", {**image_payload(uploaded), **import_properties(uploaded)})
+        if uploaded.status == "active" and image.status != "active":
+            notify(request, "image.activate", image_payload(uploaded))
     return web.Response(status=204)
 
 
@@ -125,13 +137,33 @@ async def download(request: web.Request) -> web.StreamResponse:
     if image.status not in ("active", "deactivated") or not delivery.has_data(image):
         return web.Response(status=204)
     source = await delivery.open(image)
+    sent = _Sent()
     try:
-        return await _send(request, image, source)
+        response = await _send(request, image, source, sent)
+    except ConnectionResetError:
+        _notify_send(request, image, sent)
+        raise
     finally:
         source.close()
+    _notify_send(request, image, sent)
+    return response
 
 
-async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -> web.StreamResponse:
+class _Sent:
+    """Bytes of the body that went out, and how many were promised (image.send's payload)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.promised = 0
+
+
+def _notify_send(request: web.Request, image: ImageRecord, sent: _Sent) -> None:
+    ctx = context_of(request)
+    notify(request, "image.send", send_payload(image, sent.bytes, ctx.project_id, ctx.user_id),
+           error=sent.bytes != sent.promised)
+
+
+async def _send(request: web.Request, image: ImageRecord, source: ImageSource, sent: _Sent) -> web.StreamResponse:
     size = source.size
     etag = _etag(image)
     byte_range = parse_range(request, size)
@@ -149,6 +181,7 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
+    sent.promised = length
     writer = await response.prepare(request)
     file_fd = source.fileno()
     if (file_fd is not None and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None
@@ -168,10 +201,12 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource) -
                 # The errors middleware logs it (one INFO line with the request id): the client is gone.
                 raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
             await response.write_eof()
+            sent.bytes = length
             return response
     try:
         async for data in source.chunks(first, length):
             await response.write(data)
+            sent.bytes += len(data)
     except StreamdError as exc:
         # The status line went out with the headers: the only way left to tell the client is to
         # cut the body short (it sees less than Content-Length), never to answer a second time.

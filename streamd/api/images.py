@@ -21,7 +21,8 @@ from ..pipeline.locations import locations_view
 from ..policy import ImagePolicy, enforce_add_image, list_target
 from .errors import ProtocolError
 from .inputs import json_body
-from .keys import SERVICES, context_of, request_id_of
+from .keys import SERVICES, context_of, notify, request_id_of
+from ..notifications import deleted as deleted_payload, image_payload
 from .schemas import image_base_properties, validate_image
 from .views import image_view
 
@@ -135,6 +136,7 @@ async def create_image(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise InvalidRequest("Image body must be a JSON object")
     image = await create_from_document(request, body)
+    notify(request, "image.create", image_payload(image))
     headers = {
         "Location": _image_url(request, image.id),
         "OpenStack-image-import-methods": ",".join(config.default.enabled_import_methods),
@@ -402,6 +404,7 @@ async def update_image(request: web.Request) -> web.Response:
         locations=edits.locations if edits.changed else None, expected_locations=edits.before)
     if edits.changed:
         await edits.delete_removed()
+    notify(request, "image.update", image_payload(image))
     return web.json_response(view_for(request, image))
 
 
@@ -437,6 +440,7 @@ async def delete_image(request: web.Request) -> web.Response:
             if store is not None:
                 await store.check_deletable(location.url)  # 409 while RBD clones depend on it
     deleted = await request.app[SERVICES].catalog.delete_image(image.id, delayed=delayed)
+    notify(request, "image.delete", deleted_payload(image_payload(deleted)))
     await asyncio.to_thread(request.app[SERVICES].importer.staging.remove, image.id)
     cache = request.app[SERVICES].cache
     if cache is not None:  # also when delayed, as Glance's cache does: the image is gone from the API
@@ -460,7 +464,8 @@ async def _toggle_active(request: web.Request, action: str, source: str, target:
         return web.Response(status=204)
     if image.status != source:
         raise NotPermitted(f"Not allowed to {action} image in status '{image.status}'")
-    await request.app[SERVICES].catalog.transition(image.id, source, target)
+    image = await request.app[SERVICES].catalog.transition(image.id, source, target)
+    notify(request, "image.update", image_payload(image))
     return web.Response(status=204)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +25,19 @@ def services_of(request: web.Request) -> Services:
 
 def context_of(request: web.Request) -> RequestContext:
     return request[CONTEXT]
+
+
+def notify(request: web.Request, event_type: str, payload: Any, *, error: bool = False) -> None:
+    """Glance's notification of what this request did (queued, never waits for the bus)."""
+    notifier = request.app[SERVICES].notifier
+    if notifier is not None and notifier.enabled:
+        (notifier.error if error else notifier.info)(event_type, payload)
+
+
+def notifying(request: web.Request) -> bool:
+    """Whether notifications are sent (worth a catalogue read for a payload)."""
+    notifier = request.app[SERVICES].notifier
+    return notifier is not None and notifier.enabled
 
 
 def request_id_of(request: web.Request) -> str:

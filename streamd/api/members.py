@@ -13,7 +13,8 @@ from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted, DoesNotExist
 from .images import _get_visible, image_policy
 from .inputs import json_body
-from .keys import SERVICES, context_of
+from .keys import SERVICES, context_of, notify
+from ..notifications import deleted, member_payload
 from .views import member_view
 
 
@@ -89,6 +90,7 @@ async def add_member(request: web.Request) -> web.Response:
     _enforce_member_rule(request, image, "add_member")
     member = await request.app[SERVICES].catalog.add_member(image.id, body["member"],
                                                    quota=request.app[SERVICES].config.default.image_member_quota)
+    notify(request, "image.member.create", member_payload(member))
     return web.json_response(member_view(member))
 
 
@@ -120,6 +122,7 @@ async def update_member(request: web.Request) -> web.Response:
     if not isinstance(status, str) or status not in MEMBER_STATUSES:
         raise InvalidRequest(f"Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\": {status}")
     member = await request.app[SERVICES].catalog.update_member(image.id, member.member, status)
+    notify(request, "image.member.update", member_payload(member))
     return web.json_response(member_view(member))
 
 
@@ -131,6 +134,7 @@ async def delete_member(request: web.Request) -> web.Response:
     member = await _lookup_member(request, ctx, image, request.match_info["member_id"])
     _enforce_member_rule(request, image, "delete_member")
     await request.app[SERVICES].catalog.delete_member(image.id, member.member)
+    notify(request, "image.member.delete", deleted(member_payload(member)))
     return web.Response(status=204)
 
 

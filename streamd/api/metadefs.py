@@ -22,7 +22,9 @@ from ..catalog.metadefs import (AssociationRecord, NamespaceRecord, NewAssociati
 from ..catalog.records import isotime
 from ..errors import DoesNotExist, InvalidRequest, NotPermitted
 from .inputs import json_body, text_header
-from .keys import SERVICES, context_of
+from .keys import SERVICES, context_of, notify, notifying
+from ..notifications import (deleted, namespace_payload, object_payload, property_payload, resource_type_payload,
+                             tag_payload)
 
 # Glance 33's schemas, as it serves them (see the file's _comment for where they come from).
 _SCHEMAS: dict[str, dict[str, Any]] = json.loads(
@@ -299,6 +301,7 @@ async def create_namespace(request: web.Request) -> web.Response:
     ns = await request.app[SERVICES].catalog.create_namespace(
         values, objects=objects, properties=properties, tags=[t["name"] for t in body.get("tags") or []],
         associations=associations)
+    notify(request, "metadef_namespace.create", namespace_payload(ns))
     # Glance answers with the namespace it built from the request: its contents as they were sent.
     view = namespace_view(ns)
     if "resource_type_associations" in body:
@@ -360,6 +363,7 @@ async def update_namespace(request: web.Request) -> web.Response:
     values = dict(body)
     values["owner"] = body.get("owner") or context_of(request).project_id
     updated = await request.app[SERVICES].catalog.update_namespace(ns, values)
+    notify(request, "metadef_namespace.update", namespace_payload(updated, old_name=ns.namespace))
     return web.json_response(namespace_view(updated))
 
 
@@ -367,6 +371,7 @@ async def delete_namespace(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "delete_metadef_namespace", target_of(request, ns))
     await request.app[SERVICES].catalog.delete_namespace(ns)
+    notify(request, "metadef_namespace.delete", deleted(namespace_payload(ns)))
     return web.Response(status=204)
 
 
@@ -378,6 +383,7 @@ def _delete_contents(kind: str) -> Any:
         if kind == "tags":
             authorize(request, "delete_metadef_tags", target_of(request, ns))
         await request.app[SERVICES].catalog.delete_namespace_contents(ns, kind)
+        notify(request, f"metadef_namespace.delete_{kind}", namespace_payload(ns))
         return web.Response(status=204)
     handler.__name__ = f"delete_namespace_{kind}"
     return handler
@@ -405,6 +411,7 @@ async def create_object(request: web.Request) -> web.Response:
     ns = await _namespace(request, missing_as_glance=True)
     authorize(request, "add_metadef_object", target_of(request, ns))
     obj = await request.app[SERVICES].catalog.create_metadef_object(ns, _new_object(body))
+    notify(request, "metadef_object.create", object_payload(ns.namespace, obj))
     return web.json_response(object_view(ns.namespace, obj, given=body), status=201)
 
 
@@ -420,13 +427,18 @@ async def update_object(request: web.Request) -> web.Response:
     ns = await _namespace(request, missing_as_glance=True)
     authorize(request, "modify_metadef_object", target_of(request, ns))
     obj = await request.app[SERVICES].catalog.update_metadef_object(ns, request.match_info["name"], _new_object(body))
+    notify(request, "metadef_object.update", object_payload(ns.namespace, obj, old_name=request.match_info["name"]))
     return web.json_response(object_view(ns.namespace, obj, given=body))
 
 
 async def delete_object(request: web.Request) -> web.Response:
     ns = await _namespace(request, missing_as_glance=True)
     authorize(request, "delete_metadef_object", target_of(request, ns))
-    await request.app[SERVICES].catalog.delete_metadef_object(ns, request.match_info["name"])
+    catalog = request.app[SERVICES].catalog
+    obj = await catalog.get_metadef_object(ns, request.match_info["name"]) if notifying(request) else None
+    await catalog.delete_metadef_object(ns, request.match_info["name"])
+    if obj is not None:
+        notify(request, "metadef_object.delete", deleted(object_payload(ns.namespace, obj)))
     return web.Response(status=204)
 
 
@@ -445,6 +457,7 @@ async def create_property(request: web.Request) -> web.Response:
     authorize(request, "add_metadef_property", target_of(request, ns))
     schema = _property_input(body)
     prop = await request.app[SERVICES].catalog.create_metadef_property(ns, body["name"], schema)
+    notify(request, "metadef_property.create", property_payload(ns.namespace, prop))
     return web.json_response({**_property_schema(prop.schema), "name": prop.name}, status=201)
 
 
@@ -477,13 +490,19 @@ async def update_property(request: web.Request) -> web.Response:
     authorize(request, "modify_metadef_property", target_of(request, ns))
     prop = await request.app[SERVICES].catalog.update_metadef_property(ns, request.match_info["name"], body["name"],
                                                                _property_input(body))
+    notify(request, "metadef_property.update",
+           property_payload(ns.namespace, prop, old_name=request.match_info["name"]))
     return web.json_response({**_property_schema(prop.schema), "name": prop.name})
 
 
 async def delete_property(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "remove_metadef_property", target_of(request, ns))
-    await request.app[SERVICES].catalog.delete_metadef_property(ns, request.match_info["name"])
+    catalog = request.app[SERVICES].catalog
+    prop = await catalog.get_metadef_property(ns, request.match_info["name"]) if notifying(request) else None
+    await catalog.delete_metadef_property(ns, request.match_info["name"])
+    if prop is not None:
+        notify(request, "metadef_property.delete", deleted(property_payload(ns.namespace, prop)))
     return web.Response(status=204)
 
 
@@ -513,6 +532,9 @@ async def create_tags(request: web.Request) -> web.Response:
     for name in names:
         _check_tag_name(name)
     tags = await request.app[SERVICES].catalog.create_metadef_tags(ns, names, append=append)
+    for tag in tags:
+        if tag.name in names:
+            notify(request, "metadef_tag.create", tag_payload(ns.namespace, tag))
     return web.json_response({"tags": [{"name": t.name} for t in tags]}, status=201)
 
 
@@ -522,6 +544,7 @@ async def create_tag(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     _check_tag_name(name)
     tag = await request.app[SERVICES].catalog.create_metadef_tag(ns, name)
+    notify(request, "metadef_tag.create", tag_payload(ns.namespace, tag))
     return web.json_response(tag_view(tag), status=201)
 
 
@@ -537,13 +560,18 @@ async def update_tag(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "modify_metadef_tag", target_of(request, ns))
     tag = await request.app[SERVICES].catalog.update_metadef_tag(ns, request.match_info["name"], body["name"])
+    notify(request, "metadef_tag.update", tag_payload(ns.namespace, tag, old_name=request.match_info["name"]))
     return web.json_response(tag_view(tag))
 
 
 async def delete_tag(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "delete_metadef_tag", target_of(request, ns))
-    await request.app[SERVICES].catalog.delete_metadef_tag(ns, request.match_info["name"])
+    catalog = request.app[SERVICES].catalog
+    tag = await catalog.get_metadef_tag(ns, request.match_info["name"]) if notifying(request) else None
+    await catalog.delete_metadef_tag(ns, request.match_info["name"])
+    if tag is not None:
+        notify(request, "metadef_tag.delete", deleted(tag_payload(ns.namespace, tag)))
     return web.Response(status=204)
 
 
@@ -570,13 +598,25 @@ async def create_association(request: web.Request) -> web.Response:
     authorize(request, "add_metadef_resource_type_association", target_of(request, ns))
     association = await request.app[SERVICES].catalog.create_association(
         ns, NewAssociation(body["name"], body.get("prefix"), body.get("properties_target")))
+    notify(request, "metadef_resource_type.create", _association_payload(ns, association))
     return web.json_response(association_view(association), status=201)
+
+
+def _association_payload(ns: NamespaceRecord, association: AssociationRecord) -> dict[str, Any]:
+    return resource_type_payload(ns.namespace, association.name, association.prefix,
+                                 association.properties_target, association.created_at, association.updated_at)
 
 
 async def delete_association(request: web.Request) -> web.Response:
     ns = await _namespace(request)
     authorize(request, "remove_metadef_resource_type_association", target_of(request, ns))
-    await request.app[SERVICES].catalog.delete_association(ns, request.match_info["resource_type"])
+    catalog = request.app[SERVICES].catalog
+    name = request.match_info["resource_type"]
+    association = (next((a for a in await catalog.list_associations(ns) if a.name == name), None)
+                   if notifying(request) else None)
+    await catalog.delete_association(ns, name)
+    if association is not None:
+        notify(request, "metadef_resource_type.delete", deleted(_association_payload(ns, association)))
     return web.Response(status=204)
 
 

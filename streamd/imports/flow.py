@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
+from ..notifications import Notifier, image_payload, import_properties, task_payload
 from ..errors import ImportSourceError, InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
 from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
                         refuse_oversized, write_to_stores)
@@ -79,8 +80,11 @@ class ImportFailed(StoreFailure):
 
 class Importer:
     def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config,
-                 quotas: Quotas | None = None, endpoint_lookup: EndpointLookup | None = None) -> None:
+                 quotas: Quotas | None = None, endpoint_lookup: EndpointLookup | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.catalog = catalog
+        # Glance's task.* and image.prepare/upload/activate of imports (None: not sent).
+        self.notifier = notifier
         # glance-download finds the remote image service with it (Keystone's catalogue); None in noauth mode.
         self.endpoint_lookup = endpoint_lookup
         self.quotas = quotas
@@ -150,6 +154,8 @@ class Importer:
             plan.image_id, task_id=task_id, owner=owner, user_id=user_id, request_id=request_id, host=self.host,
             task_input=task_input, stores=list(plan.stores), from_status=FROM_STATUS[plan.method],
             to_status=None if plan.method == "copy-image" else "importing", lock_timeout=self.lock_timeout)
+        self._task_event("task.create", task)
+        self._task_event("task.processing", task)
         quota = self.quotas.for_project(owner) if self.quotas is not None else None
         runner = asyncio.create_task(self._run(plan, image, task_id, quota), name=f"import-{plan.image_id}")
         self._running[task_id] = runner
@@ -167,6 +173,8 @@ class Importer:
             image_id, task_id=task_id, owner=owner, user_id=user_id, request_id=request_id, host=self.host,
             task_input=task_input, stores=[], from_status="queued", to_status=None,
             lock_timeout=self.lock_timeout, task_type="location_import")
+        self._task_event("task.create", task)
+        self._task_event("task.processing", task)
         job = LocationImport(self.catalog, self.config, self.stores.get(store), image_id, url, size, validation)
         runner = asyncio.create_task(self._run_location_import(job, task_id), name=f"import-{image_id}")
         self._running[task_id] = runner
@@ -197,6 +205,7 @@ class Importer:
             await asyncio.shield(self.catalog.finish_import(
                 job.image_id, task_id, success=success, message=message,
                 result={"image_id": job.image_id} if success else None))
+            await asyncio.shield(self._task_finished(task_id, success))
 
     async def expire_dead_imports(self) -> None:
         """Periodically, on every node: free the images of imports whose node died, and drop staged
@@ -233,6 +242,7 @@ class Importer:
         lost_lock = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(task_id, progress, me, lost_lock))
         undo: list[Undo] = []
+        await self._image_events(plan, "image.prepare")
         try:
             try:
                 await self._import(plan, image, progress, quota, undo)
@@ -248,8 +258,11 @@ class Importer:
                 raise
         except StreamdError as exc:
             log.warning("import of image %s (%s) failed: %s", plan.image_id, plan.method, exc)
+            if self.notifier is not None:
+                self.notifier.error("image.upload", f"Failed to import image {plan.image_id}: {exc}")
             await self._finish(plan, task_id, success=False, message=str(exc))
         else:
+            await self._image_events(plan, "image.upload", activated=plan.method != "copy-image")
             await self._finish(plan, task_id, success=True, message=f"Copied {progress.bytes >> 20} MiB",
                                result={"image_id": plan.image_id})
         finally:
@@ -263,6 +276,34 @@ class Importer:
             await asyncio.to_thread(self.staging.remove, plan.image_id)
         await self.catalog.finish_import(plan.image_id, task_id, success=success, message=message, result=result,
                                          revert_to_queued=plan.method != "copy-image")
+        await self._task_finished(task_id, success)
+
+    # -- notifications (Glance's TaskProxy and ImageProxy.set_data) ------------------------------
+
+    def _task_event(self, event_type: str, task: TaskRecord) -> None:
+        if self.notifier is not None:
+            self.notifier.info(event_type, task_payload(task))
+
+    async def _task_finished(self, task_id: str, success: bool) -> None:
+        if self.notifier is None or not self.notifier.enabled:
+            return
+        task = await self.catalog.get_task(task_id)
+        self._task_event("task.success" if success else "task.failure", task)
+        self._task_event("task.run", task)
+
+    async def _image_events(self, plan: ImportPlan, event_type: str, *, activated: bool = False) -> None:
+        """image.prepare (before) or image.upload (after) once per target store, as Glance's set_data
+        per backend; image.activate when the import made the image active."""
+        if self.notifier is None or not self.notifier.enabled:
+            return
+        try:
+            image = await self.catalog.get_image(plan.image_id)
+        except StreamdError:
+            return
+        for store in plan.stores:
+            self.notifier.info(event_type, {**image_payload(image), **import_properties(image), "backend": store})
+        if activated and image.status == "active":
+            self.notifier.info("image.activate", image_payload(image))
 
     async def _heartbeat(self, task_id: str, progress: Progress, runner: asyncio.Task[None],
                          lost_lock: asyncio.Event) -> None:
