@@ -32,6 +32,7 @@ from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
 from .policy import PolicyEnforcer, PropertyProtections, protections_from_config, settings_from_config
 from .quota import KeystoneLimits, Quotas
+from .signing import Signatures, signatures_from_config
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class Services:
     scrubber: Scrubber | None = None
     # [DEFAULT] property_protection_file's rules; None when no file is configured.
     protections: PropertyProtections | None = None
+    # Image signature verification (certificates from Barbican or [image_signature] certificate_dir).
+    signatures: Signatures | None = None
 
 
 @contextlib.asynccontextmanager
@@ -103,9 +106,11 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         quotas = await _open_quotas(config, catalog, stack)
         staging = StagingArea(config.staging_dir)
         await staging.start()
+        signatures = signatures_from_config(config)
         # glance-download finds the remote image service in the caller's Keystone catalogue.
         importer = Importer(catalog, stores, staging, config, quotas,
-                            endpoint_lookup=identity.image_endpoint if identity is not None else None)
+                            endpoint_lookup=identity.image_endpoint if identity is not None else None,
+                            signatures=signatures)
         # Imports this node ran when it last stopped died with it: fail their tasks, release their
         # locks, queue their images again, and clear the staging area of what no import will use.
         await importer.recover()
@@ -127,7 +132,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
-                       protections=protections)
+                       protections=protections, signatures=signatures)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

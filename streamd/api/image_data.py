@@ -61,7 +61,7 @@ async def upload(request: web.Request) -> web.Response:
     async with request.app[SERVICES].uploads.track():
         await upload_image(
             request.app[SERVICES].catalog, store, image.id, _body_chunks(request), declared_size=_declared_size(request),
-            limits=UploadLimits.from_config(config),
+            limits=UploadLimits.from_config(config, signatures=request.app[SERVICES].signatures),
             host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
     return web.Response(status=204)
 
