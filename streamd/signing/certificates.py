@@ -90,10 +90,11 @@ class KeyManagerCertificates:
         conf([], project="streamd", default_config_files=[], default_config_dirs=[])
         options.set_defaults(conf, backend="barbican", barbican_endpoint=bb.barbican_endpoint,
                              barbican_api_version=bb.barbican_api_version, auth_endpoint=bb.auth_endpoint or km.auth_url,
-                             barbican_endpoint_type=bb.barbican_endpoint_type,
-                             barbican_region_name=bb.barbican_region_name, verify_ssl=bb.verify_ssl,
+                             barbican_endpoint_type=bb.barbican_endpoint_type, verify_ssl=bb.verify_ssl,
                              verify_ssl_path=bb.verify_ssl_path)
-        self._manager = key_manager.API(conf)
+        self._manager = key_manager.API(conf)  # registers the [barbican] options set_defaults does not know
+        if bb.barbican_region_name:
+            conf.set_override("barbican_region_name", bb.barbican_region_name, group="barbican")
         self._credential = keystone_password.KeystonePassword(
             km.password, auth_url=km.auth_url, username=km.username, user_id=km.user_id,
             user_domain_id=km.user_domain_id, user_domain_name=km.user_domain_name, project_id=km.project_id,
