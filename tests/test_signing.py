@@ -24,6 +24,8 @@ from conftest import Daemon, start_daemon, stop_daemon
 from signing_keys import DAY, NOW, make_cert, make_key, write_cert, write_key
 from test_glance_cli import show_table
 from test_glance_cli_import import Cli, stores_of
+from test_import_crash import DATA as SOURCE_DATA
+from test_import_crash import Source
 
 from streamd.errors import SignatureVerificationFailed
 from streamd.sign import signature_properties
@@ -44,9 +46,16 @@ def rsa_signer(certs: Path) -> tuple[Any, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Daemon]:
+def source() -> Iterator[Source]:
+    with Source() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, certs: Path, source: Source) -> Iterator[Daemon]:
     daemon = start_daemon(tmp_path_factory.mktemp("signing"), (
         "enabled_backends = fs:file,fs2:file\n"
+        f"[import_filtering_opts]\nallow_private_networks = true\nallowed_ports = {source.port}\n"
         f"[image_signature]\ncertificate_dir = {certs}\n"))
     try:
         yield daemon
@@ -255,6 +264,10 @@ def test_glance_direct_import_verifies_the_staged_data(cli: Cli, tmp_path: Path,
     good = create(cli.daemon, props)
     assert http(cli.daemon, "PUT", f"/v2/images/{good}/stage", data,
                 {"Content-Type": "application/octet-stream"})[0] == 204
+    # The digest the signature covers was computed while the data was staged: the import reads nothing again.
+    staged = json.loads((cli.daemon.data_dir / "staging" / f"{good}.json").read_text())
+    assert staged["signature_hash_method"] == "SHA-256"
+    assert staged["signature_digest"] == hashlib.sha256(data).hexdigest()
     assert import_and_wait(cli, good, {"method": {"name": "glance-direct"}})["status"] == "success"
     assert cli.image(good)["status"] == "active"
 
@@ -262,6 +275,24 @@ def test_glance_direct_import_verifies_the_staged_data(cli: Cli, tmp_path: Path,
     assert http(cli.daemon, "PUT", f"/v2/images/{bad}/stage", data[:-1] + b"\0",
                 {"Content-Type": "application/octet-stream"})[0] == 204
     task = import_and_wait(cli, bad, {"method": {"name": "glance-direct"}})
+    assert task["status"] == "failure" and task["message"] == mismatch(bad), task
+    image = cli.image(bad)
+    assert image["status"] == "queued" and not stores_of(image)
+    assert bad not in stored_files(cli.daemon) and bad not in " ".join(cli.staging())
+
+
+def test_web_download_verifies_the_downloaded_data(cli: Cli, source: Source, tmp_path: Path,
+                                                   rsa_signer: tuple[Any, str]) -> None:
+    key, cert = rsa_signer
+    (tmp_path / "d").write_bytes(SOURCE_DATA)
+    good = create(cli.daemon, sign(tmp_path / "d", key, cert, "SHA-384"))
+    web = {"method": {"name": "web-download", "uri": source.url("/disk.raw")}}
+    assert import_and_wait(cli, good, web)["status"] == "success"
+    assert cli.image(good)["status"] == "active"
+    # Signed over other bytes than the source serves.
+    (tmp_path / "d").write_bytes(SOURCE_DATA[:-1] + bytes([SOURCE_DATA[-1] ^ 1]))
+    bad = create(cli.daemon, sign(tmp_path / "d", key, cert, "SHA-384"))
+    task = import_and_wait(cli, bad, web)
     assert task["status"] == "failure" and task["message"] == mismatch(bad), task
     image = cli.image(bad)
     assert image["status"] == "queued" and not stores_of(image)
