@@ -122,7 +122,12 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 guarded.append(failed_early)
         hasher = ImageHasher(hashing_algorithm) if hashing_algorithm else None
         consumers: list[Consumer] = [hasher.update_md5, hasher.update_os_hash] if hasher else []
-        if signature is not None:
+        # A signature over the os_hash algorithm's digest (SHA-512 and the default hashing_algorithm)
+        # shares that hash; any other is one more consumer.
+        sig_name = signature.hashlib_name if isinstance(signature, SignatureHash) else (
+            signature.hash.hashlib_name if signature is not None else None)
+        shared = hasher is not None and sig_name == hashing_algorithm
+        if signature is not None and not shared:
             consumers.append(signature.update)
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
@@ -150,13 +155,17 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
             raise InvalidRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
         virtual_size = inspection.finish().virtual_size if inspection is not None else None
         await fanout.close()
+        digests = hasher.digests() if hasher else None
         digest: bytes | None = None
+        if signature is not None:
+            if shared:
+                assert digests is not None
+                digest = bytes.fromhex(digests.os_hash_value)
+            else:
+                digest = signature.hash.digest() if isinstance(signature, SignatureVerifier) else signature.digest()
         if isinstance(signature, SignatureVerifier) and not _all_failed(guarded):
-            signature.verify()  # before any store commits: a mismatch leaves nothing anywhere
-            digest = signature.hash.digest()
-        elif signature is not None:
-            digest = signature.digest()
-        result = Ingested(received, hasher.digests() if hasher else None, virtual_size, signature_digest=digest)
+            signature.verify(digest)  # before any store commits: a mismatch leaves nothing anywhere
+        result = Ingested(received, digests, virtual_size, signature_digest=digest)
         outcomes = await asyncio.gather(*(_commit(g, received) for g in guarded), return_exceptions=True)
         for g, outcome in zip(guarded, outcomes):
             if isinstance(outcome, StoredData):

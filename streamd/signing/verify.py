@@ -79,7 +79,8 @@ class SignatureHash:
 
     def __init__(self, method: str) -> None:
         self.method = method
-        self._hash = hashlib.new(HASH_METHODS[method][0])
+        self.hashlib_name = HASH_METHODS[method][0]
+        self._hash = hashlib.new(self.hashlib_name)
 
     def update(self, chunk: bytes) -> None:
         self._hash.update(chunk)
@@ -104,8 +105,9 @@ class SignatureVerifier:
     def update(self, chunk: bytes) -> None:
         self.hash.update(chunk)
 
-    def verify(self) -> None:
-        self.verify_digest(self.hash.digest())
+    def verify(self, digest: bytes | None = None) -> None:
+        """Against what ``update`` saw, or ``digest`` (the same data's, of the same hash) when given."""
+        self.verify_digest(self.hash.digest() if digest is None else digest)
 
     def verify_digest(self, digest: bytes) -> None:
         """SignatureVerificationFailed with Glance's message when the data is not what was signed."""
