@@ -157,3 +157,119 @@ def test_refusals_with_barbican(server: Daemon, vault: Vault, tmp_path: Path) ->
     secret = vault.store_passphrase("not a certificate")
     image = create(server, {**props, "img_signature_certificate_uuid": secret})
     assert_refused(server, image, *upload(server, image, data), refused(image, "Invalid certificate format: RAW"))
+
+
+# -- parity: real Glance 33 with the same Barbican ------------------------------------------------
+
+def _admin_login() -> tuple[str, str]:
+    """A project-scoped token of Keystone's admin, and the admin project's id."""
+    import json
+    import urllib.request
+
+    auth = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "admin", "domain": {"id": "default"}, "password": os.environ["STREAMD_TEST_KEYSTONE_ADMIN_PASSWORD"]}}},
+        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}
+    request = urllib.request.Request(keystone_url() + "/auth/tokens?nocatalog", data=json.dumps(auth).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.headers["X-Subject-Token"], json.load(response)["token"]["project"]["id"]
+
+
+@pytest.fixture(scope="module")
+def glance_and_streamd_signing(tmp_path_factory: pytest.TempPathFactory, barbican: str) -> Iterator[dict[str, str]]:
+    """Glance 33 (``[key_manager] backend = barbican``: castellan with the caller's token, as Glance
+    runs it) and a streamd with its own credentials, both reading the same Barbican."""
+    from test_glance_parity import Glance, glance_and_streamd
+
+    class SigningGlance(Glance):  # type: ignore[misc, valid-type]
+        def prepare(self) -> list[str]:
+            cmd = super().prepare()
+            conf = self.workdir / "etc" / "glance-api.conf"
+            conf.write_text(conf.read_text() + f"[key_manager]\nbackend = barbican\n[barbican]\n"
+                                               f"barbican_endpoint = {barbican}\nauth_endpoint = {keystone_url()}\n")
+            return cmd
+
+    creds = "".join(f"{k} = {v}\n" for k, v in _credentials().items())
+    with glance_and_streamd(tmp_path_factory.mktemp("signing-parity"), glance_class=SigningGlance,
+                            extra_config=f"[key_manager]\nbackend = barbican\n{creds}"
+                                         f"[barbican]\nbarbican_endpoint = {barbican}\n") as both:
+        yield both
+
+
+def _raw(url: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=body, method=method, headers={"Accept": "application/json",
+                                                                                     **headers})
+    for attempt in range(12):  # Glance's uWSGI drops a connection now and then (see test_glance_parity)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                raw, status = response.read(), response.status
+            break
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+            break
+        except (ConnectionError, urllib.error.URLError):
+            if attempt == 11:
+                raise
+            import time
+            time.sleep(0.2 * (attempt + 1))
+    return status, json.loads(raw) if raw else None
+
+
+def test_parity_with_glance(glance_and_streamd_signing: dict[str, str], vault: Vault, tmp_path: Path) -> None:
+    token, project = _admin_login()
+    who = {"X-Auth-Token": token, "X-Project-Id": project, "X-Roles": "admin,member,reader"}
+    key = make_key("rsa")
+    cert = vault.store_cert(make_cert(key))
+    expired = vault.store_cert(make_cert(key, not_before=NOW - 9 * DAY, not_after=NOW - DAY))
+    other = vault.store_cert(make_cert(make_key("rsa")))
+    data = make_file(tmp_path / "d", 1 << 20)
+    props = sign(tmp_path / "d", key, cert)
+    flipped = data[:100] + bytes([data[100] ^ 4]) + data[101:]
+    missing = "5b8c1a0e-1111-4222-8333-944445555666"
+    cases = {
+        "good": (props, data),
+        "flipped byte": (props, flipped),
+        "truncated": (props, data[:4096]),
+        "wrong certificate": ({**props, "img_signature_certificate_uuid": other}, data),
+        "no such certificate": ({**props, "img_signature_certificate_uuid": missing}, data),
+        "bad hash method": ({**props, "img_signature_hash_method": "SHA-1"}, data),
+        "bad key type": ({**props, "img_signature_key_type": "ECC_SECT571K1"}, data),
+        "key type of another kind": ({**props, "img_signature_key_type": "DSA"}, data),
+        "partial": ({k: v for k, v in props.items() if k != "img_signature_key_type"}, data),
+    }
+    answers: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for server, url in glance_and_streamd_signing.items():
+        for case, (properties, body) in cases.items():
+            status, image = _raw(url, "POST", "/v2/images", {**who, "Content-Type": "application/json"},
+                                 json_bytes({"disk_format": "raw", "container_format": "bare", **properties}))
+            assert status == 201, (server, case, image)
+            status, answer = _raw(url, "PUT", f"/v2/images/{image['id']}/file",
+                                  {**who, "Content-Type": "application/octet-stream"}, body)
+            message = answer["message"].replace(image["id"], "IMAGE") if answer else None
+            shown = _raw(url, "GET", f"/v2/images/{image['id']}", who)[1]
+            answers.setdefault(case, {})[server] = (status, message, shown["status"], shown["checksum"])
+    for case, both in answers.items():
+        assert both["glance"] == both["streamd"], (case, both)
+    assert answers["good"]["streamd"][:3] == (204, None, "active")
+    assert answers["flipped byte"]["streamd"][:3] == (
+        400, "Signature verification failed for image IMAGE: Signature verification failed<br /><br />\n\n\n", "queued")
+
+    # Deliberately not Glance's: an expired certificate is refused (verify_certificate_dates).
+    statuses = {}
+    for server, url in glance_and_streamd_signing.items():
+        status, image = _raw(url, "POST", "/v2/images", {**who, "Content-Type": "application/json"},
+                             json_bytes({"disk_format": "raw", "container_format": "bare",
+                                         **props, "img_signature_certificate_uuid": expired}))
+        statuses[server] = _raw(url, "PUT", f"/v2/images/{image['id']}/file",
+                                {**who, "Content-Type": "application/octet-stream"}, data)[0]
+    assert statuses == {"glance": 204, "streamd": 400}
+
+
+def json_bytes(document: Any) -> bytes:
+    import json
+
+    return json.dumps(document).encode()
