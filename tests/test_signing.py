@@ -373,3 +373,25 @@ async def test_certificate_chain_to_a_trusted_ca(tmp_path: Path) -> None:
     with pytest.raises(SignatureVerificationFailed):
         await signatures("self-signed").verifier_for("img", own)
     assert await Signatures(source, CertificateChecks()).verifier_for("img", own) is not None
+
+
+def test_signature_made_with_openssl_as_glance_documents(server: Daemon, certs: Path, tmp_path: Path) -> None:
+    """Glance's documented recipe: ``openssl dgst -sha256 -sign key -sigopt rsa_padding_mode:pss``."""
+    def openssl(*args: str) -> None:
+        done = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+    openssl("genrsa", "-out", str(tmp_path / "key.pem"), "2048")
+    openssl("req", "-new", "-x509", "-key", str(tmp_path / "key.pem"), "-out", str(certs / "openssl-cert"),
+            "-days", "2", "-subj", "/CN=openssl signer")
+    data = make_file(tmp_path / "img", 3 * MIB + 11)
+    openssl("dgst", "-sha256", "-sign", str(tmp_path / "key.pem"), "-sigopt", "rsa_padding_mode:pss",
+            "-out", str(tmp_path / "img.sig"), str(tmp_path / "img"))
+    props = {"img_signature": base64.b64encode((tmp_path / "img.sig").read_bytes()).decode(),
+             "img_signature_hash_method": "SHA-256", "img_signature_key_type": "RSA-PSS",
+             "img_signature_certificate_uuid": "openssl-cert"}
+    image = create(server, props)
+    assert upload(server, image, data)[0] == 204
+    assert http(server, "GET", f"/v2/images/{image}")[1]["status"] == "active"
+    image = create(server, props)
+    assert_refused(server, image, *upload(server, image, data + b"\n"), mismatch(image))
