@@ -395,3 +395,17 @@ def test_signature_made_with_openssl_as_glance_documents(server: Daemon, certs: 
     assert http(server, "GET", f"/v2/images/{image}")[1]["status"] == "active"
     image = create(server, props)
     assert_refused(server, image, *upload(server, image, data + b"\n"), mismatch(image))
+
+
+async def test_without_a_certificate_source_signed_images_are_refused(tmp_path: Path) -> None:
+    """No key manager and no certificate_dir: as a Glance whose castellan reaches no Barbican."""
+    from streamd.config import load_config
+    from streamd.signing import signatures_from_config
+
+    signatures = signatures_from_config(load_config(overrides={"DEFAULT": {"data_dir": str(tmp_path)}}))
+    key = make_key("rsa")
+    (tmp_path / "d").write_bytes(b"x" * 100)
+    with pytest.raises(SignatureVerificationFailed) as caught:
+        await signatures.verifier_for("img", sign(tmp_path / "d", key, "some-id"))
+    assert caught.value.message == refused("img", "Unable to retrieve certificate with ID: some-id")
+    assert await signatures.verifier_for("img", {"img_signature": "x"}) is None
