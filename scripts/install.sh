@@ -180,6 +180,8 @@ fi
 if [ "$with_test" -eq 1 ]; then
     say "Keystone 30 venv in $ROOT/.venv-keystone"
     "$ROOT/scripts/keystone-dev.sh" venv
+    say "Barbican 23 venv in $ROOT/.venv-barbican"
+    "$ROOT/scripts/barbican-dev.sh" venv
     say "Tempest 47 + glance-tempest-plugin venv in $ROOT/.venv-tempest"
     "$ROOT/scripts/tempest.sh" venv
 fi

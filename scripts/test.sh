@@ -18,12 +18,16 @@ PG_DIR=""
 CEPH_DIR=""
 KEYSTONE_DIR=""
 RABBITMQ_DIR=""
+BARBICAN_DIR=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
     # --- Ceph: stop the throwaway Ceph cluster (scripts/ceph-dev.sh) ---------------
     if [ -n "$CEPH_DIR" ]; then
         "$ROOT/scripts/ceph-dev.sh" stop "$CEPH_DIR" || true
+    fi
+    if [ -n "$BARBICAN_DIR" ]; then
+        "$ROOT/scripts/barbican-dev.sh" stop "$BARBICAN_DIR" || true
     fi
     if [ -n "$KEYSTONE_DIR" ]; then
         "$ROOT/scripts/keystone-dev.sh" stop "$KEYSTONE_DIR" || true
@@ -63,6 +67,12 @@ eval "$keystone_env"
 RABBITMQ_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-rabbitmq.XXXXXX")"
 rabbitmq_env="$("$ROOT/scripts/rabbitmq-dev.sh" start "$RABBITMQ_DIR")"
 eval "$rabbitmq_env"
+
+# --- Barbican (signed images' certificates), beside that Keystone: exports
+# STREAMD_TEST_BARBICAN_URL, STREAMD_TEST_BARBICAN_DIR ----------------------------------
+BARBICAN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamd-barbican.XXXXXX")"
+barbican_env="$("$ROOT/scripts/barbican-dev.sh" start "$BARBICAN_DIR")"
+eval "$barbican_env"
 # ------------------------------------------------------------------------------------
 
 whole_suite=0

@@ -713,6 +713,83 @@ class StagingStoreOptions:
 
 
 @dataclass(frozen=True)
+class ImageSignatureOptions:
+    """streamd's own section: where signing certificates are found without a key manager, and what
+    is checked of them (Glance 33 checks only their format and key type)."""
+
+    certificate_dir: str | None = opt(
+        None, _opt_str,
+        "Directory of X.509 certificates (PEM or DER), for deployments without a key manager: an "
+        "image's img_signature_certificate_uuid is the name of a file here. streamd's option; when "
+        "[key_manager] names the barbican backend the certificates come from Barbican instead, as in Glance.")
+    verify_certificate_dates: bool = opt(
+        True, _bool,
+        "Refuse a signed image whose certificate is outside its validity dates (not_valid_before, "
+        "not_valid_after). Glance 33 does not check them; set false for its behaviour.")
+    verify_key_usage: bool = opt(
+        True, _bool,
+        "Refuse a signed image whose certificate has a key usage extension without digitalSignature.")
+    enable_certificate_validation: bool = opt(
+        False, _bool,
+        "Also require the signing certificate to chain up to one of trusted_certificate_ids (CA "
+        "certificates in the same source: Barbican or certificate_dir), as cursive's verify_certificate "
+        "does for Nova's trusted certificates: each CA in its dates, a CA by its basic constraints and "
+        "key usage, and its path length allowing the chain.")
+    trusted_certificate_ids: tuple[str, ...] = opt(
+        (), _list, "Ids of the trusted CA certificates for enable_certificate_validation.")
+
+
+def _key_manager_backend(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if value not in ("barbican", "castellan.key_manager.barbican_key_manager:BarbicanKeyManager"):
+        raise ValueError("only barbican is available (or leave it empty for [image_signature] certificate_dir)")
+    return "barbican"
+
+
+@dataclass(frozen=True)
+class KeyManagerOptions:
+    """castellan's ``[key_manager]``: where signing certificates are kept, and the credentials
+    (castellan's keystone_password) streamd asks Barbican with."""
+
+    backend: str | None = opt(
+        None, _key_manager_backend,
+        "barbican: signing certificates (img_signature_certificate_uuid) are Barbican secrets, read through "
+        "castellan, as in Glance. Empty: they are files in [image_signature] certificate_dir.")
+    auth_type: str = opt(
+        "keystone_password", _choice("keystone_password"),
+        "castellan credential type: keystone_password only (streamd's service user; imports run after "
+        "the request, without the caller's token).")
+    auth_url: str | None = opt(None, _opt_str, "Keystone's identity URL the credentials are checked at.")
+    username: str | None = opt(None, _opt_str, "User streamd reads certificates from Barbican as.")
+    user_id: str | None = opt(None, _opt_str, "User id (instead of username).")
+    password: str | None = opt(None, _opt_str, "Password of that user.")
+    user_domain_name: str | None = opt(None, _opt_str, "Domain name of the user.")
+    user_domain_id: str | None = opt(None, _opt_str, "Domain id of the user.")
+    project_name: str | None = opt(None, _opt_str, "Project the token is scoped to.")
+    project_id: str | None = opt(None, _opt_str, "Project id the token is scoped to.")
+    project_domain_name: str | None = opt(None, _opt_str, "Domain name of the project.")
+    project_domain_id: str | None = opt(None, _opt_str, "Domain id of the project.")
+
+
+@dataclass(frozen=True)
+class BarbicanOptions:
+    """castellan's ``[barbican]`` options streamd passes on."""
+
+    barbican_endpoint: str | None = opt(
+        None, _opt_str, "Barbican's URL (default: found in Keystone's catalogue, as castellan does).")
+    barbican_api_version: str | None = opt(None, _opt_str, "Barbican API version (castellan's default: v1).")
+    auth_endpoint: str | None = opt(
+        None, _opt_str, "Keystone URL castellan authenticates at (default: [key_manager] auth_url).")
+    barbican_endpoint_type: str = opt(
+        "public", _choice("public", "internal", "admin"), "Interface of Barbican's catalogue endpoint.")
+    barbican_region_name: str | None = opt(None, _opt_str, "Region of Barbican's catalogue endpoint.")
+    verify_ssl: bool = opt(True, _bool, "Verify Barbican's TLS certificate.")
+    verify_ssl_path: str | None = opt(None, _opt_str, "CA bundle to verify Barbican's TLS certificate with.")
+
+
+@dataclass(frozen=True)
 class OsloPolicyOptions:
     """oslo.policy's options, with its names and meaning (streamd.policy hands them to oslo.policy)."""
 
@@ -817,7 +894,8 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         **_because("there is no registry", "registry_host", "registry_port"),
         "allow_anonymous_access": "with auth_strategy keystone every API request needs a token; with noauth "
                                   "identity comes from the X-* headers or [noauth]",
-        "digest_algorithm": "streamd does not verify image signatures",
+        "digest_algorithm": "streamd makes no signatures; image signatures are checked with their own "
+                            "img_signature_hash_method",
         "enforce_secure_rbac": "Glance's secure RBAC defaults apply; [oslo_policy] enforce_new_defaults = false "
                                "selects the legacy ones",
         "lock_path": "streamd takes no external locks",
@@ -957,6 +1035,9 @@ class Config:
     glance_download_properties: GlanceDownloadOptions = GlanceDownloadOptions()
     store_type_location_strategy: StoreTypeLocationStrategyOptions = StoreTypeLocationStrategyOptions()
     oslo_messaging_notifications: NotificationOptions = NotificationOptions()
+    image_signature: ImageSignatureOptions = ImageSignatureOptions()
+    key_manager: KeyManagerOptions = KeyManagerOptions()
+    barbican: BarbicanOptions = BarbicanOptions()
 
     @property
     def warning(self) -> str | None:
@@ -1034,6 +1115,9 @@ _SECTION_CLASSES: dict[str, type] = {
     "glance_download_properties": GlanceDownloadOptions,
     "store_type_location_strategy": StoreTypeLocationStrategyOptions,
     "oslo_messaging_notifications": NotificationOptions,
+    "image_signature": ImageSignatureOptions,
+    "key_manager": KeyManagerOptions,
+    "barbican": BarbicanOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -1183,6 +1267,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     if staging_store.filesystem_store_datadir and default.node_staging_uri:
         ignored.append(IgnoredOption("DEFAULT", "node_staging_uri", ignored_reason("DEFAULT", "node_staging_uri")))
     problems += _limits_problems(default, parsed["oslo_limit"])
+    key_manager: KeyManagerOptions = parsed["key_manager"]
+    if key_manager.backend == "barbican":
+        if not key_manager.auth_url:
+            problems.append("[key_manager] auth_url: needed with backend = barbican")
+        if not (key_manager.username or key_manager.user_id) or not key_manager.password:
+            problems.append("[key_manager] username (or user_id) and password: needed with backend = barbican")
     problems += unknown_import_plugins(parsed["image_import_opts"].image_import_plugins)
     for method in default.enabled_import_methods:
         if method not in IMPORT_METHODS:
@@ -1202,7 +1292,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
                   oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"],
                   store_type_location_strategy=parsed["store_type_location_strategy"],
-                  oslo_messaging_notifications=parsed["oslo_messaging_notifications"])
+                  oslo_messaging_notifications=parsed["oslo_messaging_notifications"],
+                  image_signature=parsed["image_signature"], key_manager=parsed["key_manager"],
+                  barbican=parsed["barbican"])
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

@@ -43,6 +43,11 @@ class InvalidRequest(RequestError):
     """A value, a combination of values or a document in the request is not acceptable."""
 
 
+class SignatureVerificationFailed(InvalidRequest):
+    """A signed image's data does not match its signature, or its signature properties or
+    certificate cannot be used to verify it (Glance's SignatureVerificationError)."""
+
+
 class NotAuthenticated(RequestError):
     """The caller did not prove who they are."""
 

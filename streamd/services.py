@@ -33,6 +33,7 @@ from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
 from .policy import PolicyEnforcer, PropertyProtections, protections_from_config, settings_from_config
 from .quota import KeystoneLimits, Quotas
+from .signing import Signatures, signatures_from_config
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Services:
     protections: PropertyProtections | None = None
     # Glance's notifications to the message bus (a no-op without [oslo_messaging_notifications] driver).
     notifier: Notifier | None = None
+    # Image signature verification (certificates from Barbican or [image_signature] certificate_dir).
+    signatures: Signatures | None = None
 
 
 @contextlib.asynccontextmanager
@@ -110,10 +113,12 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         stack.push_async_callback(notifier.stop)
         staging = StagingArea(config.staging_dir)
         await staging.start()
+        signatures = signatures_from_config(config)
         # glance-download finds the remote image service in the caller's Keystone catalogue.
         importer = Importer(catalog, stores, staging, config, quotas,
                             endpoint_lookup=identity.image_endpoint if identity is not None else None,
-                            notifier=notifier)
+                            notifier=notifier,
+                            signatures=signatures)
         # Imports this node ran when it last stopped died with it: fail their tasks, release their
         # locks, queue their images again, and clear the staging area of what no import will use.
         await importer.recover()
@@ -135,7 +140,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
-                       protections=protections, notifier=notifier)
+                       protections=protections, notifier=notifier, signatures=signatures)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

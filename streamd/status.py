@@ -17,6 +17,8 @@ HTTP_STATUS: dict[type[e.StreamdError], int] = {
     e.StreamdError: 500,
     e.RequestError: 400,
     e.InvalidRequest: 400,
+    # Glance: cursive's SignatureVerificationError -> HTTPBadRequest (upload) / a failed task (import).
+    e.SignatureVerificationFailed: 400,
     e.NotAuthenticated: 401,
     e.NotPermitted: 403,
     e.DoesNotExist: 404,

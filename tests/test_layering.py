@@ -31,6 +31,7 @@ LAYERS = {
     "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0, "__init__": 0,
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
+    "signing": 2,  # image signatures: certificates (a directory, or Barbican through castellan) and the verifier
     "quota": 2,  # quotas: the catalogue's usage against user_storage_quota or Keystone's limits (its own client)
     "pipeline": 3, "imports": 3,
     "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
@@ -41,6 +42,7 @@ LAYERS = {
     "status": 5,  # class -> HTTP status: read by the edges (and daemon/cli), never by the core
     "daemon": 6,
     "cli": 7, "__main__": 7,
+    "sign": 7,  # streamd-sign: the four img_signature* properties of a file
     "manage": 7,  # streamd-manage (glance-manage's verbs): shares the metadefs verbs with cli
 }
 # Only these may speak HTTP as a server.

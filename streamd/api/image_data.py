@@ -65,7 +65,7 @@ async def upload(request: web.Request) -> web.Response:
         async with request.app[SERVICES].uploads.track():
             await upload_image(
                 request.app[SERVICES].catalog, store, image.id, _body_chunks(request),
-                declared_size=_declared_size(request), limits=UploadLimits.from_config(config),
+                declared_size=_declared_size(request), limits=UploadLimits.from_config(config, signatures=request.app[SERVICES].signatures),
                 host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
     except StreamdError as exc:
         notify(request, "image.upload", f"Failed to upload image data for image {image.id}: {exc.message}", error=True)

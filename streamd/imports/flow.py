@@ -36,6 +36,7 @@ from ..errors import ImportSourceError, InvalidRequest, StateConflict, StoreFail
 from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
                         refuse_oversized, write_to_stores)
 from ..quota import ProjectQuota, Quotas
+from ..signing import SignatureVerifier, Signatures
 from ..stores import StoredData, Store, StoreRegistry
 from .filtering import UriFilter
 from .location_import import LocationImport
@@ -81,7 +82,7 @@ class ImportFailed(StoreFailure):
 class Importer:
     def __init__(self, catalog: Catalog, stores: StoreRegistry, staging: StagingArea, config: Config,
                  quotas: Quotas | None = None, endpoint_lookup: EndpointLookup | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, signatures: Signatures | None = None) -> None:
         self.catalog = catalog
         # Glance's task.* and image.prepare/upload/activate of imports (None: not sent).
         self.notifier = notifier
@@ -97,7 +98,7 @@ class Importer:
         self.heartbeat_interval = max(0.5, self.lock_timeout / 6)
         self._running: dict[str, asyncio.Task[None]] = {}
         self.uri_filter = UriFilter(config.import_filtering_opts)
-        self.limits = UploadLimits.from_config(config)
+        self.limits = UploadLimits.from_config(config, signatures=signatures)
 
     async def stage(self, image: ImageRecord, chunks: AsyncIterator[bytes], *,
                     declared_size: int | None, quota: ProjectQuota | None = None) -> StagedMeta:
@@ -331,7 +332,7 @@ class Importer:
         if plan.method == "copy-image":
             if quota is not None and image.size is not None:
                 await quota.before_store(image, image.size, len(targets))
-            await self._copy(plan, image, targets, progress)
+            await self._copy(plan, image, targets, progress, await self._verifier(plan.image_id))
             return
         if plan.method == "glance-download":
             image, meta = await self._glance_download(plan, image, progress, quota, undo)
@@ -346,6 +347,9 @@ class Importer:
                 raise InvalidRequest(f"Image {plan.image_id} has no staged data to import")
             meta = staged
         path = self.staging.path_of(plan.image_id)
+        # As Glance's set_data on import: the verifier from the image's properties now (after a
+        # glance-download copied the remote's), refused before any store is written.
+        verifier = await self._verifier(plan.image_id)
         if inspection_for(image, self.limits) is not None and meta.inspected_format != image.disk_format:
             # Staged before the image had (these) formats: inspect it now, before any plugin or store.
             meta = replace(meta, virtual_size=await self._inspect(image, path), inspected_format=image.disk_format)
@@ -366,14 +370,38 @@ class Importer:
                 # The data changed: hash it again, and inspect it as an upload of the image's
                 # (new) formats would be, before any store takes it.
                 meta = await self._measure(plan, replace(image, disk_format=outcome.staged.disk_format,
-                                                         container_format=outcome.staged.container_format), path)
+                                                         container_format=outcome.staged.container_format), path,
+                                           signature=verifier)
             if properties:
                 await self.catalog.update_image(plan.image_id, set_properties=properties)
+        await self._verify_signature(image, path, meta, verifier)
         await self._store_staged(plan, path, meta, attributes, targets, progress)
 
-    async def _measure(self, plan: ImportPlan, image: ImageRecord, path: Path) -> StagedMeta:
-        """Size, digests and virtual size of a staged file, inspected for ``image``'s formats."""
-        measured = await self._measure_file(image, path, hashing_algorithm=self.limits.hashing_algorithm)
+    async def _verifier(self, image_id: str) -> SignatureVerifier | None:
+        """The image's signature verifier, from its properties as they are now (None: unsigned)."""
+        if self.limits.signatures is None:
+            return None
+        image = await self.catalog.get_image(image_id)
+        return await self.limits.signatures.verifier_for(image_id, image.properties)
+
+    async def _verify_signature(self, image: ImageRecord, path: Path, meta: StagedMeta,
+                                verifier: SignatureVerifier | None) -> None:
+        """The staged data against the image's signature, before any store takes it: on the digest
+        computed while it was staged (or measured after a plugin), or, when the image was signed
+        only after its data was staged, with one more read of it."""
+        if verifier is None or verifier.checked:
+            return
+        if meta.signature_digest is not None and meta.signature_hash_method == verifier.method:
+            verifier.verify_digest(bytes.fromhex(meta.signature_digest))
+            return
+        await self._measure_file(image, path, hashing_algorithm=None, signature=verifier, inspect=False)
+
+    async def _measure(self, plan: ImportPlan, image: ImageRecord, path: Path,
+                       signature: SignatureVerifier | None = None) -> StagedMeta:
+        """Size, digests and virtual size of a staged file, inspected for ``image``'s formats (and
+        checked against ``signature`` on the way)."""
+        measured = await self._measure_file(image, path, hashing_algorithm=self.limits.hashing_algorithm,
+                                            signature=signature)
         d = measured.digests
         assert d is not None
         return StagedMeta(measured.size, d.checksum, d.os_hash_algo, d.os_hash_value, measured.virtual_size)
@@ -383,11 +411,14 @@ class Importer:
         its virtual size."""
         return (await self._measure_file(image, path, hashing_algorithm=None)).virtual_size
 
-    async def _measure_file(self, image: ImageRecord, path: Path, *, hashing_algorithm: str | None) -> Ingested:
+    async def _measure_file(self, image: ImageRecord, path: Path, *, hashing_algorithm: str | None,
+                            signature: SignatureVerifier | None = None, inspect: bool = True) -> Ingested:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return await measure(file_chunks(fd), declared_size=os.fstat(fd).st_size, size_cap=self.limits.size_cap,
-                                 hashing_algorithm=hashing_algorithm, inspection=inspection_for(image, self.limits))
+                                 hashing_algorithm=hashing_algorithm,
+                                 inspection=inspection_for(image, self.limits) if inspect else None,
+                                 signature=signature)
         finally:
             os.close(fd)
 
@@ -546,7 +577,8 @@ class Importer:
                 with contextlib.suppress(StreamdError):
                     await self.catalog.import_store_failed(plan.image_id, name)
 
-    async def _copy(self, plan: ImportPlan, image: ImageRecord, targets: list[Store], progress: Progress) -> None:
+    async def _copy(self, plan: ImportPlan, image: ImageRecord, targets: list[Store], progress: Progress,
+                    verifier: SignatureVerifier | None = None) -> None:
         """copy-image: from the image's own data (the default store's copy first) straight into the
         targets, without staging; plugins never run."""
         order = sorted(image.locations, key=lambda loc: loc.store != self.stores.default)
@@ -564,7 +596,7 @@ class Importer:
                 ingested = await write_to_stores(
                     targets, plan.image_id, reader_chunks(reader), declared_size=reader.size,
                     size_cap=self.config.default.image_size_cap, hashing_algorithm=None,
-                    isolate=not plan.all_stores_must_succeed, progress=progress)
+                    isolate=not plan.all_stores_must_succeed, progress=progress, signature=verifier)
             finally:
                 reader.close()
             try:

@@ -24,6 +24,7 @@ from typing import AsyncIterator
 from ..catalog import ImageRecord
 from ..pipeline import Progress, UploadLimits, inspection_for, write_to_stores
 from ..quota import ByteBudget
+from ..signing import HASH_METHOD, HASH_METHODS, SignatureHash, signing_requested
 from ..stores import local_directory_store
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class StagedMeta:
     # The disk_format the data was inspected as while it was staged (None: not inspected, e.g.
     # staged before the image had its formats); the import inspects it before any store takes it.
     inspected_format: str | None = None
+    # The digest an image signature covers, computed while the data arrived (the image had its
+    # img_signature* properties then): the import checks the signature on it without reading again.
+    signature_hash_method: str | None = None
+    signature_digest: str | None = None
 
 
 class StagingArea:
@@ -65,13 +70,18 @@ class StagingArea:
         be (a refused image is a 415 before more is written), then recorded whole. On failure
         nothing of it stays behind."""
         inspection = inspection_for(image, limits)
+        method = image.properties.get(HASH_METHOD) if signing_requested(image.properties) else None
+        signature = SignatureHash(method) if method in HASH_METHODS else None
         ingested = await write_to_stores(
             [self.store], image.id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
-            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget)
+            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget,
+            signature=signature)
         digests = ingested.digests
         assert digests is not None
         meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,
-                          ingested.virtual_size, image.disk_format if inspection is not None else None)
+                          ingested.virtual_size, image.disk_format if inspection is not None else None,
+                          signature_hash_method=method if signature is not None else None,
+                          signature_digest=ingested.signature_digest.hex() if ingested.signature_digest else None)
         await asyncio.to_thread(self.record, image.id, meta)
         return meta
 

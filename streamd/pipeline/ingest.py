@@ -7,7 +7,11 @@ copied data fanned out to all of them); ``measure`` is the same stream with no
 store (hash and inspect a file a plugin rewrote). The size cap and a
 declared size are enforced while streaming; the optional format inspection sees
 each chunk before it is stored; the md5 and ``os_hash_value`` hashes and every
-store writer run in their own threads beside the socket or file reads.
+store writer run in their own threads beside the socket or file reads; so does
+the hash an image signature covers (``signature``): a ``SignatureVerifier`` is
+checked once the stream is whole, before any store commits (a mismatch aborts
+the write like any failure: nothing stays in any store), a bare
+``SignatureHash`` (staging) only records the digest for the import to check.
 
 With ``isolate`` a store that fails is dropped and the others go on (an import
 with ``all_stores_must_succeed = false``); without it the first failure aborts
@@ -25,6 +29,7 @@ from typing import AsyncIterator, Sequence
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
 from ..quota import ByteBudget
+from ..signing import SignatureHash, SignatureVerifier
 from ..sizes import CHUNK
 from ..stores import StoredData, Store, Writer
 from .fanout import Consumer, FanOut
@@ -42,6 +47,7 @@ class Ingested:
     virtual_size: int | None
     stored: dict[str, StoredData] = field(default_factory=dict)   # store name -> what it wrote
     failed: dict[str, StreamdError] = field(default_factory=dict)  # store name -> why it failed
+    signature_digest: bytes | None = None  # the digest the ``signature`` consumer computed
 
 
 class _GuardedWriter:
@@ -76,20 +82,24 @@ def refuse_oversized(declared_size: int | None, size_cap: int) -> None:
 
 
 async def measure(chunks: AsyncIterator[bytes], *, declared_size: int | None, size_cap: int,
-                  hashing_algorithm: str | None, inspection: ImageInspection | None = None) -> Ingested:
+                  hashing_algorithm: str | None, inspection: ImageInspection | None = None,
+                  signature: SignatureVerifier | SignatureHash | None = None) -> Ingested:
     """Size, digests (when ``hashing_algorithm``) and format inspection of data that goes to no
-    store: the same checks as an upload (cap, declared size, a 415 for a refused format)."""
+    store: the same checks as an upload (cap, declared size, a 415 for a refused format), and
+    the signature's when one is given."""
     return await write_to_stores((), "", chunks, declared_size=declared_size, size_cap=size_cap,
-                                 hashing_algorithm=hashing_algorithm, inspection=inspection)
+                                 hashing_algorithm=hashing_algorithm, inspection=inspection, signature=signature)
 
 
 async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncIterator[bytes], *,
                           declared_size: int | None, size_cap: int, hashing_algorithm: str | None,
                           inspection: ImageInspection | None = None, isolate: bool = False,
                           max_inflight: int = 16 << 20, progress: Progress | None = None,
-                          budget: ByteBudget | None = None) -> Ingested:
+                          budget: ByteBudget | None = None,
+                          signature: SignatureVerifier | SignatureHash | None = None) -> Ingested:
     """``budget`` (a quota) stops the stream as ``size_cap`` does, with its own 413, before the bytes
-    past it reach any store."""
+    past it reach any store. ``signature``: one more consumer of the stream (its own thread); a
+    verifier is checked before the stores commit, and a mismatch fails the whole write."""
     refuse_oversized(declared_size, size_cap)
     if budget is not None and declared_size is not None and declared_size > budget.max_bytes:
         raise budget.refuse(declared_size)
@@ -112,6 +122,13 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 guarded.append(failed_early)
         hasher = ImageHasher(hashing_algorithm) if hashing_algorithm else None
         consumers: list[Consumer] = [hasher.update_md5, hasher.update_os_hash] if hasher else []
+        # A signature over the os_hash algorithm's digest (SHA-512 and the default hashing_algorithm)
+        # shares that hash; any other is one more consumer.
+        sig_name = signature.hashlib_name if isinstance(signature, SignatureHash) else (
+            signature.hash.hashlib_name if signature is not None else None)
+        shared = hasher is not None and sig_name == hashing_algorithm
+        if signature is not None and not shared:
+            consumers.append(signature.update)
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
@@ -138,7 +155,17 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
             raise InvalidRequest(f"Image data ended after {received} of the declared {declared_size} bytes")
         virtual_size = inspection.finish().virtual_size if inspection is not None else None
         await fanout.close()
-        result = Ingested(received, hasher.digests() if hasher else None, virtual_size)
+        digests = hasher.digests() if hasher else None
+        digest: bytes | None = None
+        if signature is not None:
+            if shared:
+                assert digests is not None
+                digest = bytes.fromhex(digests.os_hash_value)
+            else:
+                digest = signature.hash.digest() if isinstance(signature, SignatureVerifier) else signature.digest()
+        if isinstance(signature, SignatureVerifier) and not _all_failed(guarded):
+            signature.verify(digest)  # before any store commits: a mismatch leaves nothing anywhere
+        result = Ingested(received, digests, virtual_size, signature_digest=digest)
         outcomes = await asyncio.gather(*(_commit(g, received) for g in guarded), return_exceptions=True)
         for g, outcome in zip(guarded, outcomes):
             if isinstance(outcome, StoredData):

@@ -1,4 +1,4 @@
-"""Uploading image data: stream -> (md5 | os_hash | store) -> catalogue, losing nothing on failure.
+"""Uploading image data: stream -> (md5 | os_hash | signature | store) -> catalogue, losing nothing on failure.
 
 The status moves ``queued -> saving -> active`` with compare-and-swap writes.
 Any failure (the client goes away, the size cap or the declared size is
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..catalog import Catalog, ImageRecord
@@ -19,6 +19,7 @@ from ..config import Config
 from ..errors import ImageVanished, DoesNotExist
 from ..formats import ImageInspection, InspectionPolicy
 from ..quota import ProjectQuota
+from ..signing import Signatures
 from ..stores import Store
 from .ingest import refuse_oversized, write_to_stores
 
@@ -34,13 +35,17 @@ class UploadLimits:
     # Format inspection of container_format=bare images ([image_format] options).
     require_image_format_match: bool = True
     gpt_safety_checks_nonfatal: frozenset[str] = frozenset()
+    # Image signatures (the img_signature* properties): verified while the data streams. None: signed
+    # images are stored unverified (only for callers that never activate data).
+    signatures: Signatures | None = field(default=None, compare=False)
 
     @classmethod
-    def from_config(cls, config: Config) -> "UploadLimits":
+    def from_config(cls, config: Config, signatures: Signatures | None = None) -> "UploadLimits":
         """The limits every way in (upload, stage, web-download, import) takes from the configuration."""
         return cls(size_cap=config.default.image_size_cap, hashing_algorithm=config.default.hashing_algorithm,
                    require_image_format_match=config.image_format.require_image_format_match,
-                   gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal))
+                   gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal),
+                   signatures=signatures)
 
 
 def inspection_for(image: ImageRecord, limits: UploadLimits) -> ImageInspection | None:
@@ -63,12 +68,16 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
     try:
         if quota is not None:
             await quota.after_claim()
+        # As Glance's set_data: the verifier (and so the certificate) before any byte is read; a
+        # refusal puts the image back to queued like any failure.
+        verifier = (await limits.signatures.verifier_for(image_id, image.properties)
+                    if limits.signatures is not None else None)
         # The inspection sees each chunk on the loop before it is stored: cheap (only the first
         # bytes are parsed; after that it counts) and it refuses a bad image (415) before more is written.
         ingested = await write_to_stores(
             [store], image_id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
             hashing_algorithm=limits.hashing_algorithm, inspection=inspection_for(image, limits),
-            max_inflight=limits.max_inflight, budget=budget)
+            max_inflight=limits.max_inflight, budget=budget, signature=verifier)
         stored = ingested.stored[store.name]
         if quota is not None:
             try:
