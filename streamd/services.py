@@ -24,6 +24,7 @@ from .catalog import Catalog
 from .catalog.metadef_files import read_definitions
 from .config import Config
 from .errors import Duplicate
+from .health import HealthChecker
 from .identity import KeystoneValidator
 from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
@@ -59,6 +60,8 @@ class Services:
     scrubber: Scrubber | None = None
     # [DEFAULT] property_protection_file's rules; None when no file is configured.
     protections: PropertyProtections | None = None
+    # /healthcheck's checks ([healthcheck]); built last, over what is open.
+    health: HealthChecker | None = None
 
 
 @contextlib.asynccontextmanager
@@ -127,7 +130,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
                        delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
-                       protections=protections)
+                       protections=protections,
+                       health=HealthChecker(config.healthcheck, catalog, stores, staging, cache))
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

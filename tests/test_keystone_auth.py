@@ -115,6 +115,19 @@ async def test_the_versions_document_needs_no_token(tmp_path: Path, ks: Keystone
         assert (await api.call("GET", "/v9/images")).status == 300
 
 
+async def test_the_detailed_healthcheck_is_for_admin_tokens(tmp_path: Path, ks: Keystone) -> None:
+    config = make_config(tmp_path, DEFAULT={"auth_strategy": "keystone"}, keystone_authtoken=ks.authtoken_options(),
+                         healthcheck={"detailed": "true"})
+    async with serving(config) as (api, _):
+        for who in ({}, as_token(ks.token("a-member")), as_token("not-a-token"),
+                    as_token(ks.token("a-member"), **{"X-Roles": "admin"})):
+            reply = await api.call("GET", "/healthcheck", as_=who)
+            assert (reply.status, reply.json["detailed"]) == (200, False)
+        reply = await api.call("GET", "/healthcheck", as_=as_token(ks.token("a-admin")))
+        assert (reply.status, reply.json["detailed"]) == (200, True)
+        assert reply.json["reasons"][1] == {"class": "HealthcheckResult", "details": "catalogue answers", "reason": "OK"}
+
+
 # -- identity from the token ---------------------------------------------------------------------------
 
 async def test_a_member_acts_as_its_project_whatever_the_headers_say(tmp_path: Path, ks: Keystone) -> None:

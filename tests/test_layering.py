@@ -34,6 +34,7 @@ LAYERS = {
     "quota": 2,  # quotas: the catalogue's usage against user_storage_quota or Keystone's limits (its own client)
     "pipeline": 3, "imports": 3,
     "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
+    "health": 3,  # /healthcheck's checks: asks the catalogue, the stores, the staging area and the cache
     "policy": 3,  # Glance's rules over oslo.policy: reads catalogue records, the catalogue never imports it
     "services": 4,  # the composition root: builds stores, cache, pipeline and importer for the edges
     "api": 5, "admin": 5,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..services import Services
 from . import cache as cache_routes
-from . import image_data, images, imports, members, metadefs, peer, schemas, tags, tasks, versions
+from . import health, image_data, images, imports, members, metadefs, peer, schemas, tags, tasks, versions
 from .inputs import inputs_middleware
 from .keys import SERVICES, request_id_of
 from .middleware import add_www_authenticate, errors_middleware, identity_middleware, version_middleware
@@ -29,6 +29,7 @@ def create_app(services: Services) -> web.Application:
     )
     app[SERVICES] = services
     versions.add_routes(app)
+    health.add_routes(app, services.config.healthcheck.path)
     peer.add_routes(app)
     for module in (images, image_data, imports, tasks, members, tags, schemas, metadefs, cache_routes):
         module.add_routes(app, V2_PREFIX)
