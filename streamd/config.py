@@ -688,6 +688,19 @@ def _network(raw: str) -> str:
 
 
 @dataclass(frozen=True)
+class MetricsOptions:
+    """Prometheus metrics (prometheus_client), off by default."""
+
+    enabled: bool = opt(False, _bool, "Collect metrics and serve them in Prometheus's text format.")
+    bind_port: int | None = opt(
+        None, lambda raw: None if not raw.strip() else _int_range(0, 65535)(raw),
+        "Serve /metrics on this port of bind_host, without authentication (for the scraper; keep the "
+        "port private). Unset: /metrics is served on the API port, to admins only.")
+    event_loop_lag_interval: float = opt(
+        1.0, _float_range(0.01), "Seconds between two measures of the event loop's lag (how late a sleep wakes).")
+
+
+@dataclass(frozen=True)
 class HealthcheckOptions:
     """oslo.middleware's healthcheck, with its option names and answers (200/503, text, JSON or HTML
     by Accept), and streamd's own checks: the catalogue, every store, the staging and cache
@@ -982,6 +995,7 @@ class Config:
     glance_download_properties: GlanceDownloadOptions = GlanceDownloadOptions()
     store_type_location_strategy: StoreTypeLocationStrategyOptions = StoreTypeLocationStrategyOptions()
     healthcheck: HealthcheckOptions = HealthcheckOptions()
+    metrics: MetricsOptions = MetricsOptions()
 
     @property
     def warning(self) -> str | None:
@@ -1059,6 +1073,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "glance_download_properties": GlanceDownloadOptions,
     "store_type_location_strategy": StoreTypeLocationStrategyOptions,
     "healthcheck": HealthcheckOptions,
+    "metrics": MetricsOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -1229,7 +1244,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
                   oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"],
                   store_type_location_strategy=parsed["store_type_location_strategy"],
-                  healthcheck=health)
+                  healthcheck=health, metrics=parsed["metrics"])
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Served without a version: discovery, health ([healthcheck] path, see _is_health) and the peer protocol.
-_UNVERSIONED = ("/versions", "/peer/")
+_UNVERSIONED = ("/versions", "/peer/", "/metrics")
 _VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
 
 

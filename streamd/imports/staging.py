@@ -67,7 +67,8 @@ class StagingArea:
         inspection = inspection_for(image, limits)
         ingested = await write_to_stores(
             [self.store], image.id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
-            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget)
+            hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget,
+            operation="stage")
         digests = ingested.digests
         assert digests is not None
         meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,

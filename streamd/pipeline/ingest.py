@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
+from .. import metrics
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
 from ..quota import ByteBudget
@@ -87,9 +88,9 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                           declared_size: int | None, size_cap: int, hashing_algorithm: str | None,
                           inspection: ImageInspection | None = None, isolate: bool = False,
                           max_inflight: int = 16 << 20, progress: Progress | None = None,
-                          budget: ByteBudget | None = None) -> Ingested:
+                          budget: ByteBudget | None = None, operation: str = "upload") -> Ingested:
     """``budget`` (a quota) stops the stream as ``size_cap`` does, with its own 413, before the bytes
-    past it reach any store."""
+    past it reach any store. ``operation`` labels the bytes each store took (metrics)."""
     refuse_oversized(declared_size, size_cap)
     if budget is not None and declared_size is not None and declared_size > budget.max_bytes:
         raise budget.refuse(declared_size)
@@ -150,6 +151,8 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 raise outcome
         if result.failed and (not isolate or not result.stored):
             raise next(iter(result.failed.values()))
+        for name in result.stored:
+            metrics.store_bytes(name, "in", operation, received)
         return result
     except BaseException:
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).

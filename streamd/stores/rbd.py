@@ -29,6 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from .. import metrics
 from ..background import PeriodicJob
 from ..config import RbdStoreOptions
 from ..errors import StateConflict, DoesNotExist, StoreUnavailable, OutOfSpace, StoreFailure
@@ -480,6 +481,7 @@ class RbdWriter(Writer):
             error = self._failed(exc, f"cannot commit {self.image_id}")
             await self.abort()
             raise error from exc
+        metrics.sparse_skipped(self.store.name, size - self.bytes_sent)
         return StoredData(self.store.url_of(self.image_id), size, {"bytes_written": self.bytes_sent})
 
     def _close_quietly(self) -> None:
