@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ADMIN, MEMBER_A, Daemon, free_port, start_daemon, stop_daemon
+from conftest import ADMIN, MEMBER_A, Daemon, free_port, start_daemon, start_node, stop_daemon
 from test_health import call
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -147,3 +147,33 @@ def test_on_the_api_port_for_admins_only_and_off_by_default(tmp_path: Path) -> N
         assert call(d, "/metrics", headers=ADMIN)[0] == 404
     finally:
         stop_daemon(d)
+
+
+def test_a_fill_from_a_peer_is_counted(tmp_path: Path) -> None:
+    from test_cache_peers import TOKEN, upload, wait_cached
+    from test_cache_peers import call as peer_call
+
+    catalogue = tmp_path / "shared.sqlite"
+    extra = "[metrics]\nenabled = true\n"
+    a = start_node(tmp_path, "a", catalogue, token=TOKEN, extra=extra)
+    b = start_node(tmp_path, "b", catalogue, token=TOKEN, extra=extra)
+    try:
+        data = bytes(range(256)) * 8192  # 2 MiB
+        image_id = upload(a, data)
+        assert peer_call(a, "GET", f"/v2/images/{image_id}/file") == (200, data)
+        wait_cached(a, image_id)
+        assert peer_call(b, "GET", f"/v2/images/{image_id}/file") == (200, data)
+        wait_cached(b, image_id)
+        deadline = time.monotonic() + 10
+        while value(on_b := scrape(b.url + "/metrics", ADMIN), "streamd_cache_events_total", event="fill") == 0:
+            assert time.monotonic() < deadline, "b's fill was never counted"
+            time.sleep(0.05)
+        assert value(on_b, "streamd_peer_fetches_total", result="ok") == 1
+        assert value(on_b, "streamd_peer_bytes_total") == len(data)
+        assert value(on_b, "streamd_store_bytes_total", store="fs", direction="out", operation="cache_fill") == 0
+        on_a = scrape(a.url + "/metrics", ADMIN)
+        assert value(on_a, "streamd_peer_fetches_total", result="ok") == 0
+        assert value(on_a, "streamd_store_bytes_total", store="fs", direction="out", operation="cache_fill") == len(data)
+    finally:
+        stop_daemon(a)
+        stop_daemon(b)

@@ -116,6 +116,9 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
+        # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).
+        counted = 0
+        names = [g.store.name for g in guarded if g.error is None]
         async with contextlib.aclosing(_batches(chunks, BATCH)) as batches:
             async for batch in batches:
                 for chunk in batch:
@@ -131,6 +134,9 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                     if inspection is not None:
                         inspection.feed(chunk)
                 await fanout.feed_many(batch)
+                for name in names:
+                    metrics.store_bytes(name, "in", operation, received - counted)
+                counted = received
                 if progress is not None:
                     progress.bytes = received
                 if isolate and guarded and all(g.error is not None for g in guarded):
@@ -151,8 +157,6 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 raise outcome
         if result.failed and (not isolate or not result.stored):
             raise next(iter(result.failed.values()))
-        for name in result.stored:
-            metrics.store_bytes(name, "in", operation, received)
         return result
     except BaseException:
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
