@@ -54,6 +54,18 @@ class HealthChecker:
         self.cache = cache
         # The failing checks of the last run, by reason: logged when they start and stop failing.
         self._failing: set[str] = set()
+        # Each check's run in flight: a check that outlives its timeout (a stalled cluster) is
+        # joined by the next requests, never started again beside itself (the store's threads
+        # are the data path's too).
+        self._running: dict[str, asyncio.Task[HealthResult]] = {}
+
+    async def stop(self) -> None:
+        """Cancel the checks still running (shutdown)."""
+        tasks = [t for t in self._running.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()
 
     async def run(self, server_port: int) -> list[HealthResult]:
         """Every result, oslo.middleware's backends first (in ``backends`` order), then streamd's checks."""
@@ -76,8 +88,14 @@ class HealthChecker:
         return results
 
     async def _bounded(self, name: str, check: Callable[[], Awaitable[HealthResult]]) -> HealthResult:
+        task = self._running.get(name)
+        if task is None or task.done():
+            task = asyncio.ensure_future(check())
+            self._running[name] = task
+            # Retrieved here too: the requests that waited for it may all have timed out.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
-            return await asyncio.wait_for(check(), self.options.check_timeout)
+            return await asyncio.wait_for(asyncio.shield(task), self.options.check_timeout)
         except TimeoutError:
             return HealthResult(False, f"{name.upper()} NOT ANSWERING",
                                 f"{name}: no answer within {self.options.check_timeout:g} s")

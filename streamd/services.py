@@ -128,6 +128,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             jobs.add(PeriodicJob("scrubber", config.default.wakeup_time, scrubber.run_once))
         if identity is not None:
             jobs.add(PeriodicJob("keystone service token", RENEW_CHECK_INTERVAL, identity.renew_service_token))
+        health = HealthChecker(config.healthcheck, catalog, stores, staging, cache)
+        stack.push_async_callback(health.stop)
         uploads = InflightUploads()
         if config.metrics.enabled:
             jobs.add(loop_lag_job(config.metrics.event_loop_lag_interval, metrics.loop_lag))
@@ -139,7 +141,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
                        delivery=delivery, staging=staging, importer=importer, uploads=uploads,
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
                        protections=protections,
-                       health=HealthChecker(config.healthcheck, catalog, stores, staging, cache))
+                       health=health)
 
 
 def _watch_queues(uploads: InflightUploads, importer: Importer, cache: ImageCache | None,

@@ -114,7 +114,7 @@ def test_a_file_store_whose_filesystem_went_away_is_read_only(tmp_path: Path) ->
                                f"[nfs]\nfilesystem_store_datadir = {share}\nfilesystem_store_mount_check = marker\n")
     try:
         assert health(d)[0] == 200
-        _, status, _ = upload(d, "nfs")
+        kept, status, _ = upload(d, "nfs")
         assert status == 204
 
         # The share is unmounted: the directory is there, empty, on the local disk.
@@ -132,6 +132,9 @@ def test_a_file_store_whose_filesystem_went_away_is_read_only(tmp_path: Path) ->
         assert status == 204
         # The store says it once (each refused request is logged by the edge as any 5xx).
         assert d.log().count("nothing is written until it is mounted") == 1
+        # Nor is the image deleted: its data is on the share, out of reach now.
+        assert call(d, f"/v2/images/{kept}", "DELETE", headers=MEMBER_A)[0] == 503
+        assert call(d, f"/v2/images/{kept}", headers=MEMBER_A)[0] == 200
 
         share.rmdir()
         (tmp_path / "share.mounted").rename(share)
@@ -139,6 +142,8 @@ def test_a_file_store_whose_filesystem_went_away_is_read_only(tmp_path: Path) ->
         _, status, _ = upload(d, "nfs")
         assert status == 204
         assert "file store nfs is writable again" in d.log()
+        assert call(d, f"/v2/images/{kept}", "DELETE", headers=MEMBER_A)[0] == 204
+        assert not (share / kept).exists()
     finally:
         stop_daemon(d)
 

@@ -133,6 +133,10 @@ class FileStore(Store):
             raise _store_error(exc, f"cannot open {path}") from exc
         return FileReader(fd, os.fstat(fd).st_size, path)
 
+    async def check_deletable(self, url: str) -> None:
+        """Asked before the catalogue lets the image go: a read-only store refuses (503) first."""
+        self._verify()
+
     async def delete(self, url: str) -> None:
         path = self._path(url)
         self._verify()  # with the share gone the file would only seem missing: keep it for later
