@@ -27,6 +27,7 @@ import configparser
 import dataclasses
 import difflib
 import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -681,10 +682,12 @@ def _port_path(raw: str) -> str:
 
 
 def _network(raw: str) -> str:
-    import ipaddress
-
     ipaddress.ip_network(raw.strip())
     return raw.strip()
+
+
+def _opt_port(raw: str) -> int | None:
+    return _int_range(0, 65535)(raw) if raw.strip() else None
 
 
 @dataclass(frozen=True)
@@ -693,7 +696,7 @@ class MetricsOptions:
 
     enabled: bool = opt(False, _bool, "Collect metrics and serve them in Prometheus's text format.")
     bind_port: int | None = opt(
-        None, lambda raw: None if not raw.strip() else _int_range(0, 65535)(raw),
+        None, _opt_port,
         "Serve /metrics on this port of bind_host, without authentication (for the scraper; keep the "
         "port private). Unset: /metrics is served on the API port, to admins only.")
     event_loop_lag_interval: float = opt(
@@ -714,8 +717,8 @@ class HealthcheckOptions:
     backends: tuple[str, ...] = opt(
         ("disable_by_file",), _oslo_list(_healthcheck_backend),
         "oslo.middleware's backends to run besides streamd's own checks: disable_by_file (as Glance's "
-        "paste pipeline), disable_by_files_ports, enable_by_files. The last two files-based ones "
-        "exclude disable_by_file / each other as in oslo.middleware.")
+        "paste pipeline), disable_by_files_ports, enable_by_files (not together with disable_by_file, "
+        "as in oslo.middleware).")
     disable_by_file_path: str | None = opt(
         None, _opt_str,
         "disable_by_file: while this file exists the health check answers 503 DISABLED BY FILE "
@@ -736,7 +739,6 @@ class HealthcheckOptions:
         0, _size,
         "Free space (bytes, or with KB/MB/GB/TB) the staging and cache directories and each store "
         "must have, or the health check answers 503 (0: not checked).")
-
 
 
 @dataclass(frozen=True)
@@ -1229,6 +1231,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                         "be enabled at the same time (as oslo.middleware)")
     if not health.path.startswith("/"):
         problems.append(f"[healthcheck] path = {health.path!r}: must start with /")
+    metrics_options: MetricsOptions = parsed["metrics"]
+    if metrics_options.bind_port is not None and metrics_options.bind_port == default.bind_port != 0:
+        problems.append(f"[metrics] bind_port = {metrics_options.bind_port}: the API's own port ([DEFAULT] bind_port); "
+                        "leave it unset to serve /metrics on the API port")
 
     if problems:
         raise ConfigError(problems)
@@ -1244,7 +1250,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   source=str(path) if path is not None else None, sources=tuple(sources), ignored=tuple(ignored),
                   oslo_limit=parsed["oslo_limit"], glance_download_properties=parsed["glance_download_properties"],
                   store_type_location_strategy=parsed["store_type_location_strategy"],
-                  healthcheck=health, metrics=parsed["metrics"])
+                  healthcheck=health, metrics=metrics_options)
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

@@ -177,3 +177,14 @@ def test_a_fill_from_a_peer_is_counted(tmp_path: Path) -> None:
     finally:
         stop_daemon(a)
         stop_daemon(b)
+
+
+def test_metrics_options_are_checked() -> None:
+    from streamd.config import load_config
+    from streamd.errors import ConfigError
+
+    assert load_config(None).metrics.enabled is False  # off by default
+    with pytest.raises(ConfigError, match=r"\[metrics\] bind_port = 9292: the API's own port"):
+        load_config(None, overrides={"metrics": {"enabled": "true", "bind_port": "9292"}})
+    with pytest.raises(ConfigError, match=r"\[metrics\] bind_port"):
+        load_config(None, overrides={"metrics": {"bind_port": "70000"}})
