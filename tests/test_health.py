@@ -239,7 +239,7 @@ def test_bodies_are_oslo_middlewares(results: list[HealthResult]) -> None:
 
 # -- the RBD store, on the real Ceph cluster ---------------------------------------------------
 
-def rbd_daemon(tmp_path: Path, pool: str | None = None, conf: str | None = None) -> Daemon:
+def rbd_daemon(tmp_path: Path, pool: str | None = None, conf: str | None = None, extra: str = "") -> Daemon:
     for name in ("CEPH_CONF", "CEPH_POOL"):
         if not os.environ.get(name):
             pytest.fail(f"{name} not set: run the suite with scripts/test.sh, which starts a Ceph cluster")
@@ -247,7 +247,7 @@ def rbd_daemon(tmp_path: Path, pool: str | None = None, conf: str | None = None)
         "enabled_backends = fs:file,ceph:rbd\n[ceph]\n"
         f"rbd_store_ceph_conf = {conf or os.environ['CEPH_CONF']}\nrbd_store_user = admin\n"
         f"rbd_store_pool = {pool or os.environ['CEPH_POOL']}\nrados_connect_timeout = 2\n"
-        "[healthcheck]\ndetailed = true\n"))
+        "[healthcheck]\ndetailed = true\n" + extra))
 
 
 def reasons(daemon: Daemon) -> tuple[int, dict[str, str]]:

@@ -188,3 +188,23 @@ def test_metrics_options_are_checked() -> None:
         load_config(None, overrides={"metrics": {"enabled": "true", "bind_port": "9292"}})
     with pytest.raises(ConfigError, match=r"\[metrics\] bind_port"):
         load_config(None, overrides={"metrics": {"bind_port": "70000"}})
+
+
+def test_rbd_uploads_count_the_zeros_never_sent(tmp_path: Path) -> None:
+    import os
+
+    from test_health import rbd_daemon
+
+    port = free_port()
+    d = rbd_daemon(tmp_path, extra=f"[metrics]\nenabled = true\nbind_port = {port}\n")
+    try:
+        data = os.urandom(MIB) + bytes(16 * MIB) + os.urandom(MIB)
+        image_id = create(d)
+        status, _, body = call(d, f"/v2/images/{image_id}/file", "PUT", data,
+                               {**MEMBER_A, **OCTET, "X-Image-Meta-Store": "ceph"})
+        assert status == 204, body
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert value(samples, "streamd_store_bytes_total", store="ceph", direction="in", operation="upload") == len(data)
+        assert value(samples, "streamd_sparse_skipped_bytes_total", store="ceph") >= 16 * MIB - 2 * 64 * 1024
+    finally:
+        stop_daemon(d)
