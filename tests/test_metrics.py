@@ -179,6 +179,28 @@ def test_a_fill_from_a_peer_is_counted(tmp_path: Path) -> None:
         stop_daemon(b)
 
 
+def test_evictions_are_counted(tmp_path: Path) -> None:
+    port = free_port()
+    d = start_daemon(tmp_path, f"image_cache_max_size = {3 * MIB}\n[metrics]\nenabled = true\nbind_port = {port}\n")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for n in range(2):
+            image_id = create(d)
+            data = bytes([n + 1]) * (2 * MIB)
+            assert call(d, f"/v2/images/{image_id}/file", "PUT", data, {**MEMBER_A, **OCTET})[0] == 204
+            assert call(d, f"/v2/images/{image_id}/file", headers=MEMBER_A)[2] == data
+            deadline = time.monotonic() + 10
+            while value(scrape(url), "streamd_cache_events_total", event="fill") < n + 1:
+                assert time.monotonic() < deadline, "the cache fill did not finish"
+                time.sleep(0.05)
+        samples = scrape(url)
+        # The second fill made room: the first image, least recently used, went.
+        assert value(samples, "streamd_cache_events_total", event="eviction") == 1
+        assert value(samples, "streamd_cache_bytes_total", event="evicted") == 2 * MIB
+    finally:
+        stop_daemon(d)
+
+
 def test_metrics_options_are_checked() -> None:
     from streamd.config import load_config
     from streamd.errors import ConfigError
