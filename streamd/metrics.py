@@ -13,6 +13,7 @@ exposition format for ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable, Iterator
 
@@ -71,7 +72,8 @@ class _Live:
             "streamd_import_duration_seconds", "Image imports by method and result", ["method", "result"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.upload_failures = Counter(
-            "streamd_upload_failures", "Failed image uploads (PUT /file) by cause (the error's class)", ["cause"],
+            "streamd_upload_failures", "Failed uploads (PUT /file: upload, PUT /stage: stage) by cause: the "
+            "error's class, or cancelled (the client went away, or the daemon stopped)", ["operation", "cause"],
             registry=r)
         self.keystone_seconds = Histogram(
             "streamd_keystone_validation_duration_seconds", "Token validations that asked Keystone",
@@ -159,9 +161,10 @@ def import_done(method: str, result: str, seconds: float) -> None:
         _live.import_seconds.labels(method, result).observe(seconds)
 
 
-def upload_failed(cause: str) -> None:
+def upload_failed(operation: str, exc: BaseException) -> None:
     if _live is not None:
-        _live.upload_failures.labels(cause).inc()
+        cause = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
+        _live.upload_failures.labels(operation, cause).inc()
 
 
 def keystone_validated(seconds: float) -> None:

@@ -119,7 +119,13 @@ def test_the_counters_move_with_the_data(metered: tuple[Daemon, str]) -> None:
                         {**MEMBER_A, **OCTET, "x-openstack-image-size": "10"})
     failed = scrape(url)
     assert status >= 400
-    assert value(failed, "streamd_upload_failures_total", cause="InvalidRequest") == 1
+    assert value(failed, "streamd_upload_failures_total", operation="upload", cause="InvalidRequest") == 1
+    staging = create(daemon)
+    status, _, _ = call(daemon, f"/v2/images/{staging}/stage", "PUT", iter([b"x" * 1000]),  # type: ignore[arg-type]
+                        {**MEMBER_A, **OCTET, "x-openstack-image-size": "10"})
+    assert status >= 400
+    failed = scrape(url)
+    assert value(failed, "streamd_upload_failures_total", operation="stage", cause="InvalidRequest") == 1
 
     # Queue lengths (read at the scrape) and the event loop's lag (measured every 0.05 s).
     assert value(failed, "streamd_uploads_in_flight") == 0

@@ -114,7 +114,8 @@ class Importer:
             default = self.config.default
             await self.catalog.finish_stage(image.id, size=meta.size,
                                             host=default.peer_url or default.public_endpoint or self.host)
-        except BaseException:
+        except BaseException as exc:
+            metrics.upload_failed("stage", exc)
             await asyncio.shield(self._unstage(image.id))
             raise
         return meta

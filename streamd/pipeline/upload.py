@@ -88,7 +88,7 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
             await store.delete(stored.url)
             raise ImageVanished(f"Image {image_id} was deleted during its upload; its data has been removed") from None
     except BaseException as exc:
-        metrics.upload_failed("cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__)
+        metrics.upload_failed("upload", exc)
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
         if await asyncio.shield(catalog.abort_upload(image_id)):
             log.info("upload of image %s failed; image is queued again", image_id)
