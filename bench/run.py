@@ -18,7 +18,9 @@ alternating 4 MiB runs; random) and each repetition, measures with curl clients:
   os.sendfile, and 1 MiB read/write).
 
 Prints a table (medians over the repetitions; failures are totals), writes OUT/results.json
-and OUT/results.png. Both servers are stopped at the end, also on failure or SIGTERM.
+and OUT/results.png. streamd's /metrics (its own port) is scraped every 0.5 s all along:
+OUT/metrics.json and OUT/throughput.png (MiB/s into the stores, read from them and sent to
+clients, over time; bench/scrape.py). Both servers are stopped at the end, also on failure or SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from scrape import Scraper  # noqa: E402
 from procs import CLK_TCK, Meter, cpu_seconds  # noqa: E402
 from servers import REPO, Glance, RefSource, Server, Streamd  # noqa: E402
 
@@ -234,8 +237,9 @@ def main() -> int:
     runs, references = [], []
     with ExitStack() as stack:
         print("starting streamd, Glance and the reference sources ...", flush=True)
-        servers = [stack.enter_context(Streamd(out / "streamd")),
-                   stack.enter_context(Glance(out / "glance", REPO / ".venv-glance"))]
+        streamd = stack.enter_context(Streamd(out / "streamd"))
+        servers = [streamd, stack.enter_context(Glance(out / "glance", REPO / ".venv-glance"))]
+        scraper = stack.enter_context(Scraper(streamd.metrics_url))
         sources = {mode: stack.enter_context(RefSource(out / f"ref-{mode}", mode, out / "data"))
                    for mode in ("sendfile", "readwrite")}
         for rep in range(reps):
@@ -256,12 +260,16 @@ def main() -> int:
     summary = {"reference": aggregate(references),
                "files": {kind: aggregate([r["results"] for r in runs if r["file"] == kind]) for kind in files}}
 
+    meta["metrics"] = scraper.summary()
+    throughput = scraper.write(out)
     results = {"meta": meta, "summary": summary, "runs": runs, "references": references}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print()
     print(report.table(results))
     chart = report.chart(results, out / "results.png")
-    print(f"\nwrote {out / 'results.json'}" + (f" and {chart}" if chart else "") + f" in {meta['run_seconds']} s")
+    print(f"\nstreamd's /metrics: {meta['metrics']}")
+    print(f"\nwrote {out / 'results.json'}" + (f" and {chart}" if chart else "")
+          + (f", {throughput}" if throughput else "") + f" in {meta['run_seconds']} s")
     return 0
 
 

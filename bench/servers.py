@@ -139,10 +139,17 @@ class Server:
 class Streamd(Server):
     name = "streamd"
 
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        # /metrics on a port of its own (scraped during the run: bench/scrape.py).
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def prepare(self) -> list[str]:
         config = self.workdir / "streamd.conf"
         config.write_text(f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
-                          f"data_dir = {self.workdir / 'data'}\n")
+                          f"data_dir = {self.workdir / 'data'}\n"
+                          f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n")
         return [str(REPO / ".venv/bin/streamd"), "serve", "--config", str(config)]
 
     def ready(self) -> bool:

@@ -82,3 +82,18 @@ class BackgroundJobs:
                 self.crashes[job.name] = self.crashes.get(job.name, 0) + 1
                 log.exception("background job %s crashed; restarting it", job.name)
                 delay = min(job.interval, CRASH_BACKOFF)
+
+
+def loop_lag_job(interval: float, record: Callable[[float], None]) -> PeriodicJob:
+    """``event-loop lag``: every ``interval`` seconds, how much later than asked the loop woke
+    the supervisor's sleep (a blocked loop, or one too busy to keep up), given to ``record``.
+    The run itself takes no time: the next sleep starts as it returns."""
+    loop = asyncio.get_running_loop()
+    last = [loop.time()]
+
+    async def measure() -> None:
+        now = loop.time()
+        record(max(0.0, now - last[0] - interval))
+        last[0] = loop.time()
+
+    return PeriodicJob("event-loop lag", interval, measure)

@@ -27,6 +27,7 @@ import configparser
 import dataclasses
 import difflib
 import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -581,6 +582,14 @@ class FileStoreOptions:
         "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
         "first in direct_url and the locations list.")
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+    filesystem_store_mount_check: str = opt(
+        "none", _choice("none", "mountpoint", "marker"),
+        "How the store makes sure its directory is the filesystem it should be (e.g. an NFS share) and "
+        "not the empty local directory left when the share is not mounted: none; mountpoint (the "
+        "directory must be a mount point); marker (the directory must hold a file named .marker, "
+        "which the operator creates once on the mounted filesystem). When the check fails the store "
+        "turns read-only: writes and deletes get 503, /healthcheck answers 503, and nothing is "
+        "written to the directory underneath; it is writable again once the check passes.")
 
 
 @dataclass(frozen=True)
@@ -701,6 +710,83 @@ class HttpStoreOptions:
 
 
 STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions, "http": HttpStoreOptions}
+
+HEALTHCHECK_BACKENDS = ("disable_by_file", "disable_by_files_ports", "enable_by_files")
+
+
+def _healthcheck_backend(raw: str) -> str:
+    value = raw.strip()
+    if value and value not in HEALTHCHECK_BACKENDS:
+        raise ValueError(f"unknown backend {value!r} (known: {', '.join(HEALTHCHECK_BACKENDS)})")
+    return value
+
+
+def _port_path(raw: str) -> str:
+    port, sep, path = raw.strip().partition(":")
+    if not sep or not path.strip():
+        raise ValueError(f"{raw!r} is not port:path")
+    _int_range(0, 65535)(port)
+    return raw.strip()
+
+
+def _network(raw: str) -> str:
+    ipaddress.ip_network(raw.strip())
+    return raw.strip()
+
+
+def _opt_port(raw: str) -> int | None:
+    return _int_range(0, 65535)(raw) if raw.strip() else None
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Prometheus metrics (prometheus_client), off by default."""
+
+    enabled: bool = opt(False, _bool, "Collect metrics and serve them in Prometheus's text format.")
+    bind_port: int | None = opt(
+        None, _opt_port,
+        "Serve /metrics on this port of bind_host, without authentication (for the scraper; keep the "
+        "port private). Unset: /metrics is served on the API port, to admins only.")
+    event_loop_lag_interval: float = opt(
+        1.0, _float_range(0.01), "Seconds between two measures of the event loop's lag (how late a sleep wakes).")
+
+
+@dataclass(frozen=True)
+class HealthcheckOptions:
+    """oslo.middleware's healthcheck, with its option names and answers (200/503, text, JSON or HTML
+    by Accept), and streamd's own checks: the catalogue, every store, the staging and cache
+    directories and their free space. Those always run; ``backends`` adds oslo.middleware's."""
+
+    path: str = opt("/healthcheck", _str, "The path the health check answers on (oslo.middleware's).")
+    detailed: bool = opt(
+        False, _bool,
+        "Show more detailed information (each check's details, threads, gc) to callers with the admin "
+        "role; others get the plain reasons. In keystone mode an admin sends a token with the request.")
+    backends: tuple[str, ...] = opt(
+        ("disable_by_file",), _oslo_list(_healthcheck_backend),
+        "oslo.middleware's backends to run besides streamd's own checks: disable_by_file (as Glance's "
+        "paste pipeline), disable_by_files_ports, enable_by_files (not together with disable_by_file, "
+        "as in oslo.middleware).")
+    disable_by_file_path: str | None = opt(
+        None, _opt_str,
+        "disable_by_file: while this file exists the health check answers 503 DISABLED BY FILE "
+        "(load balancers drain the node).")
+    disable_by_file_paths: tuple[str, ...] = opt(
+        (), _oslo_list(_port_path), "disable_by_files_ports: port:path pairs, a drain file per listening port.")
+    enable_by_file_paths: tuple[str, ...] = opt(
+        (), _list, "enable_by_files: files that must all exist, or 503 FILE PATH MISSING.")
+    allowed_source_ranges: tuple[str, ...] = opt(
+        (), _oslo_list(_network),
+        "Networks allowed to ask; requests from other addresses are not answered by the health check (404).")
+    ignore_proxied_requests: bool = opt(
+        False, _bool, "Do not answer requests carrying proxy headers (X-Forwarded-*) (404).")
+    check_timeout: float = opt(
+        5.0, _float_range(0.1),
+        "Seconds each of streamd's checks (catalogue, each store, directories) may take before it counts as failed.")
+    min_free_space: int = opt(
+        0, _size,
+        "Free space (bytes, or with KB/MB/GB/TB) the staging and cache directories and each store "
+        "must have, or the health check answers 503 (0: not checked).")
 
 
 @dataclass(frozen=True)
@@ -939,7 +1025,6 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
     "oslo_concurrency": {"*": "streamd takes no external locks"},
     "oslo_middleware": {"*": "the URL clients see is public_endpoint"},
     "cors": {"*": "streamd sends no CORS headers"},
-    "healthcheck": {"*": "streamd's /healthcheck answers from the daemon itself"},
     "profiler": {"*": "no osprofiler tracing"},
     "profiler_jaeger": {"*": "no osprofiler tracing"},
     "profiler_otlp": {"*": "no osprofiler tracing"},
@@ -1038,6 +1123,8 @@ class Config:
     image_signature: ImageSignatureOptions = ImageSignatureOptions()
     key_manager: KeyManagerOptions = KeyManagerOptions()
     barbican: BarbicanOptions = BarbicanOptions()
+    healthcheck: HealthcheckOptions = HealthcheckOptions()
+    metrics: MetricsOptions = MetricsOptions()
 
     @property
     def warning(self) -> str | None:
@@ -1118,6 +1205,8 @@ _SECTION_CLASSES: dict[str, type] = {
     "image_signature": ImageSignatureOptions,
     "key_manager": KeyManagerOptions,
     "barbican": BarbicanOptions,
+    "healthcheck": HealthcheckOptions,
+    "metrics": MetricsOptions,
 }
 # Glance reads this file beside glance-api.conf when it is there, before it (glance.common.wsgi_app).
 IMPORT_CONFIG_NAME = "glance-image-import.conf"
@@ -1278,6 +1367,17 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
         if method not in IMPORT_METHODS:
             problems.append(f"[DEFAULT] enabled_import_methods: unknown method {method!r}")
 
+    health: HealthcheckOptions = parsed["healthcheck"]
+    if {"disable_by_file", "enable_by_files"} <= set(health.backends):
+        problems.append("[healthcheck] backends: `enable_by_files` plugin and `disable_by_file` plugin should not "
+                        "be enabled at the same time (as oslo.middleware)")
+    if not health.path.startswith("/"):
+        problems.append(f"[healthcheck] path = {health.path!r}: must start with /")
+    metrics_options: MetricsOptions = parsed["metrics"]
+    if metrics_options.bind_port is not None and metrics_options.bind_port == default.bind_port != 0:
+        problems.append(f"[metrics] bind_port = {metrics_options.bind_port}: the API's own port ([DEFAULT] bind_port); "
+                        "leave it unset to serve /metrics on the API port")
+
     if problems:
         raise ConfigError(problems)
     return Config(default=default, noauth=parsed["noauth"], database=parsed["database"],
@@ -1294,7 +1394,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
                   store_type_location_strategy=parsed["store_type_location_strategy"],
                   oslo_messaging_notifications=parsed["oslo_messaging_notifications"],
                   image_signature=parsed["image_signature"], key_manager=parsed["key_manager"],
-                  barbican=parsed["barbican"])
+                  barbican=parsed["barbican"],
+                  healthcheck=health, metrics=metrics_options)
 
 
 def _limits_problems(default: DefaultOptions, limits: OsloLimitOptions) -> list[str]:

@@ -19,7 +19,7 @@ import uvloop
 from aiohttp import web
 
 from . import __version__, kernels
-from .api import create_app
+from .api import create_app, create_metrics_app
 from .api.client_faults import install_log_filter
 from .admin import AdminServer
 from .admin.server import claim
@@ -60,6 +60,15 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
         raise
     site = web.TCPSite(runner, config.default.bind_host, config.default.bind_port, reuse_address=True)
     await site.start()
+    metrics_runner: web.AppRunner | None = None
+    if config.metrics.enabled and config.metrics.bind_port is not None:
+        # Prometheus's own port: /metrics only, no authentication (keep it on a private network).
+        metrics_runner = web.AppRunner(create_metrics_app(), access_log=None, handle_signals=False)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, config.default.bind_host, config.metrics.bind_port,
+                          reuse_address=True).start()
+        log.info("metrics on http://%s/metrics",
+                 ", ".join(f"{a[0]}:{a[1]}" for a in metrics_runner.addresses))
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
     log.info("streamd %s listening on %s (kernels: %s; catalogue: %s; stores: %s)",
              __version__, ", ".join(addresses), kernels.describe(),
@@ -104,6 +113,8 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
             loop.remove_signal_handler(signum)
         await admin.stop()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         log.info("streamd stopped")
 
 

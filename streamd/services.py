@@ -18,12 +18,14 @@ import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from .background import BackgroundJobs, PeriodicJob
+from . import metrics
+from .background import BackgroundJobs, PeriodicJob, loop_lag_job
 from .cache import ImageCache
 from .catalog import Catalog
 from .catalog.metadef_files import read_definitions
 from .config import Config
 from .errors import Duplicate
+from .health import HealthChecker
 from .identity import KeystoneValidator
 from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
@@ -65,6 +67,8 @@ class Services:
     notifier: Notifier | None = None
     # Image signature verification (certificates from Barbican or [image_signature] certificate_dir).
     signatures: Signatures | None = None
+    # /healthcheck's checks ([healthcheck]); built last, over what is open.
+    health: HealthChecker | None = None
 
 
 @contextlib.asynccontextmanager
@@ -76,6 +80,9 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         log.info("property protections: %d rule(s) (%s) from %s", len(protections.rules) - 1,
                  protections.rule_format, config.default.property_protection_file)
     async with contextlib.AsyncExitStack() as stack:
+        if config.metrics.enabled:
+            metrics.enable()
+            stack.callback(metrics.disable)
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
                                      pool_size=config.database.pool_size)
         stack.push_async_callback(catalog.close)
@@ -134,13 +141,32 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             jobs.add(PeriodicJob("scrubber", config.default.wakeup_time, scrubber.run_once))
         if identity is not None:
             jobs.add(PeriodicJob("keystone service token", RENEW_CHECK_INTERVAL, identity.renew_service_token))
+        health = HealthChecker(config.healthcheck, catalog, stores, staging, cache)
+        stack.push_async_callback(health.stop)
+        uploads = InflightUploads()
+        if config.metrics.enabled:
+            jobs.add(loop_lag_job(config.metrics.event_loop_lag_interval, metrics.loop_lag))
+            _watch_queues(uploads, importer, cache, jobs)
         jobs.start()
         stack.push_async_callback(jobs.stop)
 
         yield Services(config=config, catalog=catalog, stores=stores, cache=cache, prefetcher=prefetcher,
-                       delivery=delivery, staging=staging, importer=importer, uploads=InflightUploads(),
+                       delivery=delivery, staging=staging, importer=importer, uploads=uploads,
                        jobs=jobs, policy=policy, quotas=quotas, identity=identity, scrubber=scrubber,
-                       protections=protections, notifier=notifier, signatures=signatures)
+                       protections=protections, notifier=notifier, signatures=signatures,
+                       health=health)
+
+
+def _watch_queues(uploads: InflightUploads, importer: Importer, cache: ImageCache | None,
+                  jobs: BackgroundJobs) -> None:
+    """Queue lengths and work in flight, read when /metrics is scraped."""
+    metrics.watch("streamd_uploads_in_flight", "Image uploads (PUT /file) in flight", lambda: uploads.count)
+    metrics.watch("streamd_imports_running", "Imports running on this node", lambda: importer.running)
+    metrics.watch("streamd_background_jobs_running", "Background jobs running", lambda: jobs.running)
+    if cache is not None:
+        metrics.watch("streamd_cache_fills_in_flight", "Cache fills in flight", lambda: len(cache.fills))
+        metrics.watch("streamd_cache_fill_bytes_in_flight", "Bytes reserved by cache fills in flight",
+                      cache.size_in_flight)
 
 
 async def _open_quotas(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> Quotas:

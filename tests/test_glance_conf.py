@@ -225,7 +225,6 @@ EXPECTED_IGNORED = {
     ("taskflow_executor", "conversion_format"),
     ("wsgi", "task_pool_threads"), ("wsgi", "python_interpreter"),
     ("cors", "allowed_origin"), ("cors", "allow_credentials"),
-    ("healthcheck", "backends"), ("healthcheck", "disable_by_file_path"),
     ("profiler", "enabled"), ("profiler", "trace_sqlalchemy"), ("profiler", "hmac_keys"),
 } | {
     # The rest of [keystone_authtoken] is honoured (flavor = keystone selects Keystone validation).
@@ -257,6 +256,9 @@ def test_the_deployment_loads_and_honours_what_streamd_implements(tmp_path: Path
     assert config.sources == (str(tmp_path / "glance-image-import.conf"), str(tmp_path / "glance-api.conf"))
     d = config.default
     assert (d.bind_host, d.bind_port) == ("127.0.0.1", 9292)
+    # [healthcheck] is oslo.middleware's, honoured: draining by Glance's file works as it did.
+    assert (config.healthcheck.backends, config.healthcheck.disable_by_file_path) == (
+        ("disable_by_file",), "/etc/glance/healthcheck_disable")
     assert d.image_size_cap == 214748364800 and d.hashing_algorithm == "sha512" and d.image_member_quota == 256
     assert d.enabled_import_methods == ("glance-direct", "web-download", "copy-image")
     assert d.public_endpoint == "https://image.cloud.example:9292"

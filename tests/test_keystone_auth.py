@@ -24,10 +24,12 @@ from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from aiohttp.test_utils import TestServer
 
 from conftest import PYTHON, ApiClient, Daemon, Reply, free_port, make_config, start_daemon, stop_daemon
 from keystone import Keystone, User, bootstrap_keystone, keystone, start_keystone
+from streamd import metrics
 from streamd.api import create_app
 from streamd.config import Config
 from streamd.identity import KeystoneValidator
@@ -113,6 +115,36 @@ async def test_the_versions_document_needs_no_token(tmp_path: Path, ks: Keystone
         assert (await api.call("GET", "/healthcheck")).status == 200
         # An unknown version is answered by the versions document, before authentication (Glance's order).
         assert (await api.call("GET", "/v9/images")).status == 300
+
+
+async def test_the_detailed_healthcheck_is_for_admin_tokens(tmp_path: Path, ks: Keystone) -> None:
+    config = make_config(tmp_path, DEFAULT={"auth_strategy": "keystone"}, keystone_authtoken=ks.authtoken_options(),
+                         healthcheck={"detailed": "true"})
+    async with serving(config) as (api, _):
+        for who in ({}, as_token(ks.token("a-member")), as_token("not-a-token"),
+                    as_token(ks.token("a-member"), **{"X-Roles": "admin"})):
+            reply = await api.call("GET", "/healthcheck", as_=who)
+            assert (reply.status, reply.json["detailed"]) == (200, False)
+        reply = await api.call("GET", "/healthcheck", as_=as_token(ks.token("a-admin")))
+        assert (reply.status, reply.json["detailed"]) == (200, True)
+        assert reply.json["reasons"][1] == {"class": "HealthcheckResult", "details": "catalogue answers", "reason": "OK"}
+
+
+async def test_token_validations_are_measured(tmp_path: Path, ks: Keystone) -> None:
+    config = make_config(tmp_path, DEFAULT={"auth_strategy": "keystone"}, keystone_authtoken=ks.authtoken_options(),
+                         metrics={"enabled": "true"})
+    async with serving(config) as (api, _):
+        token = as_token(ks.token("a-member"))
+        for _ in range(3):
+            assert (await api.call("GET", "/v2/images", as_=token)).status == 200
+        text = metrics.render()[0].decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("streamd_keystone_token_cache_total", (("result", "miss"),))] == 1
+    assert samples[("streamd_keystone_token_cache_total", (("result", "hit"),))] == 2
+    assert samples[("streamd_keystone_validation_duration_seconds_count", ())] == 1
+    assert samples[("streamd_http_request_duration_seconds_count",
+                    (("method", "GET"), ("route", "/{version}/images"), ("status", "200")))] == 3
 
 
 # -- identity from the token ---------------------------------------------------------------------------

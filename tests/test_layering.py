@@ -28,7 +28,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streamd"
 # Entries may name modules that do not exist yet (services, while the lead writes it):
 # the table is only consulted for modules that are there.
 LAYERS = {
-    "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0, "__init__": 0,
+    "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0,
+    "metrics": 0,  # the Prometheus facade: the one importer of prometheus_client; every layer records through it
+    "__init__": 0,
     "kernels": 1,
     "stores": 2, "cache": 2, "catalog": 2, "formats": 2,
     "signing": 2,  # image signatures: certificates (a directory, or Barbican through castellan) and the verifier
@@ -36,6 +38,7 @@ LAYERS = {
     "pipeline": 3, "imports": 3,
     "identity": 3,  # Keystone token validation: an HTTP client of Keystone, below the edge that calls it
     "notifications": 3,  # Glance's notifications to the message bus (oslo.messaging), sent by edge and importer
+    "health": 3,  # /healthcheck's checks: asks the catalogue, the stores, the staging area and the cache
     "policy": 3,  # Glance's rules over oslo.policy: reads catalogue records, the catalogue never imports it
     "services": 4,  # the composition root: builds stores, cache, pipeline and importer for the edges
     "api": 5, "admin": 5,

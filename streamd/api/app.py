@@ -11,7 +11,8 @@ from aiohttp import web
 
 from ..services import Services
 from . import cache as cache_routes
-from . import image_data, images, imports, members, metadefs, peer, schemas, tags, tasks, versions
+from . import health, image_data, images, imports, members, metadefs, peer, schemas, tags, tasks, versions
+from . import metrics as metrics_routes
 from .inputs import inputs_middleware
 from .keys import SERVICES, request_id_of
 from .middleware import add_www_authenticate, errors_middleware, identity_middleware, version_middleware
@@ -21,14 +22,21 @@ V2_PREFIX = r"/{version:v2(?:\.[0-9]+)?}"
 
 
 def create_app(services: Services) -> web.Application:
+    middlewares = [errors_middleware, inputs_middleware, version_middleware, identity_middleware]
+    metrics_on = services.config.metrics.enabled
+    if metrics_on:
+        middlewares.insert(0, metrics_routes.timing_middleware)  # outermost: sees the statuses errors_middleware sets
     app = web.Application(
         # inputs_middleware checks the request target (path, query string) of every request.
-        middlewares=[errors_middleware, inputs_middleware, version_middleware, identity_middleware],
+        middlewares=middlewares,
         client_max_size=1 << 20,  # JSON bodies; image data is streamed, not read whole
         handler_args={"max_field_size": 65536},
     )
     app[SERVICES] = services
     versions.add_routes(app)
+    health.add_routes(app, services.config.healthcheck.path)
+    if metrics_on and services.config.metrics.bind_port is None:
+        metrics_routes.add_routes(app)
     peer.add_routes(app)
     for module in (images, image_data, imports, tasks, members, tags, schemas, metadefs, cache_routes):
         module.add_routes(app, V2_PREFIX)

@@ -63,11 +63,19 @@ def negotiate_error_type(accept: str | None) -> str:
     """The media type of an error body: webob's choice between HTML and JSON, else plain text."""
     if accept is None or not accept.strip():
         return "text/plain"
+    # A malformed Accept accepts everything; HTML is the first offer.
+    return negotiate_media_type(accept, _OFFERS, default="text/plain")
+
+
+def negotiate_media_type(accept: str, offers: tuple[str, ...], *, default: str) -> str:
+    """webob's ``acceptable_offers(offers)[0]``: the offer of highest quality (the most specific
+    matching range decides each offer's), the first listed on a tie; ``default`` when none is
+    acceptable. A malformed header accepts every offer, so the first one wins."""
     ranges = _parse_accept(accept)
     if ranges is None:
-        return "text/html"  # a malformed Accept accepts everything; HTML is the first offer
+        return offers[0]
     scored = []
-    for order, offer in enumerate(_OFFERS):
+    for order, offer in enumerate(offers):
         kind, sub = offer.split("/")
         best: tuple[int, float] | None = None
         for rkind, rsub, q, params in ranges:
@@ -85,7 +93,7 @@ def negotiate_error_type(accept: str | None) -> str:
                 best = (specificity, q)
         if best is not None and best[1] > 0:
             scored.append((-best[1], order, offer))
-    return min(scored)[2] if scored else "text/plain"
+    return min(scored)[2] if scored else default
 
 
 def _html_escape(text: str) -> str:

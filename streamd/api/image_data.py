@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from .. import metrics
 from ..catalog import ImageRecord
 from ..errors import InvalidRequest, NotPermitted, StreamdError
 from .errors import ProtocolError
@@ -202,6 +203,7 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
                 raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
             await response.write_eof()
             sent.bytes = length
+            _sent(source, length)
             return response
     try:
         async for data in source.chunks(first, length):
@@ -215,7 +217,15 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
             request.transport.abort()
         return response
     await response.write_eof()
+    _sent(source, length)
     return response
+
+
+def _sent(source: ImageSource, length: int) -> None:
+    """A whole download (or range) went out: counted once, by where it came from."""
+    metrics.download_bytes(source.origin, length)
+    if source.store is not None:
+        metrics.store_bytes(source.store, "out", "download", length)
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

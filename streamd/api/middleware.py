@@ -24,8 +24,8 @@ from .versions import VERSION_MEDIA_TYPE, allowed_url_versions, multiple_choices
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Served without a version: discovery, health and the peer protocol.
-_UNVERSIONED = ("/versions", "/healthcheck", "/peer/")
+# Served without a version: discovery, health ([healthcheck] path, see _is_health) and the peer protocol.
+_UNVERSIONED = ("/versions", "/peer/", "/metrics")
 _VERSION_SEGMENT = re.compile(r"^/(v\d+(?:\.\d+)?)(?:/|$)")
 
 
@@ -84,7 +84,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 # Served without a token in keystone mode, as Glance's paste pipeline leaves them: the versions
 # document (versionnegotiation and /healthcheck come before authtoken there) and the peer
 # protocol, which has its own secret (peer_token).
-_UNAUTHENTICATED_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+_UNAUTHENTICATED_PATHS = frozenset({"/", "/versions"})
 _UNAUTHENTICATED_PREFIXES = ("/peer/",)
 # keystonemiddleware's 401 (auth_token.AuthProtocol.process_request, delay_auth_decision false):
 # this JSON body, whatever the request's Accept, and WWW-Authenticate naming where to log in.
@@ -122,8 +122,13 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
+def _is_health(request: web.Request) -> bool:
+    return request.path == request.app[SERVICES].config.healthcheck.path
+
+
 def _unauthenticated(request: web.Request) -> bool:
-    if request.path in _UNAUTHENTICATED_PATHS or request.path.startswith(_UNAUTHENTICATED_PREFIXES):
+    if (request.path in _UNAUTHENTICATED_PATHS or request.path.startswith(_UNAUTHENTICATED_PREFIXES)
+            or _is_health(request)):
         return True
     if request.match_info.route.resource is None:
         # No route: a path without an API version we serve gets the versions document or a 404
@@ -180,7 +185,7 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
     """The API version of the request: its URL prefix, or (Glance's VersionNegotiationFilter) an
     ``Accept: application/vnd.openstack.images-vN`` on an unprefixed path. An unknown version, or an
     unprefixed API path without that Accept, gets the versions document (300)."""
-    if request.match_info.route.resource is None or request.path.startswith(_UNVERSIONED):
+    if request.match_info.route.resource is None or request.path.startswith(_UNVERSIONED) or _is_health(request):
         return await handler(request)
     allowed = allowed_url_versions(request.app[SERVICES].config)
     accept = request.headers.get("Accept", "")

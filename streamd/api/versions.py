@@ -61,10 +61,6 @@ async def versions(request: web.Request) -> web.Response:
     return web.json_response(versions_document(request), status=200)
 
 
-async def healthcheck(request: web.Request) -> web.Response:
-    return web.Response(text="OK")
-
-
 # Glance's media-type versioning: ``Accept: application/vnd.openstack.images-v2.N`` on a path
 # without a version prefix (see ``middleware.version_middleware``).
 VERSION_MEDIA_TYPE = "application/vnd.openstack.images-"
@@ -73,4 +69,3 @@ VERSION_MEDIA_TYPE = "application/vnd.openstack.images-"
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", root)
     app.router.add_get("/versions", versions)
-    app.router.add_get("/healthcheck", healthcheck)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
+from .. import metrics
 from ..errors import DoesNotExist
 from ..kernels.sparse import pwrite_all
 from .index import CacheEntry, CacheIndex
@@ -337,6 +338,7 @@ class ImageCache:
                 if total <= budget:
                     break
                 await self._run(self._evict, entry.image_id)
+                metrics.cache_event("eviction", entry.size)
                 await self._notify(entry.image_id, False)
                 total -= entry.size
                 freed += entry.size

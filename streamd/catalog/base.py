@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import DoesNotExist, InvalidStatusTransition
+from ..errors import BackendFailure, DoesNotExist, InvalidStatusTransition
 from . import models as m
 from .records import CORE_ATTRIBUTES, ImageRecord, Location
 
@@ -102,6 +102,14 @@ class CatalogBase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """A trivial query (the health check); BackendFailure if the database does not answer."""
+        try:
+            async with self._read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise BackendFailure(f"catalogue {self.engine.url.render_as_string(hide_password=True)}: {exc}") from exc
 
     # -- connections ---------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Mapping
 
 import aiohttp
 
+from .. import metrics
 from ..config import KeystoneAuthtokenOptions
 from ..context import RequestContext
 from ..errors import EndpointNotFound, IdentityUnavailable, InvalidToken
@@ -159,6 +160,7 @@ class KeystoneValidator:
         token = token.strip()
         key = token_key(token)
         validated = self.cache.get(key)
+        metrics.keystone_cache(validated is not None)
         if validated is None:
             flight = (key, allow_expired)
             task = self._inflight.get(flight)
@@ -204,6 +206,13 @@ class KeystoneValidator:
             task.exception()  # retrieved: every waiter may have gone away
 
     async def _fetch(self, token: str, key: str, allow_expired: bool) -> ValidatedToken:
+        started = metrics.now()
+        try:
+            return await self._ask_keystone(token, key, allow_expired)
+        finally:
+            metrics.keystone_validated(metrics.now() - started)
+
+    async def _ask_keystone(self, token: str, key: str, allow_expired: bool) -> ValidatedToken:
         params = {"nocatalog": "1"}
         if allow_expired:
             params["allow_expired"] = "1"

@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 from ..catalog import Catalog, ImageRecord, TaskRecord
 from ..config import Config
 from ..notifications import Notifier, image_payload, import_properties, task_payload
+from .. import metrics
 from ..errors import ImportSourceError, InvalidRequest, StateConflict, StoreFailure, StoreUnavailable, StreamdError
 from ..pipeline import (Ingested, Progress, UploadLimits, file_chunks, inspection_for, measure, reader_chunks,
                         refuse_oversized, write_to_stores)
@@ -119,7 +120,8 @@ class Importer:
             default = self.config.default
             await self.catalog.finish_stage(image.id, size=meta.size,
                                             host=default.peer_url or default.public_endpoint or self.host)
-        except BaseException:
+        except BaseException as exc:
+            metrics.upload_failed("stage", exc)
             await asyncio.shield(self._unstage(image.id))
             raise
         return meta
@@ -243,15 +245,19 @@ class Importer:
         lost_lock = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(task_id, progress, me, lost_lock))
         undo: list[Undo] = []
+        started = metrics.now()
+        result = "failure"
         await self._image_events(plan, "image.prepare")
         try:
             try:
                 await self._import(plan, image, progress, quota, undo)
+                result = "success"
             except BaseException:
                 for step in reversed(undo):
                     await asyncio.shield(step())
                 raise
         except asyncio.CancelledError:
+            result = "aborted"
             reason = ("another import broke this import's lock" if lost_lock.is_set()
                       else "the daemon stopped during the import")
             await asyncio.shield(self._finish(plan, task_id, success=False, message=f"Import aborted: {reason}"))
@@ -267,6 +273,7 @@ class Importer:
             await self._finish(plan, task_id, success=True, message=f"Copied {progress.bytes >> 20} MiB",
                                result={"image_id": plan.image_id})
         finally:
+            metrics.import_done(plan.method, result, metrics.now() - started)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -502,6 +509,7 @@ class Importer:
                 try:
                     stored[adopter.name] = await adopter.adopt(plan.image_id, path, link=n < len(adopters) - 1)
                     progress.bytes = size
+                    metrics.store_bytes(adopter.name, "in", "import", size)
                 except StreamdError as exc:
                     if must_all:
                         raise
@@ -517,7 +525,7 @@ class Importer:
                         others, plan.image_id, file_chunks(fd), declared_size=size,
                         size_cap=self.config.default.image_size_cap,
                         hashing_algorithm=self.config.default.hashing_algorithm if meta is None else None,
-                        isolate=not must_all, progress=progress)
+                        isolate=not must_all, progress=progress, operation="import")
                 except StreamdError as exc:
                     if must_all or not stored:
                         raise
@@ -596,7 +604,9 @@ class Importer:
                 ingested = await write_to_stores(
                     targets, plan.image_id, reader_chunks(reader), declared_size=reader.size,
                     size_cap=self.config.default.image_size_cap, hashing_algorithm=None,
-                    isolate=not plan.all_stores_must_succeed, progress=progress, signature=verifier)
+                    isolate=not plan.all_stores_must_succeed, progress=progress, signature=verifier,
+                    operation="import")
+                metrics.store_bytes(source.name, "out", "copy", ingested.size)
             finally:
                 reader.close()
             try:

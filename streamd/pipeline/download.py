@@ -29,6 +29,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import blake3
 
+from .. import metrics
 from ..cache import Fill, ImageCache
 from ..catalog import ImageRecord
 from ..errors import StoreFailure, StreamdError
@@ -47,6 +48,9 @@ PEER_HOLDBACK = 1 << 20
 
 
 class ImageSource(abc.ABC):
+    # The store the bytes are read from (None: the cache or a fill).
+    store: str | None = None
+
     size: int
     origin: str  # "cache", "fill", "store": for logs and tests
 
@@ -65,7 +69,8 @@ class ImageSource(abc.ABC):
 class ReaderSource(ImageSource):
     """Any blocking ``Reader``, read one chunk ahead in a worker thread while the loop sends."""
 
-    def __init__(self, reader: Reader, origin: str) -> None:
+    def __init__(self, reader: Reader, origin: str, store: str | None = None) -> None:
+        self.store = store
         self.reader = reader
         self.size = reader.size
         self.origin = origin
@@ -149,6 +154,10 @@ class ImageDelivery:
         self._pump_pool = ThreadPoolExecutor(4, thread_name_prefix="peer-fill")
 
     async def open_store_reader(self, image: ImageRecord) -> Reader:
+        return (await self._open_store(image))[0]
+
+    async def _open_store(self, image: ImageRecord) -> tuple[Reader, str]:
+        """A reader of the image in the first store that opens it, and that store's name."""
         last: StreamdError | None = None
         for location in image.locations:
             store = self.stores.for_location(location.store)
@@ -161,7 +170,7 @@ class ImageDelivery:
                 last = exc
                 continue
             self.store_reads[store.name] += 1
-            return reader
+            return reader, store.name
         raise last or StoreFailure(f"No readable location for image {image.id}")
 
     def has_data(self, image: ImageRecord) -> bool:
@@ -186,10 +195,13 @@ class ImageDelivery:
     async def open(self, image: ImageRecord) -> ImageSource:
         cache = self.cache
         if cache is not None and image.status in ("active", "deactivated") and image.size is not None:
-            for _ in range(3):
+            for attempt in range(3):
                 hit = await self._open_hit(image)
                 if hit is not None:
+                    metrics.cache_event("hit")
                     return hit
+                if attempt == 0:
+                    metrics.cache_event("miss")
                 if not self._worth_filling(image):
                     break  # a local store: straight from it
                 fill = await self._join_or_start_fill(image)
@@ -201,16 +213,20 @@ class ImageDelivery:
                     return FillSource(fill, lambda: self.open_store_reader(image))
                 if not fill.finished:
                     break  # it failed meanwhile
-        return ReaderSource(await self.open_store_reader(image), "store")
+        reader, store = await self._open_store(image)
+        return ReaderSource(reader, "store", store)
 
     async def _join_or_start_fill(self, image: ImageRecord) -> Fill | None:
         """The fill of this image in flight, or a new one: however many callers ask at once, one is started."""
         assert self.cache is not None
         fill = self.cache.fills.get(image.id)
         if fill is not None:
+            metrics.cache_event("join")  # single flight: one backend read for every reader
             return fill
         starting = self._starting.get(image.id)
-        if starting is None:
+        if starting is not None:
+            metrics.cache_event("join")
+        else:
             starting = asyncio.create_task(self._start_fill(image), name=f"cache-start-{image.id}")
             self._starting[image.id] = starting
 
@@ -291,8 +307,9 @@ class ImageDelivery:
             return None  # a fill finished while this caller was on its way here
         peer = await self.peers.open(image) if self.peers is not None else None
         reader: Reader | None = None
+        store: str | None = None
         if peer is None:
-            reader = await self.open_store_reader(image)
+            reader, store = await self._open_store(image)
         try:
             fill = await self.cache.begin_fill(image.id, image.size)
         except OSError as exc:
@@ -311,14 +328,15 @@ class ImageDelivery:
             self.peer_reads[peer.url] += 1
             assert self.peers is not None
             expected = await self.peers.expected_digest(image)
-        task = asyncio.create_task(self._run_fill(fill, image, reader, peer, expected),
+        task = asyncio.create_task(self._run_fill(fill, image, reader, peer, expected, store),
                                    name=f"cache-fill-{image.id}")
         self._fill_tasks.add(task)
         task.add_done_callback(self._fill_tasks.discard)
         return fill
 
     async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader | None,
-                        peer: PeerSource | None, expected_blake3: str | None = None) -> None:
+                        peer: PeerSource | None, expected_blake3: str | None = None,
+                        store: str | None = None) -> None:
         """Copy into the cache, hashing on the way. A store's copy is checked against the image's md5
         and os_hash_value, and its BLAKE3 recorded; a peer's copy only against that BLAKE3 when one
         is recorded (cheap: the peer's fill was checked the long way), else the long way too."""
@@ -360,6 +378,7 @@ class ImageDelivery:
         received = 0
         pump_stop = threading.Event()
         pump: asyncio.Future[int] | None = None
+        filled = False
         try:
             try:
                 if quick_check:
@@ -409,6 +428,7 @@ class ImageDelivery:
             except OSError as exc:
                 await cache.abort_fill(fill, f"committing the cache file failed: {exc.strerror or exc}")
                 return
+            filled = True
             if not quick_check and self.peers is not None and image.os_hash_value:
                 try:
                     await self.peers.record_digest(image, fast_digest)
@@ -425,6 +445,7 @@ class ImageDelivery:
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
             raise
         finally:
+            _count_fill(filled, received, store, peer is not None)
             if store_source is not None:
                 store_source.close()
             if peer is not None:
@@ -459,3 +480,12 @@ class ImageDelivery:
         if self._fill_tasks:
             await asyncio.wait(self._fill_tasks)
         self._pump_pool.shutdown(wait=False)
+
+
+def _count_fill(filled: bool, received: int, store: str | None, from_peer: bool) -> None:
+    """One cache fill ended (metrics): its result, and the bytes it read from a store or a peer."""
+    metrics.cache_event("fill" if filled else "fill_failed", received if filled else 0)
+    if from_peer:
+        metrics.peer_fetch("ok" if filled else "failed", received)
+    elif store is not None:
+        metrics.store_bytes(store, "out", "cache_fill", received)

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
+from .. import metrics
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
 from ..formats import ImageInspection
 from ..quota import ByteBudget
@@ -96,10 +97,12 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                           inspection: ImageInspection | None = None, isolate: bool = False,
                           max_inflight: int = 16 << 20, progress: Progress | None = None,
                           budget: ByteBudget | None = None,
-                          signature: SignatureVerifier | SignatureHash | None = None) -> Ingested:
+                          signature: SignatureVerifier | SignatureHash | None = None, operation: str = "upload",
+                          ) -> Ingested:
     """``budget`` (a quota) stops the stream as ``size_cap`` does, with its own 413, before the bytes
     past it reach any store. ``signature``: one more consumer of the stream (its own thread); a
-    verifier is checked before the stores commit, and a mismatch fails the whole write."""
+    verifier is checked before the stores commit, and a mismatch fails the whole write. ``operation``
+    labels the bytes each store took (metrics)."""
     refuse_oversized(declared_size, size_cap)
     if budget is not None and declared_size is not None and declared_size > budget.max_bytes:
         raise budget.refuse(declared_size)
@@ -132,6 +135,9 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
         fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
+        # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).
+        counted = 0
+        names = [g.store.name for g in guarded if g.error is None]
         async with contextlib.aclosing(_batches(chunks, BATCH)) as batches:
             async for batch in batches:
                 for chunk in batch:
@@ -147,6 +153,9 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                     if inspection is not None:
                         inspection.feed(chunk)
                 await fanout.feed_many(batch)
+                for name in names:
+                    metrics.store_bytes(name, "in", operation, received - counted)
+                counted = received
                 if progress is not None:
                     progress.bytes = received
                 if isolate and guarded and all(g.error is not None for g in guarded):

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from .. import metrics
 from ..catalog import Catalog, ImageRecord
 from ..config import Config
 from ..errors import ImageVanished, DoesNotExist
@@ -95,7 +96,8 @@ async def upload_image(catalog: Catalog, store: Store, image_id: str, chunks: As
         except DoesNotExist:
             await store.delete(stored.url)
             raise ImageVanished(f"Image {image_id} was deleted during its upload; its data has been removed") from None
-    except BaseException:
+    except BaseException as exc:
+        metrics.upload_failed("upload", exc)
         # Cleanup must finish even if this task is being cancelled (client gone, shutdown).
         if await asyncio.shield(catalog.abort_upload(image_id)):
             log.info("upload of image %s failed; image is queued again", image_id)

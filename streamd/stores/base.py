@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,36 @@ class StoredData:
     url: str
     size: int
     metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What a store's ``check`` found: a line for the admins' detailed health output, and the free
+    space where the store can tell (None: it cannot)."""
+
+    details: str
+    free_bytes: int | None = None
+
+
+PROBE_DATA = b"streamd health probe\n"
+
+
+def probe_directory(directory: Path) -> int:
+    """Write a small file in ``directory``, fsync it, read it back and remove it; the free bytes
+    of its filesystem. Blocking (run it in a thread). Raises OSError, or ValueError if the bytes
+    read back are not the bytes written."""
+    path = directory / f".healthcheck.{secrets.token_hex(6)}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.pwrite(fd, PROBE_DATA, 0)
+        os.fsync(fd)
+        if os.pread(fd, len(PROBE_DATA) + 1, 0) != PROBE_DATA:
+            raise ValueError(f"{path} did not read back what was written")
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 class Writer(abc.ABC):
@@ -92,6 +123,11 @@ class Store(abc.ABC):
     def background_jobs(self) -> list[PeriodicJob]:
         """Periodic work the store needs (e.g. a reaper); the node's supervisor runs it."""
         return []
+
+    async def check(self) -> StoreHealth:
+        """Prove the store can be written and read now (the health check; time-bounded by the
+        caller). Raises StoreUnavailable, with what is wrong, when it cannot."""
+        return StoreHealth(f"store {self.name}: nothing to check")
 
     @abc.abstractmethod
     async def writer(self, image_id: str, expected_size: int | None) -> Writer:

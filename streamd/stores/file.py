@@ -5,23 +5,37 @@ fsynced, then renamed into place, so a file under its final name is always
 whole. Whatever is left in ``.incoming/`` was interrupted and is removed at
 start-up. With ``filesystem_thin_provisioning`` runs of zero blocks are
 skipped with a seek, so they become holes, found by the native zero scan.
+
+``filesystem_store_mount_check`` guards against the directory not being the
+filesystem it should be (an NFS share that did not mount leaves an empty local
+directory): ``mountpoint`` requires the directory to be a mount point,
+``marker`` requires a ``.marker`` file in it (created once by the operator on
+the mounted filesystem). While the check fails the store is read-only: every
+write, adoption and delete raises StoreUnavailable and nothing is created
+underneath; one line is logged when it turns read-only and one when it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from .. import metrics
 from ..config import FileStoreOptions
-from ..errors import DoesNotExist, OutOfSpace, StoreFailure
+from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from ..kernels.sparse import pwrite_all, pwrite_sparse
-from .base import FdReader, Reader, StoredData, Store, Writer
+from .base import FdReader, Reader, StoredData, Store, StoreHealth, Writer, probe_directory
+
+log = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
+# With filesystem_store_mount_check = marker: the file that proves the right filesystem is mounted.
+MARKER = ".marker"
 
 
 class FileStore(Store):
@@ -34,11 +48,52 @@ class FileStore(Store):
         self.thin = options.filesystem_thin_provisioning
         self.block_size = options.filesystem_thin_provisioning_block_size
         self.chunk_size = options.filesystem_store_chunk_size
+        self.mount_check = options.filesystem_store_mount_check
+        # Why the store is read-only now (its mount check failed), or None.
+        self.unavailable: str | None = None
+
+    def _mount_problem(self) -> str | None:
+        """What is wrong with the directory as the store's filesystem, or None."""
+        if self.mount_check == "mountpoint" and not os.path.ismount(self.directory):
+            return f"{self.directory} is not a mount point (filesystem_store_mount_check = mountpoint)"
+        if self.mount_check == "marker" and not (self.directory / MARKER).is_file():
+            return f"{self.directory} has no {MARKER} file (filesystem_store_mount_check = marker)"
+        return None
+
+    def _verify(self) -> None:
+        """Raise StoreUnavailable (and turn read-only, logged once) if the mount check fails."""
+        problem = self._mount_problem()
+        if problem is None:
+            if self.unavailable is not None:
+                self.unavailable = None
+                log.warning("file store %s is writable again: %s passes its mount check", self.name, self.directory)
+            return
+        if self.unavailable is None:
+            log.error("file store %s is read-only: %s; nothing is written until it is mounted", self.name, problem)
+        self.unavailable = problem
+        raise StoreUnavailable(f"file store {self.name} is read-only: {problem}")
+
+    async def check(self) -> StoreHealth:
+        def probe() -> StoreHealth:
+            self._verify()
+            incoming = self.directory / INCOMING
+            try:
+                incoming.mkdir(exist_ok=True)
+                free = probe_directory(incoming)
+            except (OSError, ValueError) as exc:
+                raise StoreUnavailable(f"file store {self.name}: {self.directory} is not writable: {exc}") from exc
+            return StoreHealth(f"file store {self.name}: {self.directory} writable and readable", free)
+
+        return await asyncio.to_thread(probe)
 
     def properties(self) -> dict[str, object]:
         return {"data_dir": str(self.directory), "chunk_size": self.chunk_size, "thin_provisioning": self.thin}
 
     async def start(self) -> None:
+        try:
+            self._verify()
+        except StoreUnavailable:
+            return  # read-only until the check passes; logged, and /healthcheck says so
         incoming = self.directory / INCOMING
         incoming.mkdir(parents=True, exist_ok=True)
         for leftover in incoming.iterdir():
@@ -60,6 +115,7 @@ class FileStore(Store):
         return Path(unquote(parsed.path))
 
     async def writer(self, image_id: str, expected_size: int | None) -> Writer:
+        self._verify()
         temp = self.directory / INCOMING / f"{image_id}.{secrets.token_hex(6)}"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
@@ -77,8 +133,14 @@ class FileStore(Store):
             raise _store_error(exc, f"cannot open {path}") from exc
         return FileReader(fd, os.fstat(fd).st_size, path)
 
+    async def check_deletable(self, url: str) -> None:
+        """Asked before the catalogue lets the image go: a read-only store refuses (503) first."""
+        self._verify()
+
     async def delete(self, url: str) -> None:
-        self._path(url).unlink(missing_ok=True)
+        path = self._path(url)
+        self._verify()  # with the share gone the file would only seem missing: keep it for later
+        path.unlink(missing_ok=True)
 
     def can_adopt(self, path: Path) -> bool:
         """True if ``path`` is on this store's filesystem, so that ``adopt`` is a rename."""
@@ -93,6 +155,7 @@ class FileStore(Store):
         ``link`` leaves ``path`` in place (a hard link): several file stores on one filesystem
         then share the blocks of data that is never written again, and each store still
         deletes only its own name."""
+        self._verify()
         final = self.path_of(image_id)
 
         def move() -> int:
@@ -139,6 +202,9 @@ class FileWriter(Writer):
         # Trailing zero blocks were skipped: extend the file to its full length.
         os.ftruncate(self.fd, self.offset)
         os.fsync(self.fd)
+        if self.store.thin:
+            # The holes the zero scan left: what the file holds less than its length (one fstat).
+            metrics.sparse_skipped(self.store.name, self.offset - os.fstat(self.fd).st_blocks * 512)
         os.close(self.fd)
         self.closed = True
         final = self.store.path_of(self.image_id)

@@ -29,11 +29,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from .. import metrics
 from ..background import PeriodicJob
 from ..config import RbdStoreOptions
 from ..errors import StateConflict, DoesNotExist, StoreUnavailable, OutOfSpace, StoreFailure
 from ..kernels import zeroscan
-from .base import Reader, StoredData, Store, Writer
+from .base import PROBE_DATA, Reader, StoredData, Store, StoreHealth, Writer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,27 @@ class RbdStore(Store):
                 continue
             reaped.append(name)
         return reaped
+
+    async def check(self) -> StoreHealth:
+        """Connect if need be, then write, read back and remove a small object in the pool over
+        the store's rados connection; the free space is the cluster's. The caller bounds the time."""
+        ioctx = await self._ensure_connected()
+        name = f"streamd-healthcheck.{self.node_tag}"
+
+        def probe() -> int:
+            ioctx.write_full(name, PROBE_DATA)
+            try:
+                if ioctx.read(name, len(PROBE_DATA) + 1) != PROBE_DATA:
+                    raise StoreFailure(f"RBD store {self.name}: {name} did not read back what was written")
+            finally:
+                ioctx.remove_object(name)
+            return int(self._cluster.get_cluster_stats()["kb_avail"]) * 1024
+
+        try:
+            free = await self._run(probe)
+        except _ceph_errors() as exc:
+            raise StoreUnavailable(f"RBD store {self.name}: pool {self.pool} is not writable: {exc}") from exc
+        return StoreHealth(f"RBD store {self.name}: cluster {self.fsid}, pool {self.pool} writable and readable", free)
 
     def properties(self) -> dict[str, object]:
         return {"chunk_size": self.options.rbd_store_chunk_size, "pool": self.pool,
@@ -459,6 +481,7 @@ class RbdWriter(Writer):
             error = self._failed(exc, f"cannot commit {self.image_id}")
             await self.abort()
             raise error from exc
+        metrics.sparse_skipped(self.store.name, size - self.bytes_sent)
         return StoredData(self.store.url_of(self.image_id), size, {"bytes_written": self.bytes_sent})
 
     def _close_quietly(self) -> None:
