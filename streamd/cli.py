@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{', '.join(config.sources)}: OK")
         return 0
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from .logs import configure
+
+    configure(args.log_level, use_json=config.default.use_json)
     if args.command == "scrub":
         return _scrub(config, args.restore)
     if config.warning:

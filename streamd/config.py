@@ -304,6 +304,11 @@ class DefaultOptions:
         "Largest image, in bytes, that can be uploaded (413 past it).")
     hashing_algorithm: str = opt(
         "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
+    use_json: bool = opt(
+        False, _bool,
+        "Log one JSON object a line (time, level, logger, message, request_id, project_id, user_id, image_id; "
+        "access records add method, path, route, status, bytes, duration_ms), as oslo.log's option names it. "
+        "False: plain lines for people.")
     transport_url: str | None = opt(
         None, _opt_str,
         "oslo.messaging transport of the notifications (rabbit://USER:PASS@HOST:5672/), unless "
@@ -970,7 +975,7 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
                    "logging_default_format_string", "logging_exception_prefix",
                    "logging_user_identity_format", "max_logfile_count", "max_logfile_size_mb", "publish_errors",
                    "rate_limit_burst", "rate_limit_except_level", "rate_limit_interval", "syslog_log_facility",
-                   "use_journal", "use_json", "use_stderr", "use_syslog", "verbose"),
+                   "use_journal", "use_stderr", "use_syslog", "verbose"),
         **_because(_MESSAGING, "executor_thread_pool_size", "rpc_ping_enabled", "rpc_response_timeout"),
         **_because("streamd's cache has its own index", "image_cache_driver", "image_cache_sqlite_db"),
         **_because("streamd does not debug remotely", "pydev_worker_debug_host", "pydev_worker_debug_port"),

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import __version__, kernels
 from .api import create_app, create_metrics_app
+from .api.access_log import AccessLogger
 from .api.client_faults import install_log_filter
 from .admin import AdminServer
 from .admin.server import claim
@@ -49,6 +50,7 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
         shutdown_timeout=min(5.0, config.default.graceful_shutdown_timeout),
         keepalive_timeout=config.default.client_socket_timeout,
         access_log=logging.getLogger("streamd.access"),
+        access_log_class=AccessLogger,
         handle_signals=False,
     )
     await runner.setup()

@@ -140,14 +140,14 @@ def test_aborted_requests_and_malformed_ones_log_one_info_line_each(tmp_path: Pa
     assert not [line for line in log.splitlines() if " ERROR " in line or " CRITICAL " in line], log
     gone: dict[str, str] = {}
     for line in log.splitlines():
-        match = re.search(r" INFO streamd\.api: PUT /v2/images/([0-9a-f-]{36})/file \((req-[0-9a-f-]{36})\): "
+        match = re.search(r" INFO streamd\.api \[req-[0-9a-f-]{36}\]: PUT /v2/images/([0-9a-f-]{36})/file \((req-[0-9a-f-]{36})\): "
                           r"the client went away", line)
         if match:
             assert match.group(1) not in gone, line
             gone[match.group(1)] = match.group(2)
     assert sorted(gone) == sorted(images), log
     assert len(set(gone.values())) == UPLOADS
-    downloads = re.findall(rf" INFO streamd\.api: GET /v2/images/{served}/file \((req-[0-9a-f-]{{36}})\): "
+    downloads = re.findall(rf" INFO streamd\.api \[req-[0-9a-f-]{{36}}\]: GET /v2/images/{served}/file \((req-[0-9a-f-]{{36}})\): "
                            r"the client went away", log)
     assert len(set(downloads)) == DOWNLOADS, log
     # The access log records them as closed by the client (nginx's 499), not as our 500.

@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streamd"
 # Entries may name modules that do not exist yet (services, while the lead writes it):
 # the table is only consulted for modules that are there.
 LAYERS = {
-    "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0,
+    "errors": 0, "config": 0, "glance_options": 0, "context": 0, "sizes": 0, "background": 0, "logs": 0,
     "metrics": 0,  # the Prometheus facade: the one importer of prometheus_client; every layer records through it
     "__init__": 0,
     "kernels": 1,

@@ -16,7 +16,7 @@ from ..pipeline import ImageSource, UploadLimits, upload_image
 from ..pipeline.socketcopy import copy_file_to_socket
 from .images import _get_visible, image_policy
 from .inputs import require_content_type, size_header, text_header
-from .keys import SERVICES, context_of, notify, notifying
+from .keys import BODY_BYTES, SERVICES, context_of, notify, notifying
 from ..notifications import image_payload, import_properties, send_payload
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class _Sent:
 
 
 def _notify_send(request: web.Request, image: ImageRecord, sent: _Sent) -> None:
+    request[BODY_BYTES] = sent.bytes
     ctx = context_of(request)
     notify(request, "image.send", send_payload(image, sent.bytes, ctx.project_id, ctx.user_id),
            error=sent.bytes != sent.promised)

@@ -17,6 +17,8 @@ SERVICES = web.AppKey("services", Services)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Glance's (oslo.middleware's) request id, req-<uuid>: in X-Openstack-Request-Id and in tasks.
 REQUEST_ID = web.RequestKey("request_id", str)
+# Bytes of image data a download sent (the access log's count where the body bypassed aiohttp).
+BODY_BYTES = web.RequestKey("body_bytes", int)
 
 
 def services_of(request: web.Request) -> Services:

@@ -18,6 +18,7 @@ from ..status import reason_of, status_of
 from .client_faults import client_is_gone, client_went_away, describe
 from .errors import ProtocolError, render_error
 from .inputs import text_header
+from .access_log import set_request_identity
 from .keys import CONTEXT, SERVICES, request_id_of
 from .versions import VERSION_MEDIA_TYPE, allowed_url_versions, multiple_choices
 
@@ -119,6 +120,7 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     # Glance decides is_admin once, when it builds the context, by the context_is_admin rule.
     policy = request.app[SERVICES].policy
     request[CONTEXT] = dataclasses.replace(ctx, policy_admin=policy.is_admin(ctx))
+    set_request_identity(request)  # every line logged from here on names the request
     return await handler(request)
 
 
