@@ -57,9 +57,23 @@ apt_install() {  # packages...: installs those not yet installed; no-op if all a
         die "missing system packages: ${missing[*]}; not root and no sudo: install them as root"
     fi
     say "apt-get install ${missing[*]}"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null
+    # The packages' own services (a system PostgreSQL, RabbitMQ, Ceph) are never started: the
+    # tests start throwaway ones of their own. Where no policy-rc.d says so already, one that
+    # denies every start is in place while apt runs (the usual container set-up).
+    local policy=/usr/sbin/policy-rc.d placed=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        placed=1
+    fi
+    local rc=0
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    fi
+    [ "$placed" -eq 0 ] || "${SUDO[@]}" rm -f "$policy"
+    [ "$rc" -eq 0 ] || die "apt-get failed (exit $rc) installing: ${missing[*]}"
 }
 
 is_py311() {
