@@ -169,123 +169,13 @@ async def run_metadefs(config: Config, verb: str, *, path: str | None = None, me
         await catalog.close()
 
 
-# -- streamd-cache-manage -----------------------------------------------------------------------
-
-CACHE_VERBS = {
-    "list-cached": "list the images in the cache",
-    "list-queued": "list the images queued for caching",
-    "queue-image": "queue image(s) for caching (--now: cache them right away)",
-    "delete-cached-image": "remove image(s) from the cache",
-    "delete-all-cached-images": "remove every image from the cache",
-    "delete-queued-image": "remove image(s) from the queue",
-    "delete-all-queued-images": "empty the queue",
-    "prune": "evict least recently used images until the cache fits image_cache_max_size",
-    "clean": "remove stalled partial fills and invalid files",
-    "verify": "re-hash cached image(s) against the catalogue; corrupt ones are evicted",
-    "stats": "store reads and fills in flight",
-}
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-def _format_time(value: float | None) -> str:
-    import datetime
-
-    if not value:
-        return "N/A"
-    return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [line, "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", line]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    out.append(line)
-    return "\n".join(out)
-
-
-def _render(verb: str, result: object) -> str:
-    if verb == "list-cached":
-        assert isinstance(result, list)
-        if not result:
-            return "No cached images."
-        rows = [[e["image_id"], _format_time(e["last_accessed"]), _format_time(e["last_modified"]),
-                 str(e["size"]), str(e["hits"])] for e in result]
-        return f"Found {len(rows)} cached image(s).\n" + _table(
-            ["ID", "Last Accessed (UTC)", "Last Modified (UTC)", "Size", "Hits"], rows)
-    if verb == "list-queued":
-        assert isinstance(result, list)
-        if not result:
-            return "No queued images."
-        rows = [[e["image_id"], _format_time(e["queued_at"])] for e in result]
-        return f"Found {len(rows)} queued image(s).\n" + _table(["ID", "Queued At (UTC)"], rows)
-    assert isinstance(result, dict)
-    return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in result.items())
-
+# -- streamd-cache-manage (streamd/cache_manage.py; this name is the entry point of older installs) ------
 
 def cache_manage(argv: list[str] | None = None) -> int:
-    """``streamd-cache-manage``: Glance's glance-cache-manage verbs over the local admin socket."""
-    import json
-    import socket
-    from pathlib import Path
+    """``streamd-cache-manage``: see :mod:`streamd.cache_manage`."""
+    from .cache_manage import main as cache_manage_main
 
-    parser = argparse.ArgumentParser(prog="streamd-cache-manage",
-                                     description="Manage the image cache of the streamd daemon on this host.")
-    parser.add_argument("--config", metavar="FILE", help="the daemon's configuration (to find its admin socket)")
-    parser.add_argument("--socket", metavar="PATH", help="the admin socket (overrides --config)")
-    parser.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
-    parser.add_argument("verb", choices=sorted(CACHE_VERBS), metavar="VERB",
-                        help="; ".join(f"{k}: {v}" for k, v in CACHE_VERBS.items()))
-    parser.add_argument("image_ids", nargs="*", metavar="IMAGE_ID")
-    parser.add_argument("--now", action="store_true", help="with queue-image: cache right away")
-    # Intermixed: options may come after the verb and between image ids (queue-image --now ID).
-    args = parser.parse_intermixed_args(argv)
-
-    needs_ids = args.verb in ("queue-image", "delete-cached-image", "delete-queued-image", "verify")
-    if needs_ids and not args.image_ids:
-        parser.error(f"{args.verb} needs at least one IMAGE_ID")
-    if not needs_ids and args.image_ids:
-        parser.error(f"{args.verb} takes no IMAGE_ID")
-    if args.socket:
-        path = Path(args.socket)
-    else:
-        try:
-            path = load_config(args.config).admin_socket
-        except ConfigError as exc:
-            print(f"streamd-cache-manage: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-
-    requests = [{"command": args.verb, "image_id": i, "now": args.now} for i in args.image_ids] or \
-        [{"command": args.verb}]
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(600)
-        sock.connect(str(path))
-    except OSError as exc:
-        print(f"streamd-cache-manage: cannot reach the daemon at {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    status = EXIT_OK
-    answers = []
-    with sock, sock.makefile("rwb") as stream:
-        for request in requests:
-            stream.write(json.dumps(request).encode() + b"\n")
-            stream.flush()
-            line = stream.readline()
-            if not line:
-                print("streamd-cache-manage: the daemon closed the connection", file=sys.stderr)
-                return EXIT_UNREACHABLE
-            answer = json.loads(line)
-            answers.append(answer)
-            if not answer["ok"]:
-                status = EXIT_REFUSED
-                if not args.json:
-                    target = f" {request['image_id']}" if "image_id" in request else ""
-                    print(f"streamd-cache-manage: {args.verb}{target}: {answer['error']}", file=sys.stderr)
-            elif not args.json:
-                print(_render(args.verb, answer["result"]))
-    if args.json:
-        print(json.dumps(answers[0] if len(answers) == 1 else answers, indent=2))
-    return status
+    return cache_manage_main(argv)
 
 
 if __name__ == "__main__":

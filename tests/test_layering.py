@@ -47,6 +47,8 @@ LAYERS = {
     "cli": 7, "__main__": 7,
     "sign": 7,  # streamd-sign: the four img_signature* properties of a file
     "manage": 7,  # streamd-manage (glance-manage's verbs): shares the metadefs verbs with cli
+    "cache_manage": 7,  # streamd-cache-manage: the admin socket, or another node's HTTP cache API (--host)
+    "systemd": 6,  # sd_notify readiness and the SIGHUP re-read of the configuration, for the daemon
 }
 # Only these may speak HTTP as a server.
 HTTP_SERVER_LAYERS = {"api", "admin", "daemon", "cli", "__main__"}

@@ -51,6 +51,7 @@ class AdminServer:
             "clean": self._clean,
             "verify": self._verify,
             "stats": self._stats,
+            "fill-progress": self._fill_progress,
         }
 
     async def start(self) -> None:
@@ -165,6 +166,15 @@ class AdminServer:
             raise DoesNotExist(f"Image {image.id} is not cached")
         valid = await self.delivery.verify_cached(image)
         return {"valid": valid, "evicted": not valid}
+
+    async def _fill_progress(self, request: dict[str, Any]) -> dict[str, Any]:
+        """How far the fill of an image is (``written`` None when none runs): for the progress bar
+        of ``streamd-cache-manage queue-image --now``, asked on a second connection."""
+        assert self.cache is not None
+        fill = self.cache.fills.get(self._image_id(request))
+        if fill is None:
+            return {"written": None, "size": None}
+        return {"written": fill.written, "size": fill.size}
 
     async def _stats(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"store_reads": dict(self.delivery.store_reads),
