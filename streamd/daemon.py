@@ -6,13 +6,16 @@ and handed to both edges: the HTTP API and the admin socket.
 SIGTERM or SIGINT stops accepting connections and gives in-flight requests
 (uploads included) ``graceful_shutdown_timeout`` seconds to finish; what is
 still running then is cancelled, and every handler cleans up after itself on
-cancellation. A second signal stops at once.
+cancellation. A second signal stops at once. SIGHUP re-reads the configuration file and applies what can
+change at runtime (``streamd.systemd``). systemd hears READY=1 once the port answers,
+RELOADING=1 then READY=1 around a re-read, and STOPPING=1 (``$NOTIFY_SOCKET``, Type=notify).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import uvloop
@@ -27,6 +30,7 @@ from .admin.server import claim
 from .config import Config
 from .identity import check_noauth_exposure
 from .services import Services, open_services
+from . import systemd
 
 log = logging.getLogger("streamd")
 
@@ -91,12 +95,25 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
             log.warning("second signal: stopping now")
             raise SystemExit(1)
 
+    in_force = config
+
+    def on_hangup() -> None:
+        nonlocal in_force
+        systemd.reloading()
+        try:
+            in_force = systemd.reload(services, in_force)[1]
+        finally:
+            systemd.notify("READY=1")
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    systemd.notify(f"READY=1\nSTATUS=listening on {', '.join(addresses)}\nMAINPID={os.getpid()}")
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
+        systemd.notify("STOPPING=1")
         await site.stop()  # no new connections; requests in flight go on
         uploads = services.uploads
         deadline = loop.time() + config.default.graceful_shutdown_timeout
@@ -111,7 +128,7 @@ async def _serve(services: Services, ready: asyncio.Event | None) -> None:
             # What is still running at the deadline is aborted cleanly: its image queued again.
             await importer.stop(max(0.0, deadline - loop.time()))
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await admin.stop()
         await runner.cleanup()

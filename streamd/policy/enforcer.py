@@ -157,6 +157,15 @@ class PolicyEnforcer:
             raise ConfigError([f"[oslo_policy] rule {name!r} uses {what}: remote checks would block the event "
                                "loop and are not supported" for name, what in remote])
 
+    def adopt(self, fresh: PolicyEnforcer) -> None:
+        """Enforce what ``fresh`` (built, and so checked, from other settings) enforces, from now on:
+        the daemon's SIGHUP (another policy file, default rule, scope or defaults) without replacing
+        the object everything holds."""
+        self.settings = fresh.settings
+        self._conf = fresh._conf
+        self._enforcer = fresh._enforcer
+        self._checked_rules = fresh._checked_rules
+
     @property
     def legacy_ownership(self) -> bool:
         """Glance's legacy owner checks apply on top of the rules (``enforce_new_defaults = false``)."""
