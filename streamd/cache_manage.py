@@ -30,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Sequence
 
 from .config import load_config
 from .errors import ConfigError
@@ -60,8 +60,6 @@ VERBS: dict[str, tuple[str, bool, str]] = {
 }
 # What the HTTP cache API has no route for.
 SOCKET_ONLY = {"verify", "stats"}
-# Verbs that ask before acting unless -f/--force, when stdin is a terminal (glance-cache-manage asks always).
-CONFIRMED = {"delete-cached-image", "delete-all-cached-images", "delete-queued-image", "delete-all-queued-images"}
 # For backwards compatibility (streamd.cli.CACHE_VERBS).
 CACHE_VERBS = {verb: info[0] for verb, info in VERBS.items()}
 
@@ -199,8 +197,10 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     local.add_argument("--socket", metavar="PATH", default=d(None), help="the admin socket (overrides --config)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", default=d(False), help="print the daemon's answers as JSON")
+    # glance-cache-manage asks before deleting unless -f; streamd-cache-manage never asked (scripts
+    # rely on it), so -f is accepted for glance-cache-manage's command lines and changes nothing.
     out.add_argument("-f", "--force", action="store_true", default=d(False),
-                     help="do not ask for confirmation before deleting (asked only on a terminal)")
+                     help="accepted for glance-cache-manage's sake: nothing is asked anyway")
     out.add_argument("-v", "--verbose", action="store_true", default=d(False), help="say how long it took")
     out.add_argument("-d", "--debug", action="store_true", default=d(False), help="print the requests made")
     remote = parser.add_argument_group("another node, over its HTTP cache API (glance-cache-manage's options)")
@@ -539,13 +539,7 @@ def _http_error(status: int, raw: bytes, base: str) -> str:
 
 # -- main -----------------------------------------------------------------------------------------------
 
-def _confirm(prompt: str) -> bool:
-    answer = input(f"{prompt} [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
-
-
-def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None,
-         confirm: Callable[[str], bool] = _confirm) -> int:
+def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
     """``streamd-cache-manage``: glance-cache-manage's verbs, over the local admin socket or another
     node's HTTP cache API."""
     out = stdout or sys.stdout
@@ -573,10 +567,6 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None,
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
 
-    if args.verb in CONFIRMED and not args.force and not args.json and sys.stdin.isatty():
-        what = ", ".join(args.image_ids) if args.image_ids else "all"
-        if not confirm(f"{args.verb} {what}?"):
-            return EXIT_OK
     # A bar only for people: queue-image --now, on a terminal, not --json.
     interactive = args.verb == "queue-image" and args.now and not args.json and out.isatty()
     status = EXIT_OK
