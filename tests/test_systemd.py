@@ -177,3 +177,56 @@ def test_the_unit_is_type_notify_and_reloads_with_sighup(tmp_path: Path) -> None
         copy.write_text(copy.read_text().replace("Type=notify", "Tpye=notify"))
         result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
         assert "Tpye" in result.stderr, result.stderr
+
+
+def _protections(path: Path, create_roles: str) -> None:
+    path.write_text(f"[^x_.*]\ncreate = {create_roles}\nread = @\nupdate = {create_roles}\ndelete = {create_roles}\n"
+                    "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")
+
+
+async def test_a_reload_rereads_protections_and_cache_limits_and_names_the_rest(tmp_path: Path,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from streamd import systemd
+    from streamd.config import load_config
+    from streamd.context import RequestContext
+    from streamd.services import open_services
+
+    member = RequestContext(project_id="a" * 32, user_id="u", roles=frozenset({"member"}))
+    rules = tmp_path / "protections.conf"
+    _protections(rules, "admin")
+    conf = tmp_path / "streamd.conf"
+
+    def write(extra: str, protected: bool = True) -> None:
+        conf.write_text(f"[DEFAULT]\ndata_dir = {tmp_path / 'data'}\nmetadefs_initial_load = false\n"
+                        + ("property_protection_file = protections.conf\n" if protected else "") + extra)
+
+    write("image_cache_max_size = 1000000\n")
+    config = load_config(conf)
+    async with open_services(config) as services:
+        assert services.protections is not None and services.cache is not None
+        assert not services.protections.allows(member, "x_owner", "create")
+        # The file's new rules, a new cache limit and stall time, and two restart-only changes.
+        _protections(rules, "admin,member")
+        write("image_cache_max_size = 2000000\nimage_cache_stall_time = 60\nbind_port = 9393\n"
+              "api_limit_max = 500\n")
+        with caplog.at_level("INFO", logger="streamd"):
+            report, in_force = systemd.reload(services, config)
+        assert services.protections.allows(member, "x_owner", "create")
+        assert (services.cache.max_size, services.cache.stall_time) == (2_000_000, 60)
+        assert report.applied == ["DEFAULT.image_cache_max_size", "DEFAULT.image_cache_stall_time",
+                                  "property protection rules re-read"]
+        assert report.need_restart == ["DEFAULT.bind_port", "DEFAULT.api_limit_max"]
+        assert in_force.default.image_cache_max_size == 2_000_000 and in_force.default.bind_port == 9292
+        assert "needs a restart to take effect: DEFAULT.bind_port, DEFAULT.api_limit_max" in caplog.text
+        # A protection file that no longer parses: nothing changes.
+        rules.write_text("[^x_.*\ncreate = member\n")
+        report, still = systemd.reload(services, in_force)
+        assert report.error is not None and still is in_force
+        assert services.protections.allows(member, "x_owner", "create")
+        assert services.cache.max_size == 2_000_000
+        # Turning protections off needs a restart (the routes keep the object they were built with).
+        _protections(rules, "admin")
+        write("image_cache_max_size = 2000000\nimage_cache_stall_time = 60\n", protected=False)
+        report, _ = systemd.reload(services, in_force)
+        assert report.need_restart == ["DEFAULT.property_protection_file"]
+        assert services.protections.allows(member, "x_owner", "create")
