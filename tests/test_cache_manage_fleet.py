@@ -129,7 +129,8 @@ def test_every_verb_has_its_own_help_and_options_go_before_or_after_it(tmp_path:
     bogus = manage("--host", "127.0.0.1", "bogus")
     assert bogus.returncode == 2 and "invalid choice" in bogus.stderr
     # What only the admin socket serves, and two daemons named at once.
-    for args in (["--host", "127.0.0.1", "stats"], ["verify", "--port", "9292", "11111111-2222-3333-4444-555555555555"]):
+    for args in (["--host", "127.0.0.1", "stats"],
+                 ["verify", "--port", "9292", "11111111-2222-3333-4444-555555555555"]):
         refused = manage(*args)
         assert refused.returncode == 2 and "admin socket only" in refused.stderr
     both = manage("--socket", str(tmp_path / "s"), "--host", "127.0.0.1", "list-cached")
@@ -270,7 +271,8 @@ def test_list_cached_has_the_shape_of_glance_cache_manage(node: Daemon) -> None:
     assert ok("--host", "127.0.0.1", "--port", port_of(node), "queue-image", "--now", image_id)
     theirs = subprocess.run([str(GLANCE_CACHE_MANAGE), "--host", "127.0.0.1", "--port", port_of(node),
                              "--os-auth-token", "ignored-by-noauth", "list-cached"],
-                            capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
+                            capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
     ours = ok("--host", "127.0.0.1", "--port", port_of(node), "list-cached")
 

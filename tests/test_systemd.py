@@ -184,8 +184,8 @@ def _protections(path: Path, create_roles: str) -> None:
                     "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")
 
 
-async def test_a_reload_rereads_protections_and_cache_limits_and_names_the_rest(tmp_path: Path,
-                                                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_reload_rereads_protections_and_cache_limits_and_names_the_rest(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from streamd import systemd
     from streamd.config import load_config
     from streamd.context import RequestContext
