@@ -228,6 +228,8 @@ async def test_writer_abort_aborts_the_multipart_upload(tmp_path: Path, bucket: 
         assert open_uploads(bucket) == ["abort-me"]
         journal = config.data_dir / "s3" / "s3"
         assert len(list(journal.glob("*.upload"))) == 1
+        await store.reap()  # the reaper leaves a live upload alone
+        assert open_uploads(bucket) == ["abort-me"]
         await writer.abort()
         await writer.abort()  # twice is fine
         assert open_uploads(bucket) == [] and objects(bucket) == []
@@ -237,6 +239,43 @@ async def test_writer_abort_aborts_the_multipart_upload(tmp_path: Path, bucket: 
         writer.write(b"0123456789")
         await writer.abort()
         assert objects(bucket) == [] and open_uploads(bucket) == []
+    finally:
+        await store.stop()
+
+
+async def test_empty_image_with_everything_multipart(tmp_path: Path, bucket: str) -> None:
+    """s3_store_large_object_size = 0: every image is a multipart upload, and an empty one (which S3
+    cannot complete with no part) becomes an empty object."""
+    from streamd.stores.registry import open_store
+
+    config = make_config(tmp_path, None, **s3_sections(bucket, s3_store_large_object_size="0"))
+    store = open_store(config.store("s3"), config)
+    await store.start()
+    try:
+        writer = await store.writer("empty", 0)
+        stored = await writer.commit()
+        assert stored.size == 0 and objects(bucket) == ["empty"] and object_bytes(bucket, "empty") == b""
+        writer = await store.writer("tiny", 3)
+        writer.write(b"abc")
+        await writer.commit()
+        assert object_bytes(bucket, "tiny") == b"abc" and etag_parts(bucket, "tiny") == 1
+        assert open_uploads(bucket) == [] and list((config.data_dir / "s3" / "s3").glob("*.upload")) == []
+        health = await store.check()
+        assert bucket in health.details and objects(bucket) == ["empty", "tiny"]  # the probe is gone
+    finally:
+        await store.stop()
+
+
+async def test_health_check_of_an_unreachable_gateway(tmp_path: Path, bucket: str) -> None:
+    from streamd.errors import StoreUnavailable
+    from streamd.stores.registry import open_store
+
+    config = make_config(tmp_path, None, **s3_sections(bucket, s3_store_host="127.0.0.1:1"))
+    store = open_store(config.store("s3"), config)
+    await store.start()
+    try:
+        with pytest.raises(StoreUnavailable, match="127.0.0.1:1"):
+            await store.check()
     finally:
         await store.stop()
 
@@ -296,6 +335,34 @@ async def test_import_into_file_and_s3_from_one_read(api: ApiClient, bucket: str
     assert object_bytes(bucket, image["id"]) == data and etag_parts(bucket, image["id"]) == 3
     assert open_uploads(bucket) == []
     assert (api.config.data_dir / "images" / "fs" / image["id"]).read_bytes() == data
+
+
+async def test_import_into_file_rbd_and_s3_from_one_read(tmp_path: Path, bucket: str) -> None:
+    from test_import_rbd import rbd_export
+    from test_rbd_store import ceph_env, rbd_sections
+
+    sections = s3_sections(bucket)
+    sections["DEFAULT"]["enabled_backends"] = "fs:file,ceph:rbd,s3:s3"
+    sections["ceph"] = rbd_sections()["ceph"]
+    server, api, session = await start_api(make_config(tmp_path, None, **sections))
+    try:
+        data = payload(PART + 4 * MIB + 1, 10)
+        image = await api.create(name="everywhere")
+        await stage(api, image["id"], data)
+        await start_import(api, image["id"], "glance-direct", stores=["fs", "ceph", "s3"])
+        task = await wait_task(api, image["id"])
+        assert task["status"] == "success", task
+        shown = await show(api, image["id"])
+        assert shown["status"] == "active" and store_names(shown) == {"fs", "ceph", "s3"}
+        assert object_bytes(bucket, image["id"]) == data and open_uploads(bucket) == []
+        assert rbd_export(ceph_env()["CEPH_POOL"], image["id"]) == data
+        assert (api.config.data_dir / "images" / "fs" / image["id"]).read_bytes() == data
+        # Every location reads back the same bytes.
+        got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+        assert got.body == data
+    finally:
+        await session.close()
+        await server.close()
 
 
 # -- faults, with the daemon as a real process ---------------------------------------------------

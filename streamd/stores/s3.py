@@ -113,6 +113,8 @@ class S3Store(Store):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._bucket_checked = False
+        # Multipart uploads this process's writers have open: the reaper leaves their journal entries alone.
+        self.live_uploads: set[str] = set()
 
     # -- client -------------------------------------------------------------------------------
 
@@ -238,6 +240,8 @@ class S3Store(Store):
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("s3 store %s: unreadable journal entry %s removed: %s", self.name, path, exc)
                 path.unlink(missing_ok=True)
+                continue
+            if upload_id in self.live_uploads:
                 continue
             self.abort_upload(bucket, key, upload_id)
             path.unlink(missing_ok=True)
@@ -437,13 +441,15 @@ class S3Writer(Writer):
             self._begin()
         if self.upload_id is not None:
             while len(self.buffer) >= self.part_size:
-                data = bytes(self.buffer[:self.part_size])
+                with memoryview(self.buffer) as view:
+                    data = bytes(view[:self.part_size])  # one copy, out of the buffer
                 del self.buffer[:self.part_size]
                 self._send_part(data)
 
     def _begin(self) -> None:
         reply = self.store.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
         self.upload_id = str(reply["UploadId"])
+        self.store.live_uploads.add(self.upload_id)
         self.store.journal_open(self.bucket, self.key, self.upload_id)
 
     def _send_part(self, data: bytes) -> None:
@@ -489,6 +495,7 @@ class S3Writer(Writer):
             # An empty multipart upload cannot be completed: abort it, PUT the empty object.
             self.store.abort_upload(self.bucket, self.key, self.upload_id)
             self.store.journal_close(self.upload_id)
+            self.store.live_uploads.discard(self.upload_id)
             self.upload_id = None
             client.put_object(Bucket=self.bucket, Key=self.key, Body=b"")
             return
@@ -504,6 +511,7 @@ class S3Writer(Writer):
     async def commit(self) -> StoredData:
         try:
             await self.store._run(self._commit_blocking)
+            self._done()
         except (*self.store._errors(), StoreFailure) as exc:
             error = exc if isinstance(exc, StoreFailure) else self.store._error(
                 exc, f"cannot commit {self.bucket}/{self.key}")
@@ -540,6 +548,12 @@ class S3Writer(Writer):
             # The journal entry stays: the reaper retries the abort.
             log.error("s3 store %s: could not abort the upload of %s (will retry): %s",
                       self.store.name, self.key, exc)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self.upload_id is not None:
+            self.store.live_uploads.discard(self.upload_id)
 
 
 class S3Reader(Reader):
