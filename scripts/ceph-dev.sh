@@ -17,12 +17,22 @@
 #              so that callers can: eval "$(scripts/ceph-dev.sh start DIR)"
 #              (the same lines are in DIR/env.sh). On failure the daemons are
 #              stopped and DIR is kept, with the logs in DIR/log.
-#   stop DIR   stops the cluster's ceph-osd and ceph-mon (found by their pid
-#              files in DIR/run, and only if they run with DIR/ceph.conf), then
+#   stop DIR   stops the cluster's radosgw, ceph-osd and ceph-mon (found by their
+#              pid files in DIR/run, and only if they run with DIR/ceph.conf), then
 #              removes DIR, which must carry the marker file that start made.
+# With STREAMD_CEPH_RGW=1, start also runs one RADOS Gateway (client.rgw.a, beast
+# frontend on 127.0.0.1 at a free port, data in DIR/rgw.a; it creates its own
+# pools), waits until it answers HTTP, creates the S3 user "streamd" and its
+# Swift subuser "streamd:swift", and prints besides:
+#                export STREAMD_TEST_S3_ENDPOINT=http://127.0.0.1:RGWPORT
+#                export STREAMD_TEST_S3_ACCESS_KEY=... STREAMD_TEST_S3_SECRET_KEY=...
+#                export STREAMD_TEST_SWIFT_AUTH_URL=http://127.0.0.1:RGWPORT/auth/1.0
+#                export STREAMD_TEST_SWIFT_USER=streamd:swift STREAMD_TEST_SWIFT_KEY=...
+#              (Swift's v1 auth: X-Auth-User/X-Auth-Key to the auth URL). Needs
+#              Debian's radosgw package. The gateway needs no mgr.
 # Settings: STREAMD_CEPH_BLOCK_SIZE (default 20G: the OSD's sparse block file,
 # only written blocks use disk), STREAMD_CEPH_POOL (default images),
-# STREAMD_CEPH_TIMEOUT (default 60 s). Progress goes to stderr.
+# STREAMD_CEPH_TIMEOUT (default 60 s), STREAMD_CEPH_RGW (0 or 1, default 0). Progress goes to stderr.
 #
 # Without a mgr, `ceph df`/`rados df`/`ceph pg stat` show nothing and health
 # turns HEALTH_WARN (no active mgr) after 2 minutes; RBD and RADOS I/O work.
@@ -37,6 +47,7 @@ MARKER=.streamd-ceph-dev
 POOL="${STREAMD_CEPH_POOL:-images}"
 BLOCK_SIZE="${STREAMD_CEPH_BLOCK_SIZE:-20G}"
 TIMEOUT="${STREAMD_CEPH_TIMEOUT:-60}"
+RGW="${STREAMD_CEPH_RGW:-0}"
 PG_NUM=8
 
 T0="$(date +%s%N)"
@@ -54,15 +65,15 @@ ADMIN_KEYRING="$DIR/ceph.client.admin.keyring"
 
 # --- stopping ------------------------------------------------------------------------
 
-is_ours() {  # PID: a live ceph-mon/ceph-osd that runs with this cluster's ceph.conf
+is_ours() {  # PID: a live ceph-mon/ceph-osd/radosgw that runs with this cluster's ceph.conf
     local exe
     exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
     exe="${exe% (deleted)}"
-    case "${exe##*/}" in ceph-mon|ceph-osd) ;; *) return 1 ;; esac
+    case "${exe##*/}" in ceph-mon|ceph-osd|radosgw) ;; *) return 1 ;; esac
     tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF -- "$CONF"
 }
 
-stop_kind() {  # osd|mon: SIGTERM to those of DIR/run/KIND.*.pid, SIGKILL after 10 s
+stop_kind() {  # client.rgw|osd|mon: SIGTERM to those of DIR/run/KIND.*.pid, SIGKILL after 10 s
     local f pid pids=() alive i
     for f in "$DIR/run/$1".*.pid; do
         [ -f "$f" ] || continue
@@ -88,7 +99,9 @@ stop_kind() {  # osd|mon: SIGTERM to those of DIR/run/KIND.*.pid, SIGKILL after 
 }
 
 stop_daemons() {
-    # OSD first: a stopping OSD reports to the monitor and waits (up to 5 s) for it.
+    # The gateway first: it is a client of both.
+    stop_kind client.rgw
+    # then the OSD: a stopping OSD reports to the monitor and waits (up to 5 s) for it.
     stop_kind osd
     stop_kind mon
 }
@@ -202,7 +215,7 @@ kill_clients() {  # ceph/rbd commands of this start still running (they name $CO
         for a in "${args[@]}"; do
             if [ "$a" = "$CONF" ]; then
                 case "$(readlink "$d/exe" 2>/dev/null)" in
-                    */ceph-mon|*/ceph-osd) ;;   # stop_daemons' business
+                    */ceph-mon|*/ceph-osd|*/radosgw) ;;   # stop_daemons' business
                     *) kill -TERM "${d#/proc/}" 2>/dev/null || true ;;
                 esac
                 break
@@ -234,6 +247,13 @@ start() {
             || die "$tool not found (run scripts/install.sh --test: it installs ceph-mon ceph-osd ceph-common)"
     done
     case "$TIMEOUT" in ''|*[!0-9]*|0) die "STREAMD_CEPH_TIMEOUT must be a whole number of seconds" ;; esac
+    case "$RGW" in 0|1) ;; *) die "STREAMD_CEPH_RGW must be 0 or 1" ;; esac
+    if [ "$RGW" = 1 ]; then
+        for tool in radosgw radosgw-admin curl; do
+            command -v "$tool" >/dev/null 2>&1 \
+                || die "$tool not found (run scripts/install.sh --test: it installs radosgw)"
+        done
+    fi
     [ -n "$POOL" ] || die "STREAMD_CEPH_POOL must not be empty"
     BLOCK_BYTES="$(numfmt --from=iec -- "$BLOCK_SIZE" 2>/dev/null)" \
         || die "STREAMD_CEPH_BLOCK_SIZE=$BLOCK_SIZE is not a size like 20G"
@@ -332,9 +352,79 @@ export CEPH_POOL=$(printf '%q' "$POOL")
 export CEPH_MON_HOST=v2:127.0.0.1:$port
 export STREAMD_TEST_CEPH_DIR=$(printf '%q' "$DIR")
 ENV
+    [ "$RGW" = 0 ] || start_rgw
     started=1
-    say "ready: pool $POOL on v2:127.0.0.1:$port, cluster in $DIR"
+    say "ready: pool $POOL on v2:127.0.0.1:$port$([ "$RGW" = 0 ] || echo ", radosgw"), cluster in $DIR"
     cat "$DIR/env.sh"
+}
+
+start_rgw() {  # appends the gateway's section to ceph.conf and its exports to DIR/env.sh
+    local rgw_port access secret swift_key i deadline
+    mkdir "$DIR/rgw.a"
+    # Its key, registered at run time (the monitor is up): what a gateway needs to create its
+    # pools (mon rw) and keep its objects and their classes (osd rwx).
+    ceph_cli auth get-or-create client.rgw.a mon 'allow rw' osd 'allow rwx' \
+        -o "$DIR/rgw.a/keyring" 2>>"$DIR/log/start-cli.log" \
+        || die "ceph auth get-or-create client.rgw.a failed (see $DIR/log/start-cli.log)"
+    for i in 1 2 3; do
+        rgw_port="$(pick_port)"
+        # A section of its own: it overrides [client]'s keyring, log file and (empty) admin socket.
+        { cat -- "$CONF"; cat <<CONF
+
+[client.rgw.a]
+keyring = $DIR/rgw.a/keyring
+rgw data = $DIR/rgw.a
+rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+log file = $DIR/log/client.rgw.a.log
+admin socket = $DIR/run/client.rgw.a.asok
+# the pools it creates: replica 1 as the cluster's, 8 PGs each (one OSD takes 250)
+rgw rados pool pg num min = $PG_NUM
+# no usage log, and deleted objects' data garbage-collected soon (default after 2 h)
+rgw enable usage log = false
+rgw gc obj min wait = 60
+rgw gc processor period = 60
+CONF
+        } >"$CONF.new"
+        mv -f -- "$CONF.new" "$CONF"
+        radosgw -c "$CONF" -n client.rgw.a >"$DIR/log/rgw.a.start.log" 2>&1 \
+            || die "radosgw did not start (see $DIR/log/rgw.a.start.log and client.rgw.a.log)"
+        # Up once it answers HTTP (an anonymous ListBuckets); it creates its pools before that.
+        deadline=$((SECONDS + TIMEOUT))
+        until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$rgw_port/"; do
+            if [ ! -s "$DIR/run/client.rgw.a.pid" ] || ! is_ours "$(cat "$DIR/run/client.rgw.a.pid")"; then
+                break
+            fi
+            [ "$SECONDS" -lt "$deadline" ] || die "radosgw does not answer on 127.0.0.1:$rgw_port after ${TIMEOUT}s (see $DIR/log/client.rgw.a.log)"
+            sleep 0.2
+        done
+        if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$rgw_port/"; then
+            break
+        fi
+        # It exited: a port taken in the meantime is worth another try, anything else is not.
+        grep -q -i 'address already in use\|failed to bind' "$DIR/log/client.rgw.a.log" 2>/dev/null && [ "$i" -lt 3 ] \
+            || die "radosgw exited (see $DIR/log/client.rgw.a.log)"
+        say "port $rgw_port was taken; retrying"
+        # drop the section just appended
+        sed -i '/^\[client\.rgw\.a\]$/,$d' "$CONF"
+    done
+    say "radosgw on http://127.0.0.1:$rgw_port (pid $(cat "$DIR/run/client.rgw.a.pid" 2>/dev/null))"
+    access="$(/usr/bin/python3 -c 'import secrets, string; print("".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(20)))')"
+    secret="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(30))')"
+    swift_key="$(/usr/bin/python3 -c 'import secrets; print(secrets.token_urlsafe(30))')"
+    timeout 60 radosgw-admin -c "$CONF" user create --uid=streamd --display-name="streamd tests" \
+        --access-key="$access" --secret-key="$secret" >/dev/null 2>>"$DIR/log/start-cli.log" \
+        || die "radosgw-admin user create failed (see $DIR/log/start-cli.log)"
+    timeout 60 radosgw-admin -c "$CONF" subuser create --uid=streamd --subuser=streamd:swift --access=full \
+        --key-type=swift --secret-key="$swift_key" >/dev/null 2>>"$DIR/log/start-cli.log" \
+        || die "radosgw-admin subuser create failed (see $DIR/log/start-cli.log)"
+    cat >>"$DIR/env.sh" <<ENV
+export STREAMD_TEST_S3_ENDPOINT=http://127.0.0.1:$rgw_port
+export STREAMD_TEST_S3_ACCESS_KEY=$access
+export STREAMD_TEST_S3_SECRET_KEY=$secret
+export STREAMD_TEST_SWIFT_AUTH_URL=http://127.0.0.1:$rgw_port/auth/1.0
+export STREAMD_TEST_SWIFT_USER=streamd:swift
+export STREAMD_TEST_SWIFT_KEY=$swift_key
+ENV
 }
 
 case "$cmd" in

@@ -17,10 +17,10 @@ VENV="$ROOT/.venv"
 # Debian packages the test suite needs (installed by --test).
 TEST_APT_PACKAGES=(postgresql qemu-utils genisoimage rabbitmq-server)
 # --- Ceph: packages for the throwaway Ceph cluster (RBD store tests). ---------
-# scripts/ceph-dev.sh runs ceph-mon + ceph-osd; ceph-common has the ceph/rbd/rados
-# CLIs; python3-rados/python3-rbd are Debian's bindings (built for Debian's Python
+# scripts/ceph-dev.sh runs ceph-mon + ceph-osd (+ radosgw for the S3/Swift store tests,
+# with STREAMD_CEPH_RGW=1); ceph-common has the ceph/rbd/rados CLIs; python3-rados/python3-rbd are Debian's bindings (built for Debian's Python
 # 3.11), linked into the venv by scripts/link-ceph-bindings.sh (step 5).
-CEPH_APT_PACKAGES=(ceph-mon ceph-osd ceph-common python3-rados python3-rbd)
+CEPH_APT_PACKAGES=(ceph-mon ceph-osd ceph-common radosgw python3-rados python3-rbd)
 # ------------------------------------------------------------------------------
 
 say() { printf '==> %s\n' "$*"; }

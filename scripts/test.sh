@@ -50,12 +50,13 @@ pg_env="$("$ROOT/scripts/pg-dev.sh" start "$PG_DIR")"
 eval "$pg_env"
 
 # --- Ceph: exports CEPH_CONF, CEPH_ADMIN_KEYRING, CEPH_ID, CEPH_POOL, CEPH_MON_HOST,
-# STREAMD_TEST_CEPH_DIR. Its path must stay short (admin sockets): at most 60 chars.
+# STREAMD_TEST_CEPH_DIR, and with its RADOS Gateway (S3 and Swift store tests)
+# STREAMD_TEST_S3_* and STREAMD_TEST_SWIFT_*. Its path must stay short (admin sockets): at most 60 chars.
 ceph_tmp="${TMPDIR:-/tmp}"
 [ "${#ceph_tmp}" -le 40 ] || ceph_tmp=/tmp
 CEPH_DIR="$(mktemp -d "$ceph_tmp/streamd-ceph.XXXXXX")"
 unset CEPH_KEYRING CEPH_ARGS   # a user's own Ceph settings would override the cluster's
-ceph_env="$("$ROOT/scripts/ceph-dev.sh" start "$CEPH_DIR")"
+ceph_env="$(STREAMD_CEPH_RGW=1 "$ROOT/scripts/ceph-dev.sh" start "$CEPH_DIR")"
 eval "$ceph_env"
 
 # --- Keystone: exports STREAMD_TEST_KEYSTONE_URL, _ADMIN_PASSWORD, _DIR --------------

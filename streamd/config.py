@@ -273,7 +273,7 @@ def opt(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 
 # -- sections ------------------------------------------------------------------------
 
-STORE_TYPES = {"file", "rbd", "http"}
+STORE_TYPES = {"file", "rbd", "s3", "http"}
 
 GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
 GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
@@ -547,7 +547,7 @@ class DatabaseOptions:
 class StoreTypeLocationStrategyOptions:
     store_type_preference: tuple[str, ...] = opt(
         (), _list,
-        "Store types (file, rbd) in the order their locations are preferred when location_strategy is "
+        "Store types (file, rbd, s3) in the order their locations are preferred when location_strategy is "
         "store_type; locations in stores of other types come after them, in their own order.")
 
 
@@ -615,6 +615,53 @@ class RbdStoreOptions:
     rados_op_timeout: float = opt(
         30.0, _float_range(0.0),
         "Seconds a single Ceph operation may take before the request fails with 503 (0: wait forever).")
+    weight: int = opt(
+        0, _int_range(),
+        "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
+        "first in direct_url and the locations list.")
+    store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+
+
+@dataclass(frozen=True)
+class S3StoreOptions:
+    s3_store_host: str | None = opt(
+        None, _opt_str,
+        "The S3 endpoint: host[:port] (http) or an http:// or https:// URL. Required. Amazon's "
+        "s3-REGION.amazonaws.com hosts imply their region, as in glance_store.")
+    s3_store_region_name: str = opt("", _str, "Region of the endpoint (empty: from the host, else us-east-1 for signing).")
+    s3_store_access_key: str | None = opt(None, _opt_str, "Access key of the S3 user. Required.")
+    s3_store_secret_key: str | None = opt(None, _opt_str, "Secret key of the S3 user. Required.")
+    s3_store_bucket: str | None = opt(None, _opt_str, "Bucket the images are stored in (one object per image, named by its id). Required.")
+    s3_store_create_bucket_on_put: bool = opt(
+        False, _bool, "Create the bucket on the first write if it does not exist (else such writes fail).")
+    s3_store_bucket_url_format: str = opt(
+        "auto", _choice("auto", "virtual", "path"),
+        "Addressing of the bucket: path (https://host/bucket/key), virtual (https://bucket.host/key) or "
+        "auto (botocore's choice).")
+    s3_store_large_object_size: int = opt(
+        100, _int_range(0),
+        "Images of at least this many MiB are written as multipart uploads; smaller ones in one PUT, "
+        "buffered in memory (so this bounds an upload's buffer). An image of unknown size turns into a "
+        "multipart upload once its data passes the size.")
+    s3_store_large_object_chunk_size: int = opt(
+        10, _int_range(5, 5120),
+        "Part size of multipart uploads in MiB (at least 5, S3's minimum); grown for images that would "
+        "need more than 10000 parts (S3's maximum) when the size is known.")
+    s3_store_thread_pools: int = opt(
+        10, _int_range(1, 64),
+        "Parts of one multipart upload sent at once (each buffered in memory while it is sent).")
+    s3_store_cacert: str = opt(
+        "", _str, "CA bundle that verifies an https endpoint (empty: the system's).")
+    s3_store_enable_data_integrity_protection: bool = opt(
+        False, _bool,
+        "Use s3_store_request_checksum_calculation and s3_store_response_checksum_validation (else both "
+        "are when_required, which S3-compatible servers that predate the new checksums accept).")
+    s3_store_request_checksum_calculation: str = opt(
+        "when_required", _choice("when_supported", "when_required"),
+        "When requests carry checksums (with data integrity protection on).")
+    s3_store_response_checksum_validation: str = opt(
+        "when_required", _choice("when_supported", "when_required"),
+        "When response checksums are validated (with data integrity protection on).")
     weight: int = opt(
         0, _int_range(),
         "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
@@ -714,7 +761,8 @@ class HttpStoreOptions:
     store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
 
 
-STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions, "http": HttpStoreOptions}
+STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions, "s3": S3StoreOptions,
+                                         "http": HttpStoreOptions}
 
 HEALTHCHECK_BACKENDS = ("disable_by_file", "disable_by_files_ports", "enable_by_files")
 
@@ -1337,6 +1385,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
     if glance_store.default_backend is not None and glance_store.default_backend not in store_names:
         problems.append(f"[glance_store] default_backend = {glance_store.default_backend!r}: "
                         f"not one of enabled_backends ({', '.join(sorted(store_names))})")
+    for s in stores:
+        if s.type == "s3":
+            for required in ("s3_store_host", "s3_store_access_key", "s3_store_secret_key", "s3_store_bucket"):
+                if not getattr(s.options, required):
+                    problems.append(f"[{s.name}] {required}: an s3 store needs it")
     read_only = [s.name for s in stores if s.type == "http"]
     default_store = glance_store.default_backend or (stores[0].name if stores else None)
     if default_store in read_only:
@@ -1487,6 +1540,10 @@ def render_example() -> str:
     section("rbd", RbdStoreOptions,
             "A Ceph RBD store: enable it by naming it in enabled_backends, e.g. fs:file,rbd:rbd (the "
             "section takes the store's name). Needs Debian's python3-rados and python3-rbd.")
+    section("s3", S3StoreOptions,
+            "An S3 store (Amazon S3, Ceph's RADOS Gateway or another S3 server): enable it as e.g. "
+            "fs:file,s3:s3. Locations are s3://host/bucket/image (s3+https:// for https endpoints), "
+            "without the credentials.")
     section("web", HttpStoreOptions,
             "A read-only http store (glance_store's http): images whose data stays on web servers, "
             "added as http(s) locations. Enable it as e.g. fs:file,web:http.")

@@ -24,6 +24,11 @@ def open_store(entry: StoreConfig, config: Config) -> Store:
         from .rbd import RbdStore  # the Ceph bindings are loaded only where an rbd store is configured
 
         return RbdStore(entry.name, entry.options, config.host_id)
+    if entry.type == "s3":
+        from .s3 import S3Store  # botocore is loaded only where an s3 store is configured
+
+        # The journal of the node's open multipart uploads (aborted at start-up after a crash).
+        return S3Store(entry.name, entry.options, config.data_dir / "s3" / entry.name)
     if entry.type == "http":
         from .http import HttpStore
 
