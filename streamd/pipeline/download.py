@@ -32,7 +32,7 @@ import blake3
 from .. import metrics
 from ..cache import Fill, ImageCache
 from ..catalog import ImageRecord
-from ..errors import StoreFailure, StreamdError
+from ..errors import StoreFailure, StoreUnavailable, StreamdError
 from ..sizes import CHUNK
 from ..stores import Reader, StoreRegistry
 from ..stores.base import FdReader
@@ -171,10 +171,19 @@ class ImageDelivery:
                 continue
             self.store_reads[store.name] += 1
             return reader, store.name
-        raise last or StoreFailure(f"No readable location for image {image.id}")
+        if last is not None:
+            raise last
+        elsewhere = sorted({loc.store for loc in image.locations if loc.status == "active" and loc.store})
+        if elsewhere:
+            # An edge node: the data is in another site's store, and no peer had it cached.
+            raise StoreUnavailable(f"Image {image.id} is stored in {', '.join(elsewhere)}, "
+                                   "which this node does not reach, and no peer caches it")
+        raise StoreFailure(f"No readable location for image {image.id}")
 
     def has_data(self, image: ImageRecord) -> bool:
-        return any(loc.status == "active" and self.stores.for_location(loc.store) for loc in image.locations)
+        """Data somewhere: in a store of this node, or one only other nodes reach (then their
+        caches may serve it)."""
+        return any(loc.status == "active" for loc in image.locations)
 
     async def open_cached(self, image: ImageRecord) -> ImageSource | None:
         """Only a whole, verified cached copy (what peers are served): never the store."""
