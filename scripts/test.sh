@@ -79,7 +79,7 @@ eval "$barbican_env"
 whole_suite=0
 if [ "$#" -eq 0 ]; then
     whole_suite=1
-    set -- tests/ -q
+    set -- tests/ -q --durations=30
 fi
 echo "test.sh: $PY -m pytest $*" >&2
 set +e
