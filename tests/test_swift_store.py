@@ -9,15 +9,18 @@ of our own (python-swiftclient), on the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
+import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -545,3 +548,131 @@ def test_config_requires_the_swift_options_and_refuses_multi_tenant(tmp_path: Pa
         "swift_buffer_on_upload": "true", "swift_store_config_file": "/etc/glance/swift.conf"}})
     assert config.store("sw").type == "swift"
     assert {i.option for i in config.ignored} >= {"swift_buffer_on_upload", "swift_store_config_file"}
+
+
+# -- Keystone v3 ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def keystone_gateway(directory: Path, keystone_url: str) -> Iterator[str]:
+    """A second RADOS Gateway on the test cluster (the same zone and pools) that validates Swift tokens
+    at our Keystone, as the glance service user; its base URL. Stopped (and its key removed) after."""
+    from keystone import SERVICE_PASSWORD, SERVICE_PROJECT, SERVICE_USER
+    from test_rbd_store import ceph_env
+
+    conf = ceph_env()["CEPH_CONF"]
+    name = f"client.rgw.ks{uuid.uuid4().hex[:6]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    keyring = directory / "keyring"
+    subprocess.run(["ceph", "--conf", conf, "auth", "get-or-create", name, "mon", "allow rw", "osd", "allow rwx",
+                    "-o", str(keyring)], check=True, capture_output=True, timeout=60)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    own_conf = directory / "ceph.conf"
+    own_conf.write_text(Path(conf).read_text() + f"""
+[{name}]
+keyring = {keyring}
+rgw data = {directory / "data"}
+rgw frontends = beast endpoint=127.0.0.1:{port}
+log file = {directory / "rgw.log"}
+pid file = {directory / "rgw.pid"}
+admin socket =
+rgw enable usage log = false
+rgw keystone url = {keystone_url.removesuffix("/v3")}
+rgw keystone api version = 3
+rgw keystone admin user = {SERVICE_USER}
+rgw keystone admin password = {SERVICE_PASSWORD}
+rgw keystone admin project = {SERVICE_PROJECT}
+rgw keystone admin domain = Default
+rgw keystone accepted roles = member,admin
+rgw keystone implicit tenants = false
+rgw keystone verify ssl = false
+rgw swift account in url = true
+rgw s3 auth use keystone = false
+""")
+    (directory / "data").mkdir(exist_ok=True)
+    process = subprocess.Popen(["radosgw", "-f", "-c", str(own_conf), "-n", name], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                assert process.poll() is None, f"radosgw exited: see {directory / 'rgw.log'}"
+                assert time.monotonic() < deadline, "radosgw did not answer"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        subprocess.run(["ceph", "--conf", conf, "auth", "del", name], capture_output=True, timeout=60)
+
+
+async def test_keystone_v3_auth(tmp_path: Path, container: str) -> None:
+    """swift_store_auth_version = 3: a project-scoped Keystone token (PROJECT:USER, its password),
+    taken by a RADOS Gateway that validates it at Keystone; the storage URL from swift_store_endpoint
+    (the test Keystone has no object-store endpoint in its catalogue)."""
+    from keystone import keystone
+
+    ks = keystone()
+    member = ks.users["a-member"]
+    with keystone_gateway(tmp_path / "rgw", ks.url) as gateway:
+        section = swift_section(
+            container, swift_store_auth_version="3", swift_store_auth_address=ks.url,
+            swift_store_user=f"{member.project_name}:{member.name}", swift_store_key=member.password,
+            swift_store_endpoint=f"{gateway}/swift/v1/AUTH_{member.project_id}")
+        config = make_config(tmp_path, None, **{**swift_sections(container), "sw": section})
+        store = await own_store(config)
+        try:
+            data = payload(LARGE + PART + 3, 4)
+            writer = await store.writer("v3-image", len(data))
+            for start in range(0, len(data), MIB):
+                writer.write(data[start:start + MIB])
+            stored = await writer.commit()
+            assert stored.url == f"swift+http://{ks.url.removeprefix('http://')}/{container}/v3-image"
+            assert store._auth is not None and store._auth[0].endswith(member.project_id)
+            assert ks.is_valid(store._auth[1])  # a Keystone token, not tempauth's
+            reader = await store.reader(stored.url)
+            try:
+                assert reader.read(0, len(data)) == data and reader.read(PART - 1, 2) == data[PART - 1:PART + 1]
+            finally:
+                reader.close()
+            await store.delete(stored.url)
+            await store.delete(stored.url)
+            assert (await store.check()).details
+            listed = await store._run(store._listing, container)
+            assert listed == []
+        finally:
+            await store.stop()
+
+
+async def test_keystone_v3_refusals(tmp_path: Path, container: str) -> None:
+    """A wrong password is the operator's to fix (a store failure, not 503); Keystone down is 503's."""
+    from keystone import keystone
+
+    from streamd.errors import StoreFailure, StoreUnavailable
+
+    ks = keystone()
+    member = ks.users["a-member"]
+    for address, key, error in [(ks.url, "wrong", StoreFailure), ("http://127.0.0.1:1/v3", member.password,
+                                                                    StoreUnavailable)]:
+        section = swift_section(container, swift_store_auth_version="3", swift_store_auth_address=address,
+                                swift_store_user=f"{member.project_name}:{member.name}", swift_store_key=key,
+                                swift_store_endpoint="http://127.0.0.1:1/swift/v1")
+        store = await own_store(make_config(tmp_path, None, **{**swift_sections(container), "sw": section}))
+        try:
+            with pytest.raises(StoreFailure) as caught:
+                await store.writer("x", 1)
+            assert type(caught.value) is error, caught.value
+            if error is StoreUnavailable:
+                assert "127.0.0.1:1" in caught.value.message
+        finally:
+            await store.stop()

@@ -114,6 +114,24 @@ def segment_name(obj: str, token: str, number: int) -> str:
     return f"{obj}/{SEGMENTS}/{token}/{number:05d}"
 
 
+class _KeystoneSession:
+    """What swiftclient asks of a keystoneauth1 session, with ``swift_store_endpoint`` (when set) as the
+    storage URL: the catalogue is then not looked at (it may have no object-store endpoint)."""
+
+    def __init__(self, session: Any, endpoint: str | None) -> None:
+        self.session = session
+        self.endpoint = endpoint
+
+    def get_endpoint(self, **kwargs: Any) -> str:
+        return self.endpoint or self.session.get_endpoint(**kwargs)  # type: ignore[no-any-return]
+
+    def get_token(self) -> str:
+        return self.session.get_token()  # type: ignore[no-any-return]
+
+    def invalidate(self) -> bool:
+        return self.session.invalidate()  # type: ignore[no-any-return]
+
+
 class _Cancelled(Exception):
     """Raised into a PUT's body to cut the request short."""
 
@@ -226,6 +244,7 @@ class SwiftStore(Store):
         self._pool: list[Any] = []
         self._pool_lock = threading.Lock()
         self._auth: tuple[str, str] | None = None  # (storage URL, token), shared by the connections
+        self._session: Any = None  # keystoneauth1's, with swift_store_auth_version = 3
         self._containers_checked: set[str] = set()
         # Upload tokens this process's writers have open: the reaper leaves their segments alone.
         self.live_uploads: set[str] = set()
@@ -235,29 +254,42 @@ class SwiftStore(Store):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def _keystone_session(self) -> Any:
+        """One keystoneauth1 session (Keystone v3 password auth, its token shared) for the store."""
+        with self._pool_lock:
+            if self._session is None:
+                from keystoneauth1 import session as ksa_session
+                from keystoneauth1.identity import v3
+
+                o = self.options
+                project, _, user = str(o.swift_store_user).rpartition(":")
+                auth = v3.Password(auth_url=self.auth_address, username=user, password=o.swift_store_key,
+                                   project_name=project, user_domain_name=o.swift_store_user_domain_name,
+                                   project_domain_name=o.swift_store_project_domain_name)
+                verify: bool | str = False if o.swift_store_auth_insecure else (o.swift_store_cacert or True)
+                self._session = _KeystoneSession(ksa_session.Session(auth=auth, verify=verify, timeout=60),
+                                                 o.swift_store_endpoint or None)
+            return self._session
+
     def _new_connection(self) -> Any:
         swiftclient = _swiftclient()
         o = self.options
-        version = o.swift_store_auth_version
         os_options: dict[str, str] = {"service_type": o.swift_store_service_type,
                                       "endpoint_type": o.swift_store_endpoint_type}
         if o.swift_store_region:
             os_options["region_name"] = o.swift_store_region
-        user = o.swift_store_user
-        tenant = None
-        if version == "3":
-            tenant, _, user = str(o.swift_store_user).rpartition(":")
-            os_options.update(project_name=tenant, user_domain_name=o.swift_store_user_domain_name,
-                              project_domain_name=o.swift_store_project_domain_name)
-        if o.swift_store_endpoint:  # the storage URL, instead of the one auth returns
+        if o.swift_store_endpoint:  # the storage URL, instead of the one auth (or the catalogue) gives
             os_options["object_storage_url"] = o.swift_store_endpoint
+        common: dict[str, Any] = dict(os_options=os_options, insecure=o.swift_store_auth_insecure,
+                                      cacert=o.swift_store_cacert or None, retries=2, starting_backoff=0.5,
+                                      timeout=60)
+        if o.swift_store_auth_version == "3":
+            # Keystone through keystoneauth1 (swiftclient's own v3 path goes through python-keystoneclient).
+            return swiftclient.client.Connection(session=self._keystone_session(), **common)
         url, token = self._auth or (None, None)
-        conn = swiftclient.client.Connection(
-            authurl=self.auth_address, user=user, key=o.swift_store_key, tenant_name=tenant,
-            auth_version=version, os_options=os_options, preauthurl=url, preauthtoken=token,
-            insecure=o.swift_store_auth_insecure, cacert=o.swift_store_cacert or None,
-            retries=2, starting_backoff=0.5, timeout=60)
-        return conn
+        return swiftclient.client.Connection(
+            authurl=self.auth_address, user=o.swift_store_user, key=o.swift_store_key, auth_version="1",
+            preauthurl=url, preauthtoken=token, **common)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
