@@ -397,8 +397,8 @@ async def test_missing_container_without_create_on_put_fails_and_stores_detail(t
         assert (await put(api, image["id"], payload(100))).status == 204
         detail = (await api.call("GET", "/v2/info/stores/detail", as_={**MEMBER_A, "X-Roles": "admin"})).json
         sw = next(s for s in detail["stores"] if s["id"] == "sw")
-        assert sw["type"] == "swift" and sw["properties"] == {
-            "swift_store_large_object_size": LARGE, "swift_store_large_object_chunk_size": PART}
+        assert sw["type"] == "swift" and sw["properties"] == {  # Glance 33's keys
+            "container": container, "large_object_size": LARGE, "large_object_chunk_size": PART}
     finally:
         await session.close()
         await server.close()

@@ -519,9 +519,9 @@ class SwiftStore(Store):
                            "writable and readable")
 
     def properties(self) -> dict[str, object]:
-        # Glance 33's keys, in bytes as Glance shows them.
-        return {"swift_store_large_object_size": self.large_object_size,
-                "swift_store_large_object_chunk_size": self.segment_size}
+        # Glance 33's keys (discovery's _get_swift_properties), the sizes in bytes as Glance shows them.
+        return {"container": self.container, "large_object_size": self.large_object_size,
+                "large_object_chunk_size": self.segment_size}
 
     # -- locations ----------------------------------------------------------------------------------
 
