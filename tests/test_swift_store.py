@@ -303,6 +303,36 @@ async def test_writer_abort_removes_the_segments(tmp_path: Path, container: str)
         await store.stop()
 
 
+async def test_writes_stream_with_bounded_memory(tmp_path: Path, container: str) -> None:
+    """Neither a single PUT nor the segments are buffered whole: 24 MiB go through (one object of known
+    size, then an SLO of unknown size) with at most a few chunks held at once."""
+    import asyncio
+    import tracemalloc
+
+    store = await own_store(make_config(tmp_path, None, **swift_sections(
+        container, swift_store_large_object_size="64", swift_store_large_object_chunk_size="16")))
+    chunk = payload(MIB, 3)
+    try:
+        for name, size in (("single", 24 * MIB), ("segmented", None)):
+            writer = await store.writer(name, size)
+            tracemalloc.start()
+            try:
+                def feed() -> None:
+                    for _ in range(24):
+                        writer.write(bytes(chunk))  # a fresh chunk each time, as the pipeline hands them
+
+                await asyncio.get_running_loop().run_in_executor(None, feed)
+                await writer.commit()
+                _current, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < 8 * MIB, (name, peak)
+            assert object_bytes(container, name) == chunk * 24
+        assert len(segments_of(container, "segmented")) == 2 and segments_of(container, "single") == []
+    finally:
+        await store.stop()
+
+
 async def test_orphaned_segments_are_removed_once_stale(tmp_path: Path, container: str) -> None:
     """Segments no manifest carries the token of (another node's crash, or one that died with its disk)
     go once their newest is stale; those of a manifest stay."""
