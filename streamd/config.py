@@ -273,7 +273,7 @@ def opt(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 
 # -- sections ------------------------------------------------------------------------
 
-STORE_TYPES = {"file", "rbd", "s3", "http"}
+STORE_TYPES = {"file", "rbd", "s3", "swift", "http"}
 
 GLANCE_DISK_FORMATS = "ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"
 GLANCE_CONTAINER_FORMATS = "ami,ari,aki,bare,ovf,ova,docker,compressed"
@@ -547,7 +547,7 @@ class DatabaseOptions:
 class StoreTypeLocationStrategyOptions:
     store_type_preference: tuple[str, ...] = opt(
         (), _list,
-        "Store types (file, rbd, s3) in the order their locations are preferred when location_strategy is "
+        "Store types (file, rbd, s3, swift) in the order their locations are preferred when location_strategy is "
         "store_type; locations in stores of other types come after them, in their own order.")
 
 
@@ -670,6 +670,68 @@ class S3StoreOptions:
 
 
 @dataclass(frozen=True)
+class SwiftStoreOptions:
+    swift_store_auth_address: str | None = opt(
+        None, _opt_str,
+        "The auth URL: Keystone's (e.g. https://keystone:5000/v3) with swift_store_auth_version = 3, or "
+        "tempauth's (e.g. http://rgw:7480/auth/1.0) with 1. Required. Glance 33 reads it from "
+        "swift_store_config_file's reference instead (the deprecated option of the same name there).")
+    swift_store_auth_version: str = opt(
+        "3", _choice("1", "3"),
+        "3: Keystone v3 (password of swift_store_user in its project); 1: tempauth (Swift's, or the RADOS "
+        "Gateway's Swift subusers). Glance 33 knows 3 only.")
+    swift_store_user: str | None = opt(
+        None, _opt_str,
+        "The user: PROJECT:USER for Keystone (as glance_store), ACCOUNT:USER for tempauth. Required.")
+    swift_store_key: str | None = opt(None, _opt_str, "The user's password (Keystone) or key (tempauth). Required.")
+    swift_store_user_domain_name: str = opt(
+        "Default", _str, "Keystone domain of swift_store_user. streamd's option (glance_store takes it from "
+        "swift_store_config_file).")
+    swift_store_project_domain_name: str = opt(
+        "Default", _str, "Keystone domain of swift_store_user's project. streamd's option (glance_store takes "
+        "it from swift_store_config_file).")
+    default_swift_reference: str = opt(
+        "ref1", _str,
+        "The account reference swift+config://REFERENCE/container/image locations (written by a Glance "
+        "with swift_store_config_file) name: such locations are this store's, read with its credentials.")
+    swift_store_container: str = opt(
+        "glance", _str,
+        "Container the images are stored in (one object per image, named by its id), or the prefix of the "
+        "containers with swift_store_multiple_containers_seed.")
+    swift_store_multiple_containers_seed: int = opt(
+        0, _int_range(0, 32),
+        "0: one container; N: images go to <swift_store_container>_<first N characters of the image id> "
+        "(its dashes not counted), as in glance_store.")
+    swift_store_create_container_on_put: bool = opt(
+        False, _bool, "Create the container on the first write if it does not exist (else such writes fail).")
+    swift_store_large_object_size: int = opt(
+        5120, _int_range(1),
+        "Images of at least this many MiB, and those of unknown size, are written as Static Large Objects "
+        "(segments and a manifest); smaller ones in one PUT. Neither is buffered: both stream.")
+    swift_store_large_object_chunk_size: int = opt(
+        200, _int_range(1, 5120),
+        "Segment size in MiB; grown for images that would need more than 1000 segments (Swift's limit of "
+        "one manifest) when the size is known.")
+    swift_store_multi_tenant: bool = opt(
+        False, _bool,
+        "Must stay false: streamd stores every image in the account of swift_store_user (glance_store's "
+        "multi-tenant mode, images in the requesting project's account with its token, is not supported).")
+    swift_store_endpoint: str = opt(
+        "", _str, "The storage URL to use instead of the one auth returns (empty: auth's).")
+    swift_store_endpoint_type: str = opt(
+        "publicURL", _str, "Endpoint interface looked up in Keystone's catalogue (publicURL, internalURL, adminURL).")
+    swift_store_service_type: str = opt("object-store", _str, "Service type looked up in Keystone's catalogue.")
+    swift_store_region: str = opt("", _str, "Region looked up in Keystone's catalogue (empty: any).")
+    swift_store_auth_insecure: bool = opt(False, _bool, "Do not verify the certificates of https auth and storage URLs.")
+    swift_store_cacert: str = opt("", _str, "CA bundle that verifies https auth and storage URLs (empty: the system's).")
+    weight: int = opt(
+        0, _int_range(),
+        "Weight of the store (Glance 33's option): an image's locations in stores of higher weight come "
+        "first in direct_url and the locations list.")
+    store_description: str | None = opt(None, _opt_str, "Description shown by GET /v2/info/stores.")
+
+
+@dataclass(frozen=True)
 class ImportFilteringOptions:
     allowed_schemes: tuple[str, ...] = opt(
         ("http", "https"), _quoted_list, "Schemes web-download may fetch from, of http, https and ftp (empty: any scheme not disallowed).")
@@ -762,7 +824,7 @@ class HttpStoreOptions:
 
 
 STORE_OPTION_CLASSES: dict[str, type] = {"file": FileStoreOptions, "rbd": RbdStoreOptions, "s3": S3StoreOptions,
-                                         "http": HttpStoreOptions}
+                                         "swift": SwiftStoreOptions, "http": HttpStoreOptions}
 
 HEALTHCHECK_BACKENDS = ("disable_by_file", "disable_by_files_ports", "enable_by_files")
 
@@ -1058,6 +1120,18 @@ IGNORED_REASONS: dict[str, dict[str, str]] = {
         "filesystem_store_file_perm": "image files are created mode 0640",
         "filesystem_store_metadata_file": "locations carry no metadata file",
         "*": "streamd's file store has no tunable thread pool or timeout",
+    },
+    "swift": {
+        "swift_store_config_file": "the credentials are the store's own options (swift_store_auth_address, "
+                                   "swift_store_user, swift_store_key)",
+        **_because("uploads stream to Swift; a failed segment fails the upload (nothing is retried from a "
+                   "buffer)", "swift_buffer_on_upload", "swift_upload_buffer_dir"),
+        **_because("multi-tenant mode is not supported", "swift_store_admin_tenants", "swift_store_use_trusts",
+                   "swift_store_expire_soon_interval"),
+        "swift_store_retry_get_count": "a read whose connection dies is reopened once at its offset",
+        "swift_store_ssl_compression": "TLS compression is off (python-requests does not offer it)",
+        "*": "the store authenticates with swift_store_user and swift_store_key only (no application "
+             "credentials)",
     },
     "os_glance_staging_store": {"*": "Glance does not use it either"},
     "os_glance_tasks_store": {"*": "streamd keeps no task work files"},
@@ -1390,6 +1464,17 @@ def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mappin
             for required in ("s3_store_host", "s3_store_access_key", "s3_store_secret_key", "s3_store_bucket"):
                 if not getattr(s.options, required):
                     problems.append(f"[{s.name}] {required}: an s3 store needs it")
+        if s.type == "swift":
+            for required in ("swift_store_auth_address", "swift_store_user", "swift_store_key"):
+                if not getattr(s.options, required):
+                    problems.append(f"[{s.name}] {required}: a swift store needs it")
+            if s.options.swift_store_multi_tenant:
+                problems.append(f"[{s.name}] swift_store_multi_tenant = true: not supported (images in the "
+                                "requesting project's Swift account, with its token); streamd stores every image "
+                                "in the account of swift_store_user")
+            user = s.options.swift_store_user or ""
+            if s.options.swift_store_auth_version == "3" and user and ":" not in user:
+                problems.append(f"[{s.name}] swift_store_user = {user!r}: Keystone auth needs PROJECT:USER")
     read_only = [s.name for s in stores if s.type == "http"]
     default_store = glance_store.default_backend or (stores[0].name if stores else None)
     if default_store in read_only:
@@ -1544,6 +1629,9 @@ def render_example() -> str:
             "An S3 store (Amazon S3, Ceph's RADOS Gateway or another S3 server): enable it as e.g. "
             "fs:file,s3:s3. Locations are s3://host/bucket/image (s3+https:// for https endpoints), "
             "without the credentials.")
+    section("swift", SwiftStoreOptions,
+            "A Swift store (OpenStack Swift or Ceph's RADOS Gateway): enable it as e.g. fs:file,swift:swift. "
+            "Locations are swift+http(s)://AUTH_ADDRESS/container/image, without the credentials.")
     section("web", HttpStoreOptions,
             "A read-only http store (glance_store's http): images whose data stays on web servers, "
             "added as http(s) locations. Enable it as e.g. fs:file,web:http.")

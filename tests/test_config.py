@@ -131,9 +131,11 @@ def test_shipped_example_documents_every_option_and_loads(tmp_path: Path) -> Non
         if line.startswith("#") and " = " in line:
             line = line[1:]
             if line.startswith("enabled_backends"):
-                line = "enabled_backends = fs:file,rbd:rbd,s3:s3,web:http"
+                line = "enabled_backends = fs:file,rbd:rbd,s3:s3,swift:swift,web:http"
             if section == "[s3]" and line.split(" = ")[0] in S3_REQUIRED:
                 line = f"{line.split(' = ')[0]} = required-{len(lines)}"  # no default: the store needs them
+            if section == "[swift]" and line.split(" = ")[0] in SWIFT_REQUIRED:
+                line = f"{line.split(' = ')[0]} = project:required-{len(lines)}"
         lines.append(line)
     config = load_config(write(tmp_path, "\n".join(lines)))
     assert config.default.bind_port == 9292
@@ -142,9 +144,13 @@ def test_shipped_example_documents_every_option_and_loads(tmp_path: Path) -> Non
     assert config.store("web").options.https_insecure is True
     assert config.store("s3").options.s3_store_large_object_size == 100
     assert config.store("s3").options.s3_store_bucket_url_format == "auto"
+    assert config.store("swift").options.swift_store_large_object_size == 5120
+    assert config.store("swift").options.swift_store_container == "glance"
+    assert config.store("swift").options.swift_store_auth_version == "3"
 
 
 S3_REQUIRED = ("s3_store_host", "s3_store_access_key", "s3_store_secret_key", "s3_store_bucket")
+SWIFT_REQUIRED = ("swift_store_auth_address", "swift_store_user", "swift_store_key")
 
 
 # oslo.config's ListOpt (oslo_config/types.py List) on the values of glance-api.conf: what

@@ -29,7 +29,8 @@ RESTRICTED_SCHEMES = frozenset({"file", "filesystem", "swift+config"})
 # API wraps as a webob detail: the edge renders it so).
 LAST_LOCATION = "Cannot remove last location in the image."
 # The URL schemes of each store type's locations.
-SCHEMES_OF_TYPE = {"file": ("file",), "rbd": ("rbd",), "s3": ("s3", "s3+http", "s3+https"), "http": ("http", "https")}
+SCHEMES_OF_TYPE = {"file": ("file",), "rbd": ("rbd",), "s3": ("s3", "s3+http", "s3+https"),
+                   "swift": ("swift", "swift+http", "swift+https", "swift+config"), "http": ("http", "https")}
 # A check of a web URL a client adds (the API's filtering rules): raises InvalidRequest.
 UrlCheck = Callable[[str], None]
 

@@ -29,6 +29,11 @@ def open_store(entry: StoreConfig, config: Config) -> Store:
 
         # The journal of the node's open multipart uploads (aborted at start-up after a crash).
         return S3Store(entry.name, entry.options, config.data_dir / "s3" / entry.name)
+    if entry.type == "swift":
+        from .swift import SwiftStore  # python-swiftclient is loaded only where a swift store is configured
+
+        # The journal of the node's segmented uploads (their segments removed at start-up after a crash).
+        return SwiftStore(entry.name, entry.options, config.data_dir / "swift" / entry.name)
     if entry.type == "http":
         from .http import HttpStore
 
