@@ -52,6 +52,7 @@ from ..background import PeriodicJob
 from ..config import S3StoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from .base import PROBE_DATA, Reader, StoredData, Store, StoreHealth, Writer
+from .ranged import RangedReader
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,6 @@ SCHEMES = ("s3", "s3+http", "s3+https")
 STALE_UPLOAD_AGE = 3600.0
 # How often the bucket is swept for stale uploads and failed aborts are retried.
 REAPER_INTERVAL = 600.0
-# Ranged reads: the first GET asks for at least this much, each next one (reads in order) twice as much.
-FIRST_READ_WINDOW = 1 * MIB
-MAX_READ_WINDOW = 64 * MIB
 JOURNAL_SUFFIX = ".upload"
 
 # Amazon's regional endpoints imply their region (glance_store's table, by its rule).
@@ -556,60 +554,26 @@ class S3Writer(Writer):
             self.store.live_uploads.discard(self.upload_id)
 
 
-class S3Reader(Reader):
-    """Ranged GETs, kept open while the reads go on in order, their windows growing."""
+class S3Reader(RangedReader):
+    """Ranged GETs of one object (``RangedReader``: windows growing while the reads go on in order)."""
 
     def __init__(self, store: S3Store, bucket: str, key: str, size: int) -> None:
+        super().__init__(size, f"S3 store {store.name}: {bucket}/{key}")
         self.store = store
         self.bucket = bucket
         self.key = key
-        self.size = size
-        self.body: Any = None
-        self.position = 0  # the offset the open body continues at
-        self.window_end = 0  # the end (exclusive) of the open body's range
-        self.window = FIRST_READ_WINDOW
 
-    def _open(self, offset: int, length: int, sequential: bool) -> None:
-        self.close()
-        self.window = min(self.window * 2, MAX_READ_WINDOW) if sequential else FIRST_READ_WINDOW
-        end = min(self.size, offset + max(length, self.window))
+    def _get_range(self, offset: int, end: int) -> Any:
         reply = self.store.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={offset}-{end - 1}")
-        self.body = reply["Body"]
-        self.position, self.window_end = offset, end
+        return reply["Body"]
 
-    def read(self, offset: int, length: int) -> bytes:
-        length = min(length, self.size - offset)
-        if length <= 0:
-            return b""
-        try:
-            return self._read(offset, length)
-        except self.store._errors() as exc:
-            raise self.store._error(exc, f"cannot read {self.bucket}/{self.key}") from exc
+    def _release(self, body: Any) -> None:
+        body.close()
 
-    def _read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        retried = False
-        while len(out) < length:
-            at = offset + len(out)
-            want = length - len(out)
-            if self.body is None or self.position != at or self.position >= self.window_end:
-                self._open(at, want, sequential=self.body is not None and self.position == at)
-            try:
-                data = self.body.read(min(want, self.window_end - self.position))
-            except Exception as exc:  # a connection that died between reads: reopen once
-                if retried:
-                    raise StoreFailure(f"S3 store {self.store.name}: reading {self.key} failed: {exc}") from exc
-                retried = True
-                self.close()
-                continue
-            if not data:
-                raise StoreFailure(f"S3 store {self.store.name}: {self.key} ended at {at}, before its size "
-                                   f"{self.size}")
-            out += data
-            self.position += len(data)
-        return bytes(out)
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return self.store._errors()
 
-    def close(self) -> None:
-        if self.body is not None:
-            body, self.body = self.body, None
-            body.close()
+    def _failure(self, exc: BaseException) -> Exception:
+        if isinstance(exc, self.store._errors()):
+            return self.store._error(exc, f"cannot read {self.bucket}/{self.key}")
+        return StoreFailure(f"{self.label}: reading failed: {exc}")

@@ -67,6 +67,7 @@ from ..background import PeriodicJob
 from ..config import SwiftStoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from .base import PROBE_DATA, Reader, StoredData, Store, StoreHealth, Writer
+from .ranged import RangedReader
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ QUEUE_CHUNKS = 2
 STALE_UPLOAD_AGE = 3600.0
 # How often the container is swept for orphaned segments and failed cleanups are retried.
 REAPER_INTERVAL = 600.0
-FIRST_READ_WINDOW = 1 * MIB
-MAX_READ_WINDOW = 64 * MIB
 JOURNAL_SUFFIX = ".upload"
 UPLOAD_HEADER = "X-Object-Meta-Streamd-Upload"
 SEGMENTS = "streamd-segments"
@@ -763,71 +762,41 @@ class SwiftWriter(Writer):
             self.store.live_uploads.discard(self.token)
 
 
-class SwiftReader(Reader):
-    """Ranged GETs, kept open while the reads go on in order, their windows growing."""
+class SwiftReader(RangedReader):
+    """Ranged GETs of one object (``RangedReader``: windows growing while the reads go on in order)."""
 
     def __init__(self, store: SwiftStore, container: str, obj: str, size: int) -> None:
+        super().__init__(size, f"Swift store {store.name}: {container}/{obj}")
         self.store = store
         self.container = container
         self.obj = obj
-        self.size = size
-        self.body: Any = None
-        self.position = 0
-        self.window_end = 0
-        self.window = FIRST_READ_WINDOW
         self._conn: Any = None
 
-    def _open(self, offset: int, length: int, sequential: bool) -> None:
-        self.close()
-        self.window = min(self.window * 2, MAX_READ_WINDOW) if sequential else FIRST_READ_WINDOW
-        end = min(self.size, offset + max(length, self.window))
+    def _get_range(self, offset: int, end: int) -> Any:
         # The body holds its own connection while it is open.
         conn = self.store._new_connection()
         try:
-            _headers, self.body = conn.get_object(self.container, self.obj, resp_chunk_size=256 * 1024,
-                                                  headers={"Range": f"bytes={offset}-{end - 1}"})
+            _headers, body = conn.get_object(self.container, self.obj, resp_chunk_size=256 * 1024,
+                                             headers={"Range": f"bytes={offset}-{end - 1}"})
         except BaseException:
             conn.close()
             raise
         self._conn = conn
-        self.position, self.window_end = offset, end
+        return body
 
-    def read(self, offset: int, length: int) -> bytes:
-        length = min(length, self.size - offset)
-        if length <= 0:
-            return b""
-        try:
-            return self._read(offset, length)
-        except self.store._errors() as exc:
-            raise self.store._error(exc, f"cannot read {self.container}/{self.obj}") from exc
+    def _release(self, body: Any) -> None:
+        conn, self._conn = self._conn, None
+        # Closing a body or connection the server already dropped fails the same way it died.
+        with contextlib.suppress(*self._broken_stream_errors()):
+            body.close()
+        if conn is not None:
+            with contextlib.suppress(*self._broken_stream_errors()):
+                conn.close()
 
-    def _read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        retried = False
-        while len(out) < length:
-            at = offset + len(out)
-            want = length - len(out)
-            if self.body is None or self.position != at or self.position >= self.window_end:
-                self._open(at, want, sequential=self.body is not None and self.position == at)
-            try:
-                data = self.body.read(min(want, self.window_end - self.position))
-            except Exception as exc:  # a connection that died between reads: reopen once
-                if retried:
-                    raise StoreFailure(f"Swift store {self.store.name}: reading {self.obj} failed: {exc}") from exc
-                retried = True
-                self.close()
-                continue
-            if not data:
-                raise StoreFailure(f"Swift store {self.store.name}: {self.obj} ended at {at}, before its size "
-                                   f"{self.size}")
-            out += data
-            self.position += len(data)
-        return bytes(out)
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return self.store._errors()
 
-    def close(self) -> None:
-        if self.body is not None:
-            body, self.body = self.body, None
-            with contextlib.suppress(Exception):
-                body.close()
-            with contextlib.suppress(Exception):
-                self._conn.close()
+    def _failure(self, exc: BaseException) -> Exception:
+        if isinstance(exc, self.store._errors()):
+            return self.store._error(exc, f"cannot read {self.container}/{self.obj}")
+        return StoreFailure(f"{self.label}: reading failed: {exc}")
