@@ -34,11 +34,8 @@ Range request reads little and a whole download takes few requests.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -52,6 +49,7 @@ from ..background import PeriodicJob
 from ..config import S3StoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from .base import PROBE_DATA, Reader, StoredData, Store, StoreHealth, Writer
+from .journal import UploadJournal
 from .ranged import RangedReader
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ SCHEMES = ("s3", "s3+http", "s3+https")
 STALE_UPLOAD_AGE = 3600.0
 # How often the bucket is swept for stale uploads and failed aborts are retried.
 REAPER_INTERVAL = 600.0
-JOURNAL_SUFFIX = ".upload"
 
 # Amazon's regional endpoints imply their region (glance_store's table, by its rule).
 _AMAZON_REGION = re.compile(r"^s3[-.](?P<region>[a-z]{2}(?:-[a-z]+)+-\d)\.amazonaws\.com(?:\.cn)?$")
@@ -104,7 +101,7 @@ class S3Store(Store):
         self.large_object_size = options.s3_store_large_object_size * MIB
         self.part_size = options.s3_store_large_object_chunk_size * MIB
         self.parallel = options.s3_store_thread_pools
-        self.journal = state_dir
+        self.journal = UploadJournal(state_dir, f"s3 store {name}")
         self._executor = ThreadPoolExecutor(8, thread_name_prefix=f"s3-{name}")
         # Part uploads, shared by the store's writers (each has at most `parallel` in flight).
         self.part_executor = ThreadPoolExecutor(max(4 * self.parallel, 8), thread_name_prefix=f"s3p-{name}")
@@ -185,7 +182,7 @@ class S3Store(Store):
     async def start(self) -> None:
         """Make the client and abort the uploads this node's journal names (a crash left them). An
         unreachable endpoint is not fatal: requests to this store get 503 until it answers."""
-        self.journal.mkdir(parents=True, exist_ok=True)
+        self.journal.create()
         await self._run(lambda: self.client)
         try:
             aborted = await self._run(self._abort_journaled)
@@ -217,28 +214,15 @@ class S3Store(Store):
 
     # -- journal of open multipart uploads -------------------------------------------------------
 
-    def _journal_path(self, upload_id: str) -> Path:
-        return self.journal / (hashlib.sha256(upload_id.encode()).hexdigest()[:32] + JOURNAL_SUFFIX)
-
     def journal_open(self, bucket: str, key: str, upload_id: str) -> None:
-        path = self._journal_path(upload_id)
-        temp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        temp.write_text(json.dumps({"bucket": bucket, "key": key, "upload_id": upload_id}))
-        os.replace(temp, path)
+        self.journal.record(upload_id, {"bucket": bucket, "key": key, "upload_id": upload_id})
 
     def journal_close(self, upload_id: str) -> None:
-        self._journal_path(upload_id).unlink(missing_ok=True)
+        self.journal.drop(upload_id)
 
     def _abort_journaled(self) -> list[str]:
         aborted = []
-        for path in sorted(self.journal.glob("*" + JOURNAL_SUFFIX)):
-            try:
-                entry = json.loads(path.read_text())
-                bucket, key, upload_id = entry["bucket"], entry["key"], entry["upload_id"]
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("s3 store %s: unreadable journal entry %s removed: %s", self.name, path, exc)
-                path.unlink(missing_ok=True)
-                continue
+        for path, (bucket, key, upload_id) in self.journal.entries("bucket", "key", "upload_id"):
             if upload_id in self.live_uploads:
                 continue
             self.abort_upload(bucket, key, upload_id)

@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import os
 import queue
 import re
 import secrets
@@ -67,6 +65,7 @@ from ..background import PeriodicJob
 from ..config import SwiftStoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from .base import PROBE_DATA, Reader, StoredData, Store, StoreHealth, Writer
+from .journal import UploadJournal
 from .ranged import RangedReader
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,6 @@ QUEUE_CHUNKS = 2
 STALE_UPLOAD_AGE = 3600.0
 # How often the container is swept for orphaned segments and failed cleanups are retried.
 REAPER_INTERVAL = 600.0
-JOURNAL_SUFFIX = ".upload"
 UPLOAD_HEADER = "X-Object-Meta-Streamd-Upload"
 SEGMENTS = "streamd-segments"
 SEGMENT_RE = re.compile(rf"^(?P<obj>[^/]+)/{SEGMENTS}/(?P<token>[0-9a-f]{{16}})/(?P<n>\d{{5,}})$")
@@ -238,7 +236,7 @@ class SwiftStore(Store):
         self.container = options.swift_store_container
         self.large_object_size = options.swift_store_large_object_size * MIB
         self.segment_size = min(options.swift_store_large_object_chunk_size * MIB, MAX_OBJECT)
-        self.journal = state_dir
+        self.journal = UploadJournal(state_dir, f"swift store {name}")
         self._executor = ThreadPoolExecutor(8, thread_name_prefix=f"swift-{name}")
         self._pool: list[Any] = []
         self._pool_lock = threading.Lock()
@@ -368,7 +366,7 @@ class SwiftStore(Store):
     async def start(self) -> None:
         """Authenticate and delete the segments this node's journal names (a crash left them). An
         unreachable Swift is not fatal: requests to this store get 503 until it answers."""
-        self.journal.mkdir(parents=True, exist_ok=True)
+        self.journal.create()
         try:
             removed = await self._run(self._clean_journaled)
         except self._errors() as exc:
@@ -403,28 +401,15 @@ class SwiftStore(Store):
 
     # -- journal of open segmented uploads -------------------------------------------------------
 
-    def _journal_path(self, token: str) -> Path:
-        return self.journal / (hashlib.sha256(token.encode()).hexdigest()[:32] + JOURNAL_SUFFIX)
-
     def journal_open(self, container: str, obj: str, token: str) -> None:
-        path = self._journal_path(token)
-        temp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        temp.write_text(json.dumps({"container": container, "obj": obj, "token": token}))
-        os.replace(temp, path)
+        self.journal.record(token, {"container": container, "obj": obj, "token": token})
 
     def journal_close(self, token: str) -> None:
-        self._journal_path(token).unlink(missing_ok=True)
+        self.journal.drop(token)
 
     def _clean_journaled(self) -> list[str]:
         removed = []
-        for path in sorted(self.journal.glob("*" + JOURNAL_SUFFIX)):
-            try:
-                entry = json.loads(path.read_text())
-                container, obj, token = entry["container"], entry["obj"], entry["token"]
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("swift store %s: unreadable journal entry %s removed: %s", self.name, path, exc)
-                path.unlink(missing_ok=True)
-                continue
+        for path, (container, obj, token) in self.journal.entries("container", "obj", "token"):
             if token in self.live_uploads:
                 continue
             if self._manifest_token(container, obj) != token:
