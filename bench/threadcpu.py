@@ -1,6 +1,6 @@
 """Where a streamd server spends its CPU, per thread, during one upload or download.
 
-    .venv/bin/python bench/threadcpu.py FILE [--op upload|download|both] [--reps N] [--out bench/out]
+    .venv/bin/python bench/threadcpu.py FILE [--op upload|download|both] [--clients N] [--reps N] [--out bench/out]
 
 Starts streamd (defaults, a fresh data directory), uploads FILE with
 ``curl -T`` (Content-Length, ``Expect:`` off), downloads it with
@@ -9,7 +9,10 @@ client's CPU and the server's CPU-seconds per GiB split by thread: the event
 loop (the main thread) and each worker thread, busiest first (hash threads,
 store writer, copy threads; Python does not name OS threads, so they are
 numbered). Threads are sampled from ``/proc/PID/task/*/stat`` every 50 ms, so
-short-lived workers are counted too.
+short-lived workers are counted too. ``--clients N`` runs N curls at once, each on its own
+image, and reports per GiB of all of them: compare ``--clients 1`` with ``--clients 4`` for how
+the server's CPU per GiB holds up under concurrency (threads are then grouped by name prefix,
+e.g. ``upload-hash``, ``upload-write``).
 
 This is the measurement behind the upload ceiling in the issue notes: on 2
 cores, md5 and sha512 alone are ~2.7 CPU-s/GiB.
@@ -51,12 +54,14 @@ class ThreadSampler:
         self.pid = pid
         self.before = thread_cpu(pid)
         self.seen: dict[int, float] = dict(self.before)
+        self.names: dict[int, str] = thread_names(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             self.seen.update(thread_cpu(self.pid))
+            self.names.update(thread_names(self.pid))
 
     def __enter__(self) -> "ThreadSampler":
         self._thread.start()
@@ -71,45 +76,74 @@ class ThreadSampler:
         return {tid: cpu - self.before.get(tid, 0.0) for tid, cpu in self.seen.items()}
 
 
-def measure(server: Streamd, label: str, cmd: list[str], size: int) -> None:
+def thread_names(pid: int) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names[int(tid)] = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+        except OSError:
+            continue
+    return names
+
+
+def measure(server: Streamd, label: str, cmds: list[list[str]], size: int) -> float:
+    """Run the commands at once; print the server's CPU per GiB of all of them; return it."""
     children = os.times()
     start = time.perf_counter()
     with ThreadSampler(server.pid) as sampler:
-        subprocess.run(cmd, check=True)
+        procs = [subprocess.Popen(cmd) for cmd in cmds]
+        codes = [p.wait() for p in procs]
     wall = time.perf_counter() - start
+    if any(codes):
+        raise SystemExit(f"{label}: curl failed: exit codes {codes}")
     after = os.times()
     curl_cpu = (after.children_user + after.children_system - children.children_user - children.children_system)
-    gib = size / GiB
+    total = size * len(cmds)
+    gib = total / GiB
     used = sampler.used()
     loop = used.pop(server.pid, 0.0)
-    workers = sorted((cpu for cpu in used.values() if cpu > 0.005), reverse=True)
-    print(f"{label}: {size / wall / 1e6:.0f} MB/s; curl {curl_cpu / gib:.2f} CPU-s/GiB; server "
-          f"{(loop + sum(workers)) / gib:.2f} CPU-s/GiB")
+    server_cpu = loop + sum(used.values())
+    print(f"{label}: {len(cmds)} client(s), {total / wall / 1e6:.0f} MB/s aggregate; curl {curl_cpu / gib:.2f} "
+          f"CPU-s/GiB; server {server_cpu / gib:.2f} CPU-s/GiB")
     print(f"  event loop (main thread)  {loop / gib:5.2f}")
-    for n, cpu in enumerate(workers, 1):
-        print(f"  worker thread {n:<11} {cpu / gib:5.2f}")
+    if len(cmds) == 1:
+        workers = sorted((cpu for cpu in used.values() if cpu > 0.005), reverse=True)
+        for n, cpu in enumerate(workers, 1):
+            print(f"  worker thread {n:<11} {cpu / gib:5.2f}")
+    else:
+        # Linux truncates names to 15 characters; group by the name without its trailing number.
+        groups: dict[str, list[float]] = {}
+        for tid, cpu in used.items():
+            name = sampler.names.get(tid, "?").rstrip("0123456789_-") or "?"
+            groups.setdefault(name, []).append(cpu)
+        for name, cpus in sorted(groups.items(), key=lambda item: -sum(item[1])):
+            if sum(cpus) > 0.005:
+                print(f"  {name:<16} x{len(cpus):<3} {sum(cpus) / gib:5.2f}")
+    return server_cpu / gib
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("--op", choices=("upload", "download", "both"), default="both")
+    parser.add_argument("--clients", type=int, default=1, help="uploads (and downloads) at once, each of its own image")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
     args = parser.parse_args()
     size = args.file.stat().st_size
     with Streamd(args.out.resolve() / "threadcpu") as server:
         for rep in range(args.reps):
-            image_id = server.create_image(f"threadcpu-{rep}")
-            url = server.file_url(image_id)
-            upload = ["curl", "-sS", "-f", "-T", str(args.file), "-X", "PUT", "-H",
-                      "Content-Type: application/octet-stream", "-H", "Expect:", url]
+            urls = [server.file_url(server.create_image(f"threadcpu-{rep}-{n}")) for n in range(args.clients)]
+            uploads = [["curl", "-sS", "-f", "-T", str(args.file), "-X", "PUT", "-H",
+                        "Content-Type: application/octet-stream", "-H", "Expect:", url] for url in urls]
             if args.op in ("upload", "both"):
-                measure(server, f"rep {rep + 1} upload", upload, size)
+                measure(server, f"rep {rep + 1} upload", uploads, size)
             else:
-                subprocess.run(upload, check=True)
+                for upload in uploads:
+                    subprocess.run(upload, check=True)
             if args.op in ("download", "both"):
-                measure(server, f"rep {rep + 1} download", ["curl", "-sS", "-f", "-o", "/dev/null", url], size)
+                measure(server, f"rep {rep + 1} download",
+                        [["curl", "-sS", "-f", "-o", "/dev/null", url] for url in urls], size)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,22 @@ class DefaultOptions:
     image_size_cap: int = opt(
         1099511627776, _int_range(0, 9223372036854775808),
         "Largest image, in bytes, that can be uploaded (413 past it).")
+    upload_worker_threads: int = opt(
+        0, _int_range(0, 1024),
+        "Threads of the node's one hash pool, shared by every upload, stage, import and cache fill "
+        "(md5, os_hash_value, signature hashes): 0 is one per core, so that no more hash threads are "
+        "busy than there are cores however many clients upload at once.")
+    upload_writer_threads: int = opt(
+        8, _int_range(1, 1024),
+        "Threads of the node's one store-writer pool, shared by every upload, stage, import and cache "
+        "fill (blocking writes to the file store, Ceph, S3 or Swift). A write waiting on a slow store "
+        "holds one of them.")
+    upload_buffer_size: int = opt(
+        32 << 20, _size,
+        "Bytes of one upload (or stage or import) read from its client and not yet hashed and written "
+        "(suffixes KB, MB, GB); past it the client's socket is read no further until the "
+        "consumers catch up. All streams together are also held to a bound that grows with the "
+        "pools' threads (two 4 MiB batches per thread).")
     hashing_algorithm: str = opt(
         "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
     use_json: bool = opt(

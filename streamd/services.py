@@ -31,6 +31,7 @@ from .identity.keystone import RENEW_CHECK_INTERVAL
 from .imports import Importer, StagingArea
 from .notifications import Notifier
 from .pipeline import ImageDelivery, Prefetcher, Scrubber, verify_stale_entry
+from .pipeline import workpool
 from .pipeline.inflight import InflightUploads
 from .pipeline.peers import PeerClient
 from .policy import PolicyEnforcer, PropertyProtections, protections_from_config, settings_from_config
@@ -83,6 +84,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if config.metrics.enabled:
             metrics.enable()
             stack.callback(metrics.disable)
+        # The data path's shared hash and store-writer threads, for every stream of this node;
+        # shut down last, once every stream that used them has ended.
+        pools = workpool.install(config.default.upload_worker_threads, config.default.upload_writer_threads)
+        stack.callback(workpool.release, pools)
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
                                      pool_size=config.database.pool_size)
         stack.push_async_callback(catalog.close)
@@ -145,6 +150,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         stack.push_async_callback(health.stop)
         uploads = InflightUploads()
         if config.metrics.enabled:
+            metrics.watch("streamd_data_path_queued_bytes",
+                          "Bytes handed to the shared hash and writer pools and not yet consumed", lambda: pools.queued)
             jobs.add(loop_lag_job(config.metrics.event_loop_lag_interval, metrics.loop_lag))
             _watch_queues(uploads, importer, cache, jobs)
         jobs.start()

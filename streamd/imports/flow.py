@@ -525,7 +525,8 @@ class Importer:
                         others, plan.image_id, file_chunks(fd), declared_size=size,
                         size_cap=self.config.default.image_size_cap,
                         hashing_algorithm=self.config.default.hashing_algorithm if meta is None else None,
-                        isolate=not must_all, progress=progress, operation="import")
+                        isolate=not must_all, progress=progress, operation="import",
+                        max_inflight=self.limits.max_inflight)
                 except StreamdError as exc:
                     if must_all or not stored:
                         raise
@@ -605,7 +606,7 @@ class Importer:
                     targets, plan.image_id, reader_chunks(reader), declared_size=reader.size,
                     size_cap=self.config.default.image_size_cap, hashing_algorithm=None,
                     isolate=not plan.all_stores_must_succeed, progress=progress, signature=verifier,
-                    operation="import")
+                    operation="import", max_inflight=self.limits.max_inflight)
                 metrics.store_bytes(source.name, "out", "copy", ingested.size)
             finally:
                 reader.close()

@@ -75,7 +75,7 @@ class StagingArea:
         ingested = await write_to_stores(
             [self.store], image.id, chunks, declared_size=declared_size, size_cap=limits.size_cap,
             hashing_algorithm=limits.hashing_algorithm, inspection=inspection, progress=progress, budget=budget,
-            signature=signature, operation="stage")
+            signature=signature, operation="stage", max_inflight=limits.max_inflight)
         digests = ingested.digests
         assert digests is not None
         meta = StagedMeta(ingested.size, digests.checksum, digests.os_hash_algo, digests.os_hash_value,

@@ -373,10 +373,10 @@ class ImageDelivery:
             position += len(chunk)
             loop.call_soon_threadsafe(fill.advance, len(chunk))
 
-        consumers: list[Callable[[bytes], object]] = [fast.update, write]
+        hashers: list[Callable[[bytes], object]] = [fast.update]
         if not quick_check:
-            consumers += [hasher.update_md5, hasher.update_os_hash]
-        fanout = FanOut(consumers, name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
+            hashers += [hasher.update_md5, hasher.update_os_hash]
+        fanout = FanOut(hashers, [write], name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
         store_source = ReaderSource(reader, "store") if reader is not None else None
         if store_source is not None:
             chunks = store_source.chunks(0, fill.size)

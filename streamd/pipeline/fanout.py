@@ -1,19 +1,28 @@
 """Feed each chunk of a stream to several blocking consumers at once, off the event loop.
 
 Every consumer (the md5 hasher, the ``os_hash_value`` hasher, the store
-writer) has its own worker thread and sees the chunks in order; consumers run
-beside each other and beside the socket reads on the loop. hashlib and file
-writes release the GIL on large buffers, so the stream goes as fast as the
-slowest single consumer. Memory stays bounded: ``feed`` waits once more than
-``max_inflight`` bytes are queued.
+writer) is a lane of the process-wide pools (``workpool``): hashers on the hash
+pool (never more busy hash threads than cores, whatever the number of streams),
+writers on the writer pool. A consumer sees the chunks in order, one batch at a
+time; consumers run beside each other and beside the socket reads on the loop.
+hashlib and file writes release the GIL on large buffers, so one stream goes
+as fast as its slowest single consumer, and many streams share the cores
+instead of crowding them with threads of their own.
+
+Memory stays bounded: ``feed_many`` waits once more than ``max_inflight``
+bytes of this stream are queued, or once all streams together have queued more
+than the pools' ``max_queued``; it then waits for this stream's own oldest batch,
+so a slow consumer holds back only the socket of its own stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable
+
+from . import workpool
 
 Consumer = Callable[[bytes], None]
 
@@ -24,13 +33,28 @@ def _consume_all(consume: Consumer, pieces: list[bytes]) -> None:
 
 
 class FanOut:
-    def __init__(self, consumers: list[Consumer], *, max_inflight: int = 16 << 20, name: str = "fanout") -> None:
-        self._consumers = consumers
-        self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{n}") for n in range(len(consumers))]
-        self._pending: collections.deque[tuple[int, asyncio.Future[list[None]]]] = collections.deque()
+    def __init__(self, hashers: list[Consumer], writers: list[Consumer] = (), *,  # type: ignore[assignment]
+                 max_inflight: int = 16 << 20, name: str = "fanout",
+                 pools: workpool.WorkPools | None = None) -> None:
+        self.name = name
+        self._pools = pools if pools is not None else workpool.current()
+        self._lanes = ([(self._pools.hash.lane(), c) for c in hashers]
+                       + [(self._pools.write.lane(), c) for c in writers])
+        # Per batch: its size, all its consumers' jobs as one future, and the pool's own futures.
+        self._pending: collections.deque[tuple[int, asyncio.Future[list[None]], list[Future[None]]]] = \
+            collections.deque()
         self._inflight = 0
         self._max_inflight = max_inflight
         self._closed = False
+
+    @property
+    def inflight(self) -> int:
+        """Bytes fed and not yet seen by every consumer."""
+        return self._inflight
+
+    def idle(self) -> bool:
+        """True when every consumer has finished what it was given (nothing to overlap with)."""
+        return not self._pending or self._pending[-1][1].done()
 
     async def feed(self, chunk: bytes) -> None:
         """Queue ``chunk`` for every consumer; raises the first error a consumer hit."""
@@ -38,18 +62,20 @@ class FanOut:
 
     async def feed_many(self, pieces: list[bytes]) -> None:
         """Queue several pieces as one job per consumer (fewer thread hops than one job per piece)."""
-        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError(f"{self.name}: fed after close or abort")
         size = sum(len(p) for p in pieces)
-        jobs = [loop.run_in_executor(worker, _consume_all, consume, pieces)
-                for worker, consume in zip(self._workers, self._consumers)]
-        self._pending.append((size, asyncio.gather(*jobs)))
+        jobs = [lane.submit(_consume_all, consume, pieces) for lane, consume in self._lanes]
+        self._pending.append((size, asyncio.gather(*(asyncio.wrap_future(job) for job in jobs)), jobs))
         self._inflight += size
-        while self._inflight > self._max_inflight:
+        self._pools.add_queued(size)
+        while self._pending and (self._inflight > self._max_inflight or self._pools.over_budget()):
             await self._settle_oldest()
 
     async def _settle_oldest(self) -> None:
-        size, done = self._pending.popleft()
+        size, done, _ = self._pending.popleft()
         self._inflight -= size
+        self._pools.add_queued(-size)
         await done
 
     async def drain(self) -> None:
@@ -58,33 +84,30 @@ class FanOut:
             await self._settle_oldest()
 
     async def close(self) -> None:
-        """Drain, then release the worker threads."""
+        """Drain; nothing may be fed after."""
         try:
             await self.drain()
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Release the threads once everything fed has been consumed (after ``drain``)."""
-        if self._closed:
-            return
+        """Nothing more will be fed (the pools' threads are shared: nothing to release)."""
         self._closed = True
-        for worker in self._workers:
-            worker.shutdown(wait=False)
 
     async def abort(self) -> None:
         """Stop: queued chunks are dropped; returns once no consumer is running any more,
         so that what they write to (a file descriptor) can be closed safely."""
-        for _, done in self._pending:
-            done.cancel()
+        self._closed = True
+        running: list[Future[None]] = []
+        while self._pending:
+            size, done, jobs = self._pending.popleft()
+            self._inflight -= size
+            self._pools.add_queued(-size)
             # Retrieved, so that a consumer's error behind the one being handled is not logged as lost.
             done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._pending.clear()
-        self._closed = True
-        workers = self._workers
-
-        def stop_all() -> None:
-            for worker in workers:
-                worker.shutdown(wait=True, cancel_futures=True)
-
-        await asyncio.to_thread(stop_all)
+            for job in jobs:
+                # A job not started is skipped by its lane; one running cannot be stopped: wait for it.
+                if not job.cancel() and not job.done():
+                    running.append(job)
+        if running:
+            await asyncio.wait([asyncio.wrap_future(job) for job in running])

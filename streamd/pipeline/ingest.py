@@ -7,7 +7,8 @@ copied data fanned out to all of them); ``measure`` is the same stream with no
 store (hash and inspect a file a plugin rewrote). The size cap and a
 declared size are enforced while streaming; the optional format inspection sees
 each chunk before it is stored; the md5 and ``os_hash_value`` hashes and every
-store writer run in their own threads beside the socket or file reads; so does
+store writer run on the process-wide worker pools (``workpool``) beside the socket or file
+reads, hashes on the hash pool and writers on the writer pool; so does
 the hash an image signature covers (``signature``): a ``SignatureVerifier`` is
 checked once the stream is whole, before any store commits (a mismatch aborts
 the write like any failure: nothing stays in any store), a bare
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from .. import metrics
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
@@ -124,21 +125,21 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
                 failed_early.error = exc
                 guarded.append(failed_early)
         hasher = ImageHasher(hashing_algorithm) if hashing_algorithm else None
-        consumers: list[Consumer] = [hasher.update_md5, hasher.update_os_hash] if hasher else []
+        hashers: list[Consumer] = [hasher.update_md5, hasher.update_os_hash] if hasher else []
         # A signature over the os_hash algorithm's digest (SHA-512 and the default hashing_algorithm)
         # shares that hash; any other is one more consumer.
         sig_name = signature.hashlib_name if isinstance(signature, SignatureHash) else (
             signature.hash.hashlib_name if signature is not None else None)
         shared = hasher is not None and sig_name == hashing_algorithm
         if signature is not None and not shared:
-            consumers.append(signature.update)
-        consumers += [g.write if isolate else g.writer.write for g in guarded if g.error is None]
-        fanout = FanOut(consumers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
+            hashers.append(signature.update)
+        writers: list[Consumer] = [g.write if isolate else g.writer.write for g in guarded if g.error is None]
+        fanout = FanOut(hashers, writers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
         # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).
         counted = 0
         names = [g.store.name for g in guarded if g.error is None]
-        async with contextlib.aclosing(_batches(chunks, BATCH)) as batches:
+        async with contextlib.aclosing(_batches(chunks, BATCH, fanout.idle)) as batches:
             async for batch in batches:
                 for chunk in batch:
                     received += len(chunk)
@@ -193,17 +194,21 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         raise
 
 
-async def _batches(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[list[bytes]]:
+async def _batches(chunks: AsyncIterator[bytes], limit: int,
+                   idle: Callable[[], bool] = lambda: True) -> AsyncIterator[list[bytes]]:
     """Group the source's pieces (a socket gives a few hundred KiB at a time) into lists of about
     ``limit`` bytes: one thread hop per consumer per list. A list is handed on early when the source
-    has nothing more right now, so a slow client's bytes are stored as they come, not held back."""
+    has nothing more right now and the consumers are ``idle`` (done with what they had), so a slow
+    client's bytes are stored as they come, not held back. While the consumers are still busy
+    (many streams sharing the pools) there is nothing to gain from a small batch: it grows to
+    ``limit``, and the thread hops and lane turns per GiB stay as few as with one client."""
     source = chunks.__aiter__()
     batch: list[bytes] = []
     size = 0
     following: asyncio.Future[bytes] = asyncio.ensure_future(source.__anext__())
     try:
         while True:
-            if batch and not following.done():
+            if batch and not following.done() and idle():
                 await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
                 if not following.done():
                     yield batch

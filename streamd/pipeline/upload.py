@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class UploadLimits:
     size_cap: int
     hashing_algorithm: str
-    # A few chunks in flight keep every consumer busy; more would only cost memory per upload.
-    max_inflight: int = 16 << 20
+    # A few chunks in flight keep every consumer busy; more would only cost memory per upload
+    # ([DEFAULT] upload_buffer_size).
+    max_inflight: int = 32 << 20
     # Format inspection of container_format=bare images ([image_format] options).
     require_image_format_match: bool = True
     gpt_safety_checks_nonfatal: frozenset[str] = frozenset()
@@ -44,6 +45,7 @@ class UploadLimits:
     def from_config(cls, config: Config, signatures: Signatures | None = None) -> "UploadLimits":
         """The limits every way in (upload, stage, web-download, import) takes from the configuration."""
         return cls(size_cap=config.default.image_size_cap, hashing_algorithm=config.default.hashing_algorithm,
+                   max_inflight=config.default.upload_buffer_size,
                    require_image_format_match=config.image_format.require_image_format_match,
                    gpt_safety_checks_nonfatal=frozenset(config.image_format.gpt_safety_checks_nonfatal),
                    signatures=signatures)
