@@ -1,0 +1,180 @@
+"""The data path's shared worker pools (pipeline/workpool.py) in a real daemon: concurrent
+uploads all land whole, the threads stay bounded however many clients there are, an upload
+cut off midway frees what it held, and a failing store write fails only its own upload."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import MEMBER_A, Daemon, free_port, start_daemon, stop_daemon
+
+OCTET = {"Content-Type": "application/octet-stream"}
+MiB = 1 << 20
+
+
+def payload(size: int, seed: int) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(size)
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except OSError:
+            continue  # ended meanwhile
+    return names
+
+
+async def create(session: aiohttp.ClientSession, base: str) -> str:
+    async with session.post(f"{base}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
+                            headers=MEMBER_A) as reply:
+        assert reply.status == 201, await reply.text()
+        return str((await reply.json())["id"])
+
+
+async def show(session: aiohttp.ClientSession, base: str, image_id: str) -> dict:
+    async with session.get(f"{base}/v2/images/{image_id}", headers=MEMBER_A) as reply:
+        assert reply.status == 200
+        return dict(await reply.json())
+
+
+async def upload(session: aiohttp.ClientSession, base: str, image_id: str, data: bytes,
+                 store: str | None = None) -> tuple[int, str]:
+    headers = {**MEMBER_A, **OCTET, **({"X-Image-Meta-Store": store} if store else {})}
+    async with session.put(f"{base}/v2/images/{image_id}/file", data=io.BytesIO(data), headers=headers) as reply:
+        return reply.status, await reply.text()
+
+
+def incoming(store_dir: Path) -> list[str]:
+    root = store_dir / ".incoming"
+    return [p.name for p in root.iterdir()] if root.exists() else []
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Daemon:
+    return start_daemon(tmp_path, "upload_worker_threads = 2\nupload_writer_threads = 3\n"
+                                  "upload_buffer_size = 8MB\n")
+
+
+async def test_concurrent_uploads_land_whole_with_bounded_threads(pooled: Daemon) -> None:
+    base, pid = pooled.url, pooled.process.pid
+    try:
+        async with aiohttp.ClientSession() as session:
+            datas = [payload(24 * MiB + n * 4099, seed=n) for n in range(8)]
+            ids = [await create(session, base) for _ in datas]
+            before = thread_names(pid)
+            peak: list[str] = before
+            sampling = True
+
+            async def sample() -> None:
+                nonlocal peak
+                while sampling:
+                    names = thread_names(pid)
+                    if len(names) > len(peak):
+                        peak = names
+                    await asyncio.sleep(0.01)
+
+            sampler = asyncio.create_task(sample())
+            results = await asyncio.gather(*(upload(session, base, i, d) for i, d in zip(ids, datas)))
+            sampling = False
+            await sampler
+            assert [status for status, _ in results] == [204] * 8, results
+            for image_id, data in zip(ids, datas):
+                shown = await show(session, base, image_id)
+                assert shown["status"] == "active"
+                assert shown["size"] == len(data)
+                assert shown["checksum"] == hashlib.md5(data).hexdigest()
+                assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+                async with session.get(f"{base}/v2/images/{image_id}/file", headers=MEMBER_A) as reply:
+                    assert await reply.read() == data
+    finally:
+        stop_daemon(pooled)
+    # The hashing and the writes of all 8 uploads ran on the pools' threads, never more than configured.
+    assert 1 <= sum(1 for n in peak if n.startswith("hash-pool")) <= 2, peak
+    assert 1 <= sum(1 for n in peak if n.startswith("write-pool")) <= 3, peak
+    # No threads per request: 8 uploads with 2 consumers each and a writer would have added 24.
+    others = [n for n in peak if not n.startswith(("hash-pool", "write-pool"))]
+    assert len(others) <= len(before) + 8, (before, peak)
+
+
+async def test_upload_cut_off_midway_frees_its_share_of_the_pools(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    daemon = start_daemon(tmp_path, f"upload_worker_threads = 1\n[metrics]\nenabled = true\n"
+                                    f"bind_port = {metrics_port}\n")
+    store_dir = daemon.data_dir / "images" / "fs"
+    try:
+        async with aiohttp.ClientSession() as session:
+            image_id = await create(session, daemon.url)
+            host, port = daemon.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write((f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                          f"X-Project-Id: {MEMBER_A['X-Project-Id']}\r\nX-Roles: member\r\n"
+                          "Content-Type: application/octet-stream\r\nContent-Length: 209715200\r\n\r\n").encode())
+            for n in range(24):
+                writer.write(payload(MiB, seed=n))
+                await writer.drain()
+            for _ in range(200):
+                if (await show(session, daemon.url, image_id))["status"] == "saving":
+                    break
+                await asyncio.sleep(0.02)
+            writer.transport.abort()
+            for _ in range(400):
+                status = (await show(session, daemon.url, image_id))["status"]
+                if status == "queued" and not incoming(store_dir):
+                    break
+                await asyncio.sleep(0.025)
+            assert status == "queued"
+            assert incoming(store_dir) == [] and not (store_dir / image_id).exists()
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as reply:
+                text = await reply.text()
+            queued = re.search(r"^streamd_data_path_queued_bytes (\S+)$", text, re.M)
+            assert queued is not None, text[:2000]
+            assert float(queued.group(1)) == 0.0
+            # The pools serve the next uploads as before (a single hash thread: nothing left busy on it).
+            again = payload(12 * MiB, seed=99)
+            assert (await upload(session, daemon.url, image_id, again))[0] == 204
+            shown = await show(session, daemon.url, image_id)
+            assert shown["status"] == "active" and shown["checksum"] == hashlib.md5(again).hexdigest()
+    finally:
+        stop_daemon(daemon)
+
+
+async def test_failing_store_write_fails_only_its_own_upload(tmp_path: Path) -> None:
+    """A 2 MiB tmpfs as a second file store (needs root, as in CI): the upload into it runs out
+    of space midway while three others into the main store, sharing the same writer thread, land."""
+    small = tmp_path / "small"
+    small.mkdir()
+    assert os.system(f"mount -t tmpfs -o size=2m tmpfs {small}") == 0, "mounting a tmpfs needs root"
+    try:
+        daemon = start_daemon(tmp_path, "upload_writer_threads = 1\nenabled_backends = fs:file, small:file\n"
+                                        f"[glance_store]\ndefault_backend = fs\n"
+                                        f"[small]\nfilesystem_store_datadir = {small}\n")
+        try:
+            async with aiohttp.ClientSession() as session:
+                datas = [payload(16 * MiB, seed=n) for n in range(3)]
+                ids = [await create(session, daemon.url) for _ in range(4)]
+                results = await asyncio.gather(
+                    upload(session, daemon.url, ids[0], payload(8 * MiB, seed=7), store="small"),
+                    *(upload(session, daemon.url, i, d) for i, d in zip(ids[1:], datas)))
+                (status, body), *others = results
+                assert status == 413 and "space" in body, body
+                assert [s for s, _ in others] == [204] * 3, others
+                assert (await show(session, daemon.url, ids[0]))["status"] == "queued"
+                assert incoming(small) == []
+                for image_id, data in zip(ids[1:], datas):
+                    shown = await show(session, daemon.url, image_id)
+                    assert shown["status"] == "active"
+                    assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
+        finally:
+            stop_daemon(daemon)
+    finally:
+        os.system(f"umount {small}")
