@@ -317,7 +317,7 @@ class DefaultOptions:
         "Bytes of one upload (or stage or import) read from its client and not yet hashed and written "
         "(suffixes KB, MB, GB); past it the client's socket is read no further until the "
         "consumers catch up. All streams together are also held to a bound that grows with the "
-        "pools' threads (two 4 MiB batches per thread).")
+        "hash pool's threads (two 4 MiB batches per thread, plus two).")
     hashing_algorithm: str = opt(
         "sha512", _hash_algorithm, "Algorithm for os_hash_value (any hashlib algorithm; Glance's default sha512).")
     use_json: bool = opt(

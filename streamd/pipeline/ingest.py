@@ -205,19 +205,29 @@ async def _batches(chunks: AsyncIterator[bytes], limit: int,
     source = chunks.__aiter__()
     batch: list[bytes] = []
     size = 0
-    following: asyncio.Future[bytes] = asyncio.ensure_future(source.__anext__())
+    # The next piece as a task, only while a batch waits to be handed on early: the task tells
+    # whether the source has more right now. Otherwise (an empty batch, or busy consumers) the
+    # piece is awaited directly: no task per piece, which is most of the loop's cost per GiB
+    # when many streams run at once.
+    following: asyncio.Future[bytes] | None = None
     try:
         while True:
-            if batch and not following.done() and idle():
-                await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
+            if batch and idle():
+                if following is None:
+                    following = asyncio.ensure_future(source.__anext__())
                 if not following.done():
-                    yield batch
-                    batch, size = [], 0
+                    await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
+                    if not following.done():
+                        yield batch
+                        batch, size = [], 0
             try:
-                chunk = await following
+                if following is not None:
+                    chunk = await following
+                    following = None
+                else:
+                    chunk = await source.__anext__()
             except StopAsyncIteration:
                 break
-            following = asyncio.ensure_future(source.__anext__())
             if chunk:
                 batch.append(chunk)
                 size += len(chunk)
@@ -227,7 +237,7 @@ async def _batches(chunks: AsyncIterator[bytes], limit: int,
         if batch:
             yield batch
     finally:
-        if not following.done():
+        if following is not None and not following.done():
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await following

@@ -157,8 +157,10 @@ class WorkPools:
                  max_queued: int | None = None) -> None:
         self.hash = Pool(HASH_THREAD_NAME, hash_threads or default_hash_threads())
         self.write = Pool(WRITER_THREAD_NAME, max(1, writer_threads))
-        # Two batches per thread keep every thread busy while the next batch is read.
-        self.max_queued = max_queued if max_queued is not None else 2 * CHUNK * (self.hash.threads + self.write.threads)
+        # Two batches per hash thread (and two for the writers) keep every core busy while the next
+        # batches are read; the writers mostly wait on their stores and need no more. Each stream
+        # keeps at least one batch in flight, whatever this bound.
+        self.max_queued = max_queued if max_queued is not None else 2 * CHUNK * (self.hash.threads + 2)
         self._queued = 0
         self._lock = threading.Lock()
 
