@@ -14,7 +14,8 @@ class Digests:
 
 
 class ImageHasher:
-    """Two independent hash objects, each updated from its own thread by ``FanOut``."""
+    """Two independent hash objects, each a lane of the shared hash pool (``FanOut``): each is
+    updated by one thread at a time, in order, and the two may run side by side."""
 
     def __init__(self, algorithm: str) -> None:
         self.algorithm = algorithm

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import logging
 import os
 import threading
@@ -60,7 +59,7 @@ def _name_os_thread(name: str) -> None:
     global _libc
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's prctl
         _libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         return  # not Linux: the Python name is all there is

@@ -61,7 +61,8 @@ class Writer(abc.ABC):
 
     @abc.abstractmethod
     def write(self, chunk: bytes) -> None:
-        """Append ``chunk``. Blocking; called from one worker thread, chunks in order."""
+        """Append ``chunk``. Blocking; called from the node's store-writer pool, one call at a
+        time and chunks in order (not always from the same thread)."""
 
     @abc.abstractmethod
     async def commit(self) -> StoredData:
