@@ -178,3 +178,43 @@ async def test_failing_store_write_fails_only_its_own_upload(tmp_path: Path) -> 
             stop_daemon(daemon)
     finally:
         os.system(f"umount {small}")
+
+
+async def test_abort_waits_for_the_running_job_and_skips_the_queued() -> None:
+    """FanOut.abort returns only once no consumer runs (its file descriptor may then be closed);
+    what was queued behind is never run, and the pools' queue is given back."""
+    import threading
+
+    from streamd.pipeline.fanout import FanOut
+    from streamd.pipeline.workpool import WorkPools
+
+    pools = WorkPools(1, 1)
+    try:
+        started, release = threading.Event(), threading.Event()
+        seen: list[bytes] = []
+
+        def slow_write(piece: bytes) -> None:
+            started.set()
+            release.wait(10)
+            seen.append(piece)
+
+        fanout = FanOut([hashlib.md5().update], [slow_write], max_inflight=1 << 30, pools=pools)
+        for n in range(3):
+            await fanout.feed_many([bytes([n]) * 10])
+        assert pools.queued == 30
+        await asyncio.to_thread(started.wait, 10)
+        aborting = asyncio.create_task(fanout.abort())
+        await asyncio.sleep(0.1)
+        assert not aborting.done()  # the first write is still running
+        release.set()
+        await asyncio.wait_for(aborting, 10)
+        assert seen == [bytes([0]) * 10]
+        assert pools.queued == 0
+        # Other streams go on on the same threads.
+        other: list[bytes] = []
+        again = FanOut([], [other.append], pools=pools)
+        await again.feed_many([b"a", b"b"])
+        await again.close()
+        assert other == [b"a", b"b"]
+    finally:
+        pools.shutdown()
