@@ -309,9 +309,9 @@ class DefaultOptions:
         "busy than there are cores however many clients upload at once.")
     upload_writer_threads: int = opt(
         8, _int_range(1, 1024),
-        "Threads of the node's one store-writer pool, shared by every upload, stage, import and cache "
-        "fill (blocking writes to the file store, Ceph, S3 or Swift). A write waiting on a slow store "
-        "holds one of them.")
+        "Threads of each store's writer pool (and of the cache's), shared by every upload, stage, "
+        "import and cache fill into it (blocking writes to the file store, Ceph, S3 or Swift). A write "
+        "waiting on a slow store holds one of that store's threads, none of the others'.")
     upload_buffer_size: int = opt(
         32 << 20, _size,
         "Bytes of one upload (or stage or import) read from its client and not yet hashed and written "

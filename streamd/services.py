@@ -84,7 +84,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if config.metrics.enabled:
             metrics.enable()
             stack.callback(metrics.disable)
-        # The data path's shared hash and store-writer threads, for every stream of this node;
+        # The data path's shared hash threads and per-store writer threads, for every stream of this node;
         # shut down last, once every stream that used them has ended.
         pools = workpool.install(config.default.upload_worker_threads, config.default.upload_writer_threads)
         stack.callback(workpool.release, pools)

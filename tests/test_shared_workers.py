@@ -150,7 +150,7 @@ async def test_upload_cut_off_midway_frees_its_share_of_the_pools(tmp_path: Path
 
 async def test_failing_store_write_fails_only_its_own_upload(tmp_path: Path) -> None:
     """A 2 MiB tmpfs as a second file store (needs root, as in CI): the upload into it runs out
-    of space midway while three others into the main store, sharing the same writer thread, land."""
+    of space midway while three others into the main store, sharing the same hash threads, land."""
     small = tmp_path / "small"
     small.mkdir()
     assert os.system(f"mount -t tmpfs -o size=2m tmpfs {small}") == 0, "mounting a tmpfs needs root"
@@ -198,7 +198,7 @@ async def test_abort_waits_for_the_running_job_and_skips_the_queued() -> None:
             release.wait(10)
             seen.append(piece)
 
-        fanout = FanOut([hashlib.md5().update], [slow_write], max_inflight=1 << 30, pools=pools)
+        fanout = FanOut([hashlib.md5().update], [("slow", slow_write)], max_inflight=1 << 30, pools=pools)
         for n in range(3):
             await fanout.feed_many([bytes([n]) * 10])
         assert pools.queued == 30
@@ -212,7 +212,7 @@ async def test_abort_waits_for_the_running_job_and_skips_the_queued() -> None:
         assert pools.queued == 0
         # Other streams go on on the same threads.
         other: list[bytes] = []
-        again = FanOut([], [other.append], pools=pools)
+        again = FanOut([], [("slow", other.append)], pools=pools)
         await again.feed_many([b"a", b"b"])
         await again.close()
         assert other == [b"a", b"b"]

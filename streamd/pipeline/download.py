@@ -376,7 +376,7 @@ class ImageDelivery:
         hashers: list[Callable[[bytes], object]] = [fast.update]
         if not quick_check:
             hashers += [hasher.update_md5, hasher.update_os_hash]
-        fanout = FanOut(hashers, [write], name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
+        fanout = FanOut(hashers, [("cache", write)], name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
         store_source = ReaderSource(reader, "store") if reader is not None else None
         if store_source is not None:
             chunks = store_source.chunks(0, fill.size)

@@ -3,7 +3,7 @@
 Every consumer (the md5 hasher, the ``os_hash_value`` hasher, the store
 writer) is a lane of the process-wide pools (``workpool``): hashers on the hash
 pool (never more busy hash threads than cores, whatever the number of streams),
-writers on the writer pool. A consumer sees the chunks in order, one batch at a
+writers on their store's writer pool. A consumer sees the chunks in order, one batch at a
 time; consumers run beside each other and beside the socket reads on the loop.
 hashlib and file writes release the GIL on large buffers, so one stream goes
 as fast as its slowest single consumer, and many streams share the cores
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import workpool
 
@@ -33,13 +33,14 @@ def _consume_all(consume: Consumer, pieces: list[bytes]) -> None:
 
 
 class FanOut:
-    def __init__(self, hashers: list[Consumer], writers: list[Consumer] = (), *,  # type: ignore[assignment]
+    def __init__(self, hashers: Sequence[Consumer], writers: Sequence[tuple[str, Consumer]] = (), *,
                  max_inflight: int = 16 << 20, name: str = "fanout",
                  pools: workpool.WorkPools | None = None) -> None:
+        """``writers``: (store name, its writer's ``write``), each a lane of that store's writer pool."""
         self.name = name
         self._pools = pools if pools is not None else workpool.current()
         self._lanes = ([(self._pools.hash.lane(), c) for c in hashers]
-                       + [(self._pools.write.lane(), c) for c in writers])
+                       + [(self._pools.writer(store).lane(), c) for store, c in writers])
         # Per batch: its size, all its consumers' jobs as one future, and the pool's own futures.
         self._pending: collections.deque[tuple[int, asyncio.Future[list[None]], list[Future[None]]]] = \
             collections.deque()

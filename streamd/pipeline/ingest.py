@@ -8,7 +8,7 @@ store (hash and inspect a file a plugin rewrote). The size cap and a
 declared size are enforced while streaming; the optional format inspection sees
 each chunk before it is stored; the md5 and ``os_hash_value`` hashes and every
 store writer run on the process-wide worker pools (``workpool``) beside the socket or file
-reads, hashes on the hash pool and writers on the writer pool; so does
+reads, hashes on the hash pool and writers on their store's writer pool; so does
 the hash an image signature covers (``signature``): a ``SignatureVerifier`` is
 checked once the stream is whole, before any store commits (a mismatch aborts
 the write like any failure: nothing stays in any store), a bare
@@ -133,7 +133,8 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         shared = hasher is not None and sig_name == hashing_algorithm
         if signature is not None and not shared:
             hashers.append(signature.update)
-        writers: list[Consumer] = [g.write if isolate else g.writer.write for g in guarded if g.error is None]
+        writers: list[tuple[str, Consumer]] = [(g.store.name, g.write if isolate else g.writer.write)
+                                               for g in guarded if g.error is None]
         fanout = FanOut(hashers, writers, max_inflight=max_inflight, name=f"ingest-{image_id[:8]}")
         received = 0
         # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).

@@ -6,8 +6,9 @@ two pools instead of starting threads of its own:
 - the **hash pool** (``upload_worker_threads``; 0, the default, is one thread per
   core) runs md5, ``os_hash_value``, signature and cache-fill hashes: CPU work, so
   never more busy hash threads than cores, however many clients there are;
-- the **writer pool** (``upload_writer_threads``) runs the store writers' blocking
-  ``write`` calls (mostly waiting on a disk, Ceph or an object store).
+- a **writer pool** per store (``upload_writer_threads`` threads each) runs the store
+  writers' blocking ``write`` calls (mostly waiting on a disk, Ceph or an object store): a
+  stalled store holds only its own pool's threads, never the writes to the other stores.
 
 A stream's consumer is a :class:`Lane`: its jobs run one at a time, in the order
 they were submitted, on whichever thread of its pool is free; after each job the
@@ -150,18 +151,31 @@ class Lane:
 
 
 class WorkPools:
-    """The hash pool, the writer pool and the bound on the bytes all streams have queued."""
+    """The hash pool, the writer pools (one per store, made when first used) and the bound on
+    the bytes all streams have queued."""
 
     def __init__(self, hash_threads: int = 0, writer_threads: int = DEFAULT_WRITER_THREADS,
                  max_queued: int | None = None) -> None:
         self.hash = Pool(HASH_THREAD_NAME, hash_threads or default_hash_threads())
-        self.write = Pool(WRITER_THREAD_NAME, max(1, writer_threads))
+        self.writer_threads = max(1, writer_threads)
+        self._writers: dict[str, Pool] = {}
+        self._closed = False
         # Two batches per hash thread (and two for the writers) keep every core busy while the next
         # batches are read; the writers mostly wait on their stores and need no more. Each stream
         # keeps at least one batch in flight, whatever this bound.
         self.max_queued = max_queued if max_queued is not None else 2 * CHUNK * (self.hash.threads + 2)
         self._queued = 0
         self._lock = threading.Lock()
+
+    def writer(self, store: str) -> Pool:
+        """The writer pool of ``store`` (a store's name, or "cache" for the cache's fills)."""
+        with self._lock:
+            pool = self._writers.get(store)
+            if pool is None:
+                pool = self._writers[store] = Pool(WRITER_THREAD_NAME, self.writer_threads)
+                if self._closed:
+                    pool.shutdown()
+            return pool
 
     @property
     def queued(self) -> int:
@@ -177,7 +191,11 @@ class WorkPools:
 
     def shutdown(self) -> None:
         self.hash.shutdown()
-        self.write.shutdown()
+        with self._lock:
+            self._closed = True
+            writers = list(self._writers.values())
+        for pool in writers:
+            pool.shutdown()
 
 
 _installed: WorkPools | None = None
@@ -193,8 +211,8 @@ def install(hash_threads: int, writer_threads: int) -> WorkPools:
     with _install_lock:
         if _installed is None:
             _installed = WorkPools(hash_threads, writer_threads)
-            log.info("data path workers: %d hash thread(s), %d store writer thread(s)",
-                     _installed.hash.threads, _installed.write.threads)
+            log.info("data path workers: %d hash thread(s), %d writer thread(s) per store",
+                     _installed.hash.threads, _installed.writer_threads)
         _users += 1
         return _installed
 
