@@ -154,6 +154,7 @@ class ChunkDigester:
         self._lock = threading.Lock()
         self._done: dict[int, str] = {}
         self.changed = asyncio.Event()
+        self.stopping = False  # the recorder's last flush: set with ``stop``
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -176,6 +177,10 @@ class ChunkDigester:
         self._hash = blake3.blake3()
         self._in_chunk = 0
         self._loop.call_soon_threadsafe(self.changed.set)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.changed.set()
 
     def take(self) -> dict[int, str]:
         with self._lock:
@@ -512,10 +517,9 @@ class ImageDelivery:
                 if received != fill.size:
                     raise StoreFailure(f"the {source_name} stopped after {received} of {fill.size} bytes")
                 if digester is not None:
-                    assert self.peers is not None and recorder is not None
+                    # The last digests go in now; the recorder keeps the lease renewed through the commit.
+                    assert self.peers is not None
                     digester.finish()
-                    recorder.cancel()
-                    await asyncio.wait([recorder])
                     await self.peers.catalog.add_chunk_digests(image.id, digester.take())
             except OSError as exc:
                 await fanout.abort()
@@ -566,8 +570,13 @@ class ImageDelivery:
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
             raise
         finally:
-            if recorder is not None:
-                recorder.cancel()
+            if recorder is not None and digester is not None:
+                # Stopped, not cancelled: a catalogue write is never cut in the middle, and the
+                # digests it holds are in before the lease goes.
+                digester.stop()
+                await asyncio.wait([recorder])
+                if not recorder.cancelled() and recorder.exception() is not None:
+                    log.warning("image %s: recording its chunk digests failed: %s", image.id, recorder.exception())
             if leased:
                 # After the commit (and its announcement): a node asking from now on finds the cached copy.
                 await asyncio.shield(self._release_lease(image))
@@ -596,6 +605,8 @@ class ImageDelivery:
                 await asyncio.wait_for(digester.changed.wait(), every)
             digester.changed.clear()
             await self.peers.catalog.add_chunk_digests(image.id, digester.take())
+            if digester.stopping:
+                return
             if loop.time() - renewed >= every:
                 if not await self.peers.renew_lease(image):
                     log.warning("image %s: this node lost its fill lease", image.id)
