@@ -22,7 +22,8 @@ from typing import Iterator
 
 import pytest
 
-from conftest import ADMIN, Daemon, _pg_admin, free_port, pg_url, start_daemon, stop_daemon
+from conftest import ADMIN, Daemon, _pg_admin, both_databases, free_port, pg_url, start_daemon, stop_daemon
+from streamd.catalog import Catalog
 from test_cache_admin import slow_env
 from test_cache_peers import stats
 
@@ -69,6 +70,39 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@both_databases
+async def test_one_node_wins_the_fill_lease_until_it_releases_it_or_it_expires(database_url: str) -> None:
+    catalog = await Catalog.open(database_url)
+    try:
+        image = await catalog.create_image({"disk_format": "raw", "container_format": "bare"}, {}, [])
+        results = await asyncio.gather(*(catalog.take_fill_lease(image.id, f"node-{n}", f"http://n{n}", 30)
+                                         for n in range(6)))
+        assert sum(results) == 1, results
+        winner = results.index(True)
+        assert await catalog.fill_lease(image.id) == (f"node-{winner}", f"http://n{winner}")
+        assert await catalog.renew_fill_lease(image.id, f"node-{winner}", 30)
+        assert not await catalog.renew_fill_lease(image.id, "someone-else", 30)
+        # Released: the next node takes it.
+        await catalog.release_fill_lease(image.id, f"node-{winner}")
+        assert await catalog.fill_lease(image.id) is None
+        assert await catalog.take_fill_lease(image.id, "late", "http://late", 0.2)
+        assert not await catalog.take_fill_lease(image.id, "other", "http://other", 30)
+        # Expired (a dead filler that stopped renewing): no longer anyone's, and taken over.
+        await asyncio.sleep(0.4)
+        assert await catalog.fill_lease(image.id) is None
+        assert await catalog.take_fill_lease(image.id, "other", "http://other", 30)
+        assert not await catalog.renew_fill_lease(image.id, "late", 30)
+        # Chunk digests: recorded once, a second filler's record of the same chunks kept as it was.
+        await catalog.add_chunk_digests(image.id, {0: "a" * 64, 1: "b" * 64})
+        await catalog.add_chunk_digests(image.id, {1: "c" * 64, 2: "d" * 64})
+        assert await catalog.chunk_digests(image.id) == {0: "a" * 64, 1: "b" * 64, 2: "d" * 64}
+        assert await catalog.chunk_digests(image.id, 2) == {2: "d" * 64}
+        # An image that does not exist has no lease to take.
+        assert not await catalog.take_fill_lease("00000000-0000-0000-0000-000000000000", "x", "http://x", 30)
+    finally:
+        await catalog.close()
 
 
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,
@@ -181,7 +215,7 @@ def test_a_filler_killed_mid_fill_leaves_the_others_to_finish_from_the_backend(c
     a = cluster.start("a", read_delay=0.4)
     b = cluster.start("b", read_delay=0.4)
     c = cluster.start("c", read_delay=0.4)
-    data = hashlib.shake_256(b"killed").digest(40 * MiB)
+    data = hashlib.shake_256(b"killed").digest(64 * MiB)
     image_id = upload(b, data)
 
     # a is asked first: it takes the lease and fills, slowly.
@@ -211,7 +245,7 @@ def test_a_filler_killed_mid_fill_leaves_the_others_to_finish_from_the_backend(c
 def test_a_corrupt_chunk_from_the_filler_is_never_served(cluster: Cluster) -> None:
     a = cluster.start("a", read_delay=0.4)
     b = cluster.start("b")
-    data = hashlib.shake_256(b"corrupt").digest(32 * MiB)
+    data = hashlib.shake_256(b"corrupt").digest(64 * MiB)
     image_id = upload(b, data)
 
     first = threading.Thread(target=lambda: download_all([a], image_id), daemon=True)
