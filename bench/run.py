@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -117,10 +118,14 @@ def transfer(server: Server, urls: list[str], upload: Path | None, size: int) ->
     """Run one curl per URL, all at once; measure the server meanwhile."""
     with tempfile.TemporaryDirectory() as tmp:
         bodies = [Path(tmp, str(n)) if upload else Path(os.devnull) for n in range(len(urls))]
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with Meter(server.pid) as usage:
             procs = [subprocess.Popen(curl(url, upload, str(body)), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True) for url, body in zip(urls, bodies)]
             outputs = [p.communicate() for p in procs]
+        # Only the curls are reaped meanwhile (the servers run on), so this is the clients' CPU.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu_s = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
         ok, errors = [], []
         for (out, err), body in zip(outputs, bodies):
             code, _, got = out.partition(" ")
@@ -133,6 +138,7 @@ def transfer(server: Server, urls: list[str], upload: Path | None, size: int) ->
         "mib_s": sum(ok) * size / MiB / usage.wall_s if any(ok) else 0.0,
         # Per GiB moved: Glance's failed uploads fail at their first status update, before the data.
         "cpu_s_per_gib": usage.cpu_s / (max(1, sum(ok)) * size / GiB),
+        "client_cpu_s_per_gib": client_cpu_s / (max(1, sum(ok)) * size / GiB),
         "peak_rss_mib": usage.peak_rss_mib,
         "wall_s": usage.wall_s,
         "attempted": len(urls),

@@ -5,7 +5,9 @@
 # entirely inside DIR.
 #   start DIR  keystone.conf with SQLite in DIR, fernet tokens and credentials keys in DIR,
 #              password_hash_rounds = 4 (Tempest authenticates hundreds of times; bcrypt's
-#              default cost is slow on 2 cores); db_sync, fernet_setup, credential_setup,
+#              default cost is slow on 2 cores), Keystone's own cache on in memory (one uWSGI
+#              process, so it stays coherent: reads 0.3-0.5 s -> 0.01 s under load, Tempest's
+#              run 1493 s -> 237 s); db_sync, fernet_setup, credential_setup,
 #              bootstrap (admin / admin project / RegionOne, identity endpoint); serves the
 #              public API under uWSGI on 127.0.0.1 on a free port; waits until /v3 answers,
 #              then prints to stdout:
@@ -89,7 +91,8 @@ key_repository = $DIR/credential-keys
 password_hash_rounds = 4
 
 [cache]
-enabled = false
+enabled = true
+backend = dogpile.cache.memory
 CONF
     export OS_KEYSTONE_CONFIG_FILES="$DIR/keystone.conf"
     local manage=("$VENV/bin/keystone-manage" --config-file "$DIR/keystone.conf")

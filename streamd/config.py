@@ -406,6 +406,11 @@ class DefaultOptions:
         "cache (e.g. http://10.0.0.5:9292). Unset: this node neither serves nor asks peers.")
     peer_token: str | None = opt(
         None, _opt_str, "Shared secret that nodes present to each other's peer route; required with peer_url.")
+    fill_lease_ttl: float = opt(
+        10.0, _float_range(0.5),
+        "Seconds a node's lease on filling an image from the backend lasts (renewed while its fill runs). "
+        "With peers on, one node of the catalogue fills a cold image and the others stream its fill; "
+        "when the filler dies its lease expires and the others carry on from the backend.")
     admin_socket_path: str | None = opt(
         None, _opt_str,
         "Unix socket for streamd-cache-manage (default: <data_dir>/run/admin.sock; mode 0600 in a 0700 directory).")

@@ -239,7 +239,8 @@ async def _open_peers(config: Config, catalog: Catalog, cache: ImageCache | None
         await catalog.set_node_caches(node, image_id, cached)
 
     cache.listeners.append(announce)
-    return PeerClient(catalog, node, config.default.peer_token)
+    return PeerClient(catalog, node, config.default.peer_token, url=config.default.peer_url,
+                      lease_ttl=config.default.fill_lease_ttl)
 
 
 def _periodic_jobs(config: Config, catalog: Catalog, stores: StoreRegistry, cache: ImageCache | None,

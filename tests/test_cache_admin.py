@@ -312,8 +312,8 @@ def test_every_verb_as_a_table_and_as_json(node: Daemon) -> None:
     after = cached(node)
     assert (after[b]["hits"], after[b]["last_accessed"]) == (0, entries[b]["last_accessed"])
     stats = ok_json(node, "stats")
-    assert stats == {"store_reads": {"fs": 2}, "fills_in_flight": []}
-    assert table("stats").strip() == "store reads: {'fs': 2}, fills in flight: []"
+    assert stats == {"store_reads": {"fs": 2}, "peer_reads": {}, "fills_in_flight": []}
+    assert table("stats").strip() == "store reads: {'fs': 2}, peer reads: {}, fills in flight: []"
     size = 100_001 + 100_002
     assert table("prune").strip() == f"files pruned: 0, bytes pruned: 0, size after: {size}"
     assert ok_json(node, "prune") == {"files_pruned": 0, "bytes_pruned": 0, "size_after": size}

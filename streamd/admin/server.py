@@ -177,7 +177,7 @@ class AdminServer:
         return {"written": fill.written, "size": fill.size}
 
     async def _stats(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"store_reads": dict(self.delivery.store_reads),
+        return {"store_reads": dict(self.delivery.store_reads), "peer_reads": dict(self.delivery.peer_reads),
                 "fills_in_flight": sorted(self.cache.fills) if self.cache else []}
 
 

@@ -135,6 +135,26 @@ image_data_digests = sa.Table(
     sa.Column("blake3", sa.String(64), nullable=False),
 )
 
+# Cluster-wide single flight: the one node that fills an image from the backend (the others stream
+# its fill), while its lease is renewed; a lease past expires_at belongs to a dead filler.
+image_fill_leases = sa.Table(
+    "image_fill_leases", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("node_id", sa.String(255), nullable=False),
+    sa.Column("url", sa.String(1024), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+
+# BLAKE3 of each 4 MiB chunk of an image's data (index 0 is bytes [0, 4 MiB)), recorded by the filler
+# from the backend's bytes as its fill goes: what the other nodes check each chunk of its fill with.
+image_chunk_digests = sa.Table(
+    "image_chunk_digests", metadata,
+    sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("chunk_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("blake3", sa.String(64), nullable=False),
+)
+
 # -- metadata definitions (metadefs): Glance's catalogue of the properties images, flavors and
 # volumes may carry. Names are unique where Glance makes them unique: a namespace globally, an
 # object, property or tag within its namespace, a resource type globally. Deleting a namespace

@@ -31,7 +31,7 @@ from .records import utcnow
 
 # Every table with an image_id that belongs to one image, children of ``images``.
 _IMAGE_CHILDREN = (m.image_properties, m.image_tags, m.image_members, m.image_locations, m.image_uploads,
-                   m.image_data_digests)
+                   m.image_data_digests, m.image_fill_leases, m.image_chunk_digests)
 
 
 _CHUNK = 500

@@ -9,6 +9,11 @@
   it goes, and the client reads the partial file like any other joiner;
 - no cache: the store directly.
 
+Across nodes sharing a catalogue (peers on), single flight is cluster-wide: the node that wins the
+image's fill lease reads the backend, recording the BLAKE3 of each 4 MiB chunk as it goes; the others
+stream its fill while it runs (``open_fill_for_peer``), check each chunk against its digest before a
+reader sees it, and carry on from the backend at the last verified byte if the filler goes away.
+
 A cache fault never breaks a download: if the copy into the cache fails
 (disk full, I/O error), every reader of that fill carries on from the store
 at the offset it had reached.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 import errno
 import hashlib
 import logging
@@ -116,7 +122,7 @@ class FillSource(ImageSource):
             if fill.source_failure is not None:
                 raise StoreFailure(f"reading image {fill.image_id} failed: {fill.source_failure}")
             if fill.cache_failure is not None:
-                if fill.origin != "store":
+                if fill.origin == "peer":
                     # What we sent came from an unverified peer copy: never complete it from elsewhere.
                     raise StoreFailure(f"fetching image {fill.image_id} from a peer failed: {fill.cache_failure}")
                 log.info("image %s: cache fill failed (%s); serving from the store at byte %d",
@@ -134,6 +140,78 @@ class FillSource(ImageSource):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class ChunkDigester:
+    """A fill consumer: the BLAKE3 of each ``CHUNK`` of the stream (chunk-aligned whatever the pieces),
+    handed to the loop as each one completes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._hash = blake3.blake3()
+        self._in_chunk = 0
+        self._index = 0
+        self._lock = threading.Lock()
+        self._done: dict[int, str] = {}
+        self.changed = asyncio.Event()
+        self.stopping = False  # the recorder's last flush: set with ``stop``
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), CHUNK - self._in_chunk)
+            self._hash.update(view[:take])
+            self._in_chunk += take
+            view = view[take:]
+            if self._in_chunk == CHUNK:
+                self._emit()
+
+    def finish(self) -> None:
+        if self._in_chunk:
+            self._emit()
+
+    def _emit(self) -> None:
+        with self._lock:
+            self._done[self._index] = self._hash.hexdigest()
+        self._index += 1
+        self._hash = blake3.blake3()
+        self._in_chunk = 0
+        self._loop.call_soon_threadsafe(self.changed.set)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.changed.set()
+
+    def take(self) -> dict[int, str]:
+        with self._lock:
+            done, self._done = self._done, {}
+        return done
+
+
+def _read_full(source: PeerSource, view: memoryview, want: int) -> int:
+    """Blocking: ``want`` bytes into ``view`` unless the stream ends first."""
+    got = 0
+    while got < want:
+        n = source.readinto(view[got:want])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _digest_fd(fd: int, algo: str) -> tuple[str, str]:
+    """Blocking: md5 and ``algo`` of a whole file."""
+    md5, other = hashlib.md5(usedforsecurity=False), hashlib.new(algo)
+    offset = 0
+    while chunk := os.pread(fd, 8 << 20, offset):
+        md5.update(chunk)
+        other.update(chunk)
+        offset += len(chunk)
+    return md5.hexdigest(), other.hexdigest()
+
+
+async def _no_store() -> Reader:
+    raise StoreFailure("the fill's cache copy failed; peers are never served from the store")
 
 
 class ImageDelivery:
@@ -190,6 +268,21 @@ class ImageDelivery:
         if self.cache is None:
             return None
         return await self._open_hit(image)
+
+    async def open_fill_for_peer(self, image: ImageRecord, offset: int) -> ImageSource | None:
+        """For another node that lost the race for this image's fill lease: this node's fill of it,
+        read as it grows (never completed from a store), or the cached copy once the fill is over."""
+        if self.cache is None:
+            return None
+        starting = self._starting.get(image.id)
+        if starting is not None:
+            # The lease is taken while the fill starts: a peer may ask before the fill exists.
+            with contextlib.suppress(StreamdError, OSError):
+                await asyncio.shield(starting)
+        fill = self.cache.fills.get(image.id)
+        if fill is not None and fill.origin == "store" and fill.read_fd is not None:
+            return FillSource(fill, _no_store)
+        return await self.open_cached(image)
 
     def _worth_filling(self, image: ImageRecord) -> bool:
         """Copy into the cache on a miss only what is slower to read than the cache itself."""
@@ -267,16 +360,7 @@ class ImageDelivery:
         assert self.cache is not None
         algo = image.os_hash_algo or "sha512"
 
-        def digest() -> tuple[str, str]:
-            md5, other = hashlib.md5(usedforsecurity=False), hashlib.new(algo)
-            offset = 0
-            while chunk := os.pread(fd, 8 << 20, offset):
-                md5.update(chunk)
-                other.update(chunk)
-                offset += len(chunk)
-            return md5.hexdigest(), other.hexdigest()
-
-        checksum, value = await asyncio.to_thread(digest)
+        checksum, value = await asyncio.to_thread(_digest_fd, fd, algo)
         ok = (image.checksum in (None, checksum)) and (image.os_hash_value in (None, value))
         if ok:
             await self.cache.mark_verified(image.id, checksum, algo, value)
@@ -317,19 +401,39 @@ class ImageDelivery:
         peer = await self.peers.open(image) if self.peers is not None else None
         reader: Reader | None = None
         store: str | None = None
-        if peer is None:
-            reader, store = await self._open_store(image)
+        leased = False
+        filler: str | None = None  # another node filling it now: stream its fill
+        if peer is None and self.peers is not None:
+            leased = await self.peers.take_lease(image)
+            if not leased:
+                filler = await self.peers.filler(image)
         try:
-            fill = await self.cache.begin_fill(image.id, image.size)
-        except OSError as exc:
-            log.warning("image %s: cannot start a cache fill: %s", image.id, exc.strerror)
-            fill = None
+            if peer is None and filler is None:
+                reader, store = await self._open_store(image)
+            try:
+                fill = await self.cache.begin_fill(image.id, image.size)
+            except OSError as exc:
+                log.warning("image %s: cannot start a cache fill: %s", image.id, exc.strerror)
+                fill = None
+        except BaseException:
+            if leased:
+                await asyncio.shield(self._release_lease(image))
+            raise
         if fill is None:
             if reader is not None:
                 reader.close()
             if peer is not None:
                 await peer.close()
+            if leased:
+                await self._release_lease(image)
             return None
+        if filler is not None:
+            fill.origin = "cluster"
+            self.peer_reads[filler] += 1
+            task = asyncio.create_task(self._run_cluster_fill(fill, image, filler), name=f"cluster-fill-{image.id}")
+            self._fill_tasks.add(task)
+            task.add_done_callback(self._fill_tasks.discard)
+            return fill
         expected: str | None = None
         if peer is not None:
             fill.origin = "peer"
@@ -337,7 +441,7 @@ class ImageDelivery:
             self.peer_reads[peer.url] += 1
             assert self.peers is not None
             expected = await self.peers.expected_digest(image)
-        task = asyncio.create_task(self._run_fill(fill, image, reader, peer, expected, store),
+        task = asyncio.create_task(self._run_fill(fill, image, reader, peer, expected, store, leased),
                                    name=f"cache-fill-{image.id}")
         self._fill_tasks.add(task)
         task.add_done_callback(self._fill_tasks.discard)
@@ -345,7 +449,7 @@ class ImageDelivery:
 
     async def _run_fill(self, fill: Fill, image: ImageRecord, reader: Reader | None,
                         peer: PeerSource | None, expected_blake3: str | None = None,
-                        store: str | None = None) -> None:
+                        store: str | None = None, leased: bool = False) -> None:
         """Copy into the cache, hashing on the way. A store's copy is checked against the image's md5
         and os_hash_value, and its BLAKE3 recorded; a peer's copy only against that BLAKE3 when one
         is recorded (cheap: the peer's fill was checked the long way), else the long way too."""
@@ -376,6 +480,13 @@ class ImageDelivery:
         hashers: list[Callable[[bytes], object]] = [fast.update]
         if not quick_check:
             hashers += [hasher.update_md5, hasher.update_os_hash]
+        digester: ChunkDigester | None = None
+        recorder: asyncio.Task[None] | None = None
+        if leased:
+            # The other nodes stream this fill: each chunk's digest goes to the catalogue as it is read.
+            digester = ChunkDigester(loop)
+            hashers.append(digester.update)
+            recorder = asyncio.create_task(self._record_chunks(image, digester), name=f"fill-lease-{image.id}")
         fanout = FanOut(hashers, [("cache", write)], name=f"fill-{image.id[:8]}")  # type: ignore[arg-type]
         store_source = ReaderSource(reader, "store") if reader is not None else None
         if store_source is not None:
@@ -405,6 +516,11 @@ class ImageDelivery:
                     await fanout.close()
                 if received != fill.size:
                     raise StoreFailure(f"the {source_name} stopped after {received} of {fill.size} bytes")
+                if digester is not None:
+                    # The last digests go in now; the recorder keeps the lease renewed through the commit.
+                    assert self.peers is not None
+                    digester.finish()
+                    await self.peers.catalog.add_chunk_digests(image.id, digester.take())
             except OSError as exc:
                 await fanout.abort()
                 await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}",
@@ -454,11 +570,160 @@ class ImageDelivery:
             await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
             raise
         finally:
+            if recorder is not None and digester is not None:
+                # Stopped, not cancelled: a catalogue write is never cut in the middle, and the
+                # digests it holds are in before the lease goes.
+                digester.stop()
+                await asyncio.wait([recorder])
+                if not recorder.cancelled() and recorder.exception() is not None:
+                    log.warning("image %s: recording its chunk digests failed: %s", image.id, recorder.exception())
+            if leased:
+                # After the commit (and its announcement): a node asking from now on finds the cached copy.
+                await asyncio.shield(self._release_lease(image))
             _count_fill(filled, received, store, peer is not None)
             if store_source is not None:
                 store_source.close()
             if peer is not None:
                 await peer.close()
+
+    async def _release_lease(self, image: ImageRecord) -> None:
+        assert self.peers is not None
+        try:
+            await self.peers.release_lease(image)
+        except StreamdError as exc:
+            log.warning("image %s: cannot release its fill lease (it expires by itself): %s", image.id, exc)
+
+    async def _record_chunks(self, image: ImageRecord, digester: ChunkDigester) -> None:
+        """While this node fills ``image`` under its lease: chunk digests to the catalogue as they come,
+        and the lease renewed every third of its time to live."""
+        assert self.peers is not None
+        loop = asyncio.get_running_loop()
+        every = self.peers.lease_ttl / 3
+        renewed = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(digester.changed.wait(), every)
+            digester.changed.clear()
+            await self.peers.catalog.add_chunk_digests(image.id, digester.take())
+            if digester.stopping:
+                return
+            if loop.time() - renewed >= every:
+                if not await self.peers.renew_lease(image):
+                    log.warning("image %s: this node lost its fill lease", image.id)
+                renewed = loop.time()
+
+    async def _chunk_digest(self, image: ImageRecord, index: int, known: dict[int, str], filler: str) -> str:
+        """The recorded BLAKE3 of chunk ``index``, waiting for the filler to record it while it holds
+        the lease; StoreFailure once it no longer does and the digest never came."""
+        assert self.peers is not None
+        while index not in known:
+            known.update(await self.peers.catalog.chunk_digests(image.id, index))
+            if index in known:
+                break
+            if await self.peers.filler(image) != filler:
+                known.update(await self.peers.catalog.chunk_digests(image.id, index))
+                if index in known:
+                    break
+                raise StoreFailure(f"the filling peer {filler} lost its lease before recording chunk {index}")
+            await asyncio.sleep(0.05)
+        return known[index]
+
+    def _check_and_write(self, fill: Fill, view: memoryview, expected: str, offset: int,
+                         whole: "blake3.blake3") -> bool:
+        """Blocking: write a peer's chunk to the cache file only if its BLAKE3 is the recorded one."""
+        assert self.cache is not None
+        if blake3.blake3(view).hexdigest() != expected:
+            return False
+        whole.update(view)
+        self.cache.write_fill(fill, view, offset)
+        return True
+
+    def _write_hashed(self, fill: Fill, data: bytes, offset: int, whole: "blake3.blake3") -> None:
+        assert self.cache is not None
+        whole.update(data)
+        self.cache.write_fill(fill, data, offset)
+
+    async def _run_cluster_fill(self, fill: Fill, image: ImageRecord, filler: str) -> None:
+        """Stream another node's fill of ``image`` into this cache, each chunk checked against the digest
+        the filler recorded before any reader sees it; if the filler goes away (its stream breaks or its
+        lease ends) or sends a bad chunk, carry on from the backend at the last verified byte."""
+        assert self.cache is not None and self.peers is not None
+        cache, peers = self.cache, self.peers
+        loop = asyncio.get_running_loop()
+        whole = blake3.blake3()
+        buffer = memoryview(bytearray(CHUNK))
+        known: dict[int, str] = {}
+        position = from_peer = 0
+        store: str | None = None
+        source: PeerSource | None = None
+        filled = False
+        try:
+            try:
+                source = await peers.open_fill(filler, image, 0)
+                while position < fill.size:
+                    want = min(CHUNK, fill.size - position)
+                    n = await loop.run_in_executor(self._pump_pool, _read_full, source, buffer, want)
+                    if n != want:
+                        raise StoreFailure(f"the filling peer {filler} stopped at byte {position + n}")
+                    expected = await self._chunk_digest(image, position // CHUNK, known, filler)
+                    if not await loop.run_in_executor(self._pump_pool, self._check_and_write, fill,
+                                                      buffer[:n], expected, position, whole):
+                        peers.mark_bad(filler, image.id)
+                        raise StoreFailure(f"chunk {position // CHUNK} from peer {filler} does not match its digest")
+                    position += n
+                    from_peer += n
+                    fill.advance(n)
+            except (StreamdError, TimeoutError) as exc:
+                log.warning("image %s: %s; reading the rest from the backend at byte %d", image.id, exc, position)
+                if source is not None:
+                    await source.close()
+                    source = None
+                reader, store = await self._open_store(image)
+                backend = ReaderSource(reader, "store", store)
+                try:
+                    async for data in backend.chunks(position, fill.size - position):
+                        await loop.run_in_executor(self._pump_pool, self._write_hashed, fill, data, position, whole)
+                        position += len(data)
+                        fill.advance(len(data))
+                finally:
+                    backend.close()
+            # Every chunk matched the filler's digests; the whole copy must match the image too: the
+            # filler's BLAKE3 once it has checked its own copy against md5 and os_hash_value, else ours.
+            digest = whole.hexdigest()
+            expected = await peers.expected_digest(image)
+            while expected is None and store is None and await peers.filler(image) == filler:
+                await asyncio.sleep(0.05)
+                expected = await peers.expected_digest(image)
+            if expected is not None:
+                matches = digest == expected
+            else:
+                assert fill.read_fd is not None
+                checksum, value = await asyncio.to_thread(_digest_fd, fill.read_fd, image.os_hash_algo or "sha512")
+                matches = image.checksum in (None, checksum) and image.os_hash_value in (None, value)
+            if not matches:
+                fill.fail_source(StoreFailure(f"the copy of image {image.id} does not match the image"))
+                await cache.abort_fill(fill, "checksum does not match the image")
+                return
+            await cache.commit_fill(fill, image.checksum, image.os_hash_algo, image.os_hash_value)
+            filled = True
+        except OSError as exc:
+            await cache.abort_fill(fill, f"writing the cache failed: {exc.strerror or exc}",
+                                   keep=not cache.is_disk_full(exc))
+        except (StreamdError, TimeoutError) as exc:
+            fill.fail_source(exc)
+            await cache.abort_fill(fill, f"reading image {image.id} failed: {exc}")
+        except asyncio.CancelledError:
+            if source is not None:
+                source.abort()
+            await asyncio.shield(cache.abort_fill(fill, "the daemon stopped during the fill"))
+            raise
+        finally:
+            if source is not None:
+                await source.close()
+            metrics.cache_event("fill" if filled else "fill_failed", position if filled else 0)
+            metrics.peer_fetch("ok" if filled else "failed", from_peer)
+            if store is not None:
+                metrics.store_bytes(store, "out", "cache_fill", position - from_peer)
 
     def _pump_peer(self, fill: Fill, peer: PeerSource, fast: "blake3.blake3", stop: threading.Event,
                    loop: asyncio.AbstractEventLoop) -> int:

@@ -68,21 +68,24 @@ class PeerSource:
 
 
 class PeerClient:
-    def __init__(self, catalog: Catalog, node_id: str, token: str, *, connect_timeout: float = 3.0,
-                 read_timeout: float = 60.0) -> None:
+    def __init__(self, catalog: Catalog, node_id: str, token: str, *, url: str = "", lease_ttl: float = 10.0,
+                 connect_timeout: float = 3.0, read_timeout: float = 60.0) -> None:
         self.catalog = catalog
         self.node_id = node_id
         self.token = token
+        self.url = url  # where the other nodes reach this one (peer_url)
+        self.lease_ttl = lease_ttl
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.bad: set[tuple[str, str]] = set()  # (peer url, image id) that served bad bytes
 
-    def _connect(self, url: str, image_id: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _connect(self, url: str, image_id: str, query: str = "") -> tuple[http.client.HTTPConnection,
+                                                                          http.client.HTTPResponse]:
         parsed = urllib.parse.urlsplit(url)
         kind = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
         connection = kind(parsed.hostname or "localhost", parsed.port, timeout=self.connect_timeout)
         try:
-            connection.request("GET", parsed.path.rstrip("/") + PEER_PATH.format(image_id=image_id),
+            connection.request("GET", parsed.path.rstrip("/") + PEER_PATH.format(image_id=image_id) + query,
                                headers={PEER_TOKEN_HEADER: self.token})
             response = connection.getresponse()
             if connection.sock is not None:
@@ -122,3 +125,34 @@ class PeerClient:
         """After a copy was verified against the image's own digests: let peers check theirs cheaply."""
         if image.os_hash_value:
             await self.catalog.set_data_digest(image.id, image.os_hash_value, blake3)
+
+    # -- cluster-wide single flight ------------------------------------------------------------
+
+    async def take_lease(self, image: ImageRecord) -> bool:
+        """Become the node that fills ``image`` from the backend for the whole catalogue."""
+        return await self.catalog.take_fill_lease(image.id, self.node_id, self.url, self.lease_ttl)
+
+    async def renew_lease(self, image: ImageRecord) -> bool:
+        return await self.catalog.renew_fill_lease(image.id, self.node_id, self.lease_ttl)
+
+    async def release_lease(self, image: ImageRecord) -> None:
+        await self.catalog.release_fill_lease(image.id, self.node_id)
+
+    async def filler(self, image: ImageRecord) -> str | None:
+        """The URL of the other node filling ``image`` now (its lease alive), if any."""
+        lease = await self.catalog.fill_lease(image.id)
+        if lease is None or lease[0] == self.node_id:
+            return None
+        return lease[1]
+
+    async def open_fill(self, url: str, image: ImageRecord, offset: int) -> PeerSource:
+        """The filler's copy of ``image`` from ``offset`` on, streamed as its fill goes."""
+        assert image.size is not None
+        try:
+            connection, response = await asyncio.to_thread(self._connect, url, image.id, f"?fill=1&offset={offset}")
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreFailure(f"the filling peer {url} is unreachable: {exc}") from exc
+        if response.status != 200 or response.length != image.size - offset:
+            connection.close()
+            raise StoreFailure(f"the filling peer {url} cannot stream image {image.id} (HTTP {response.status})")
+        return PeerSource(url, connection, response)
