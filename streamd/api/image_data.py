@@ -186,8 +186,7 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
     sent.promised = length
     writer = await response.prepare(request)
     file_fd = source.fileno()
-    growing_fd = source.growing_fileno() if file_fd is None else None
-    if ((file_fd is not None or growing_fd is not None) and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None
+    if (file_fd is not None and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None
             and request.transport.get_extra_info("sslcontext") is None):  # raw bytes on the socket: never under TLS
         sock = request.transport.get_extra_info("socket")
         # The headers go out through the transport; once it holds nothing more, a thread copies the
@@ -195,35 +194,20 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
         writer.send_headers()
         await writer.drain()
         if sock is not None and request.transport.get_write_buffer_size() == 0:
-            idle_timeout = request.app[SERVICES].config.default.client_socket_timeout
             try:
-                if file_fd is not None:
-                    await copy_file_to_socket(sock.fileno(), file_fd, first, length, idle_timeout=idle_timeout)
-                    sent.bytes = length
-                else:
-                    # A fill being read as it grows: each readable stretch of the partial file goes out
-                    # the same way (no per-chunk objects on the loop); what is left when the fill ends
-                    # or fails is the usual iterator's (the store fallback, the error).
-                    assert growing_fd is not None
-                    while sent.bytes < length:
-                        position = first + sent.bytes
-                        upto = min(first + length, await source.readable_from(position))
-                        if upto <= position:
-                            break
-                        await copy_file_to_socket(sock.fileno(), growing_fd, position, upto - position,
-                                                  idle_timeout=idle_timeout)
-                        sent.bytes += upto - position
+                await copy_file_to_socket(sock.fileno(), file_fd, first, length,
+                                      idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
             except (OSError, EOFError) as exc:
                 if request.transport is not None:  # None once aiohttp saw the connection go
                     request.transport.abort()
                 # The errors middleware logs it (one INFO line with the request id): the client is gone.
                 raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
-            if sent.bytes == length:
-                await response.write_eof()
-                _sent(source, length)
-                return response
+            await response.write_eof()
+            sent.bytes = length
+            _sent(source, length)
+            return response
     try:
-        async for data in source.chunks(first + sent.bytes, length - sent.bytes):
+        async for data in source.chunks(first, length):
             await response.write(data)
             sent.bytes += len(data)
     except StreamdError as exc:

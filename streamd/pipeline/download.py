@@ -68,15 +68,6 @@ class ImageSource(abc.ABC):
         """A plain file's descriptor when the whole image is one (see ``Reader.fileno``)."""
         return None
 
-    def growing_fileno(self) -> int | None:
-        """A file being filled that holds the image's bytes up to ``readable_from``'s answer (a fill)."""
-        return None
-
-    async def readable_from(self, offset: int) -> int:
-        """Wait until bytes from ``offset`` on may be read from ``growing_fileno``; the end of what
-        may be read now, or ``offset`` when no more will (then ``chunks`` serves the rest or fails)."""
-        return offset
-
     def close(self) -> None:
         return None
 
@@ -145,19 +136,6 @@ class FillSource(ImageSource):
                 return
             if fill.finished:
                 raise StoreFailure(f"cache file of {fill.image_id} is shorter than {end}")
-            await fill.wait_change()
-
-    def growing_fileno(self) -> int | None:
-        return self.fd
-
-    async def readable_from(self, offset: int) -> int:
-        fill = self.fill
-        while True:
-            available = fill.readable()
-            if offset < available:
-                return available
-            if fill.finished or fill.source_failure is not None or fill.cache_failure is not None:
-                return offset
             await fill.wait_change()
 
     def close(self) -> None:
