@@ -23,7 +23,15 @@ Measured, medians of the repetitions:
    Glance's cache hit, interleaved.
 3. Range from the cache: the middle half (not aligned), streamd and Glance; md5 checked once.
 4. peer miss: the image evicted from B's cache; a GET on B, served from A's cache. MiB/s
-   against a hit on A just before; B's store reads must not move.
+   against a hit on A just before; B's store reads must not move. CPU-s/GiB of A (serving) and
+   of B alone (receiving: its process tree from before the GET until its copy is committed,
+   split by thread: the loop and each worker). `--peer-only` runs this step alone (A's cache
+   filled by one GET first, no Glance).
+   On this project's VMs the first repetition costs B ~1.5-2 CPU-s/GiB more than the next ones:
+   the kernel reports free pages to the host at once (virtio free page reporting,
+   /sys/module/page_reporting, min_free_ms 0), so the page cache of a new file is made of pages
+   the host must fault in again, charged to the writing thread's pwrite; the next repetition
+   reuses the pages B's evicted copy has just freed. meta.page_reporting records the setting.
 
 Load average (/proc/loadavg) at start and end; writes OUT/cache.json.
 """
@@ -126,6 +134,15 @@ def make_random(data_dir: Path, size: int) -> Path:
 
 def loadavg() -> str:
     return open("/proc/loadavg").read().strip()
+
+
+def page_reporting() -> dict[str, str] | None:
+    """The kernel's free page reporting to a hypervisor (see step 4), None when not built in."""
+    base = Path("/sys/module/page_reporting/parameters")
+    if not base.is_dir():
+        return None
+    return {p.name: p.read_text().strip() for p in sorted(base.iterdir())
+            if p.name in ("page_reporting_order", "min_free_ms")}
 
 
 class Node(Streamd):
@@ -252,7 +269,8 @@ def main() -> int:
 
     started, busy = time.monotonic(), busy_cpu_seconds()
     meta: dict = {"file_mib": size // MiB, "repetitions": reps, "clients": args.clients, "cores": os.cpu_count(),
-                  "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": loadavg()}
+                  "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": loadavg(),
+                  "page_reporting": page_reporting()}
     print(f"load average at start: {meta['loadavg_start']}", flush=True)
     git = ["git", "-C", str(REPO)]
     meta["streamd_commit"] = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
