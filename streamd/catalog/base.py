@@ -181,16 +181,35 @@ class CatalogBase:
 
 async def write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
                            after: Mapping[str, str]) -> None:
-    """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ."""
-    for key in set(before) - set(after):
-        await conn.execute(m.image_properties.delete().where(
-            m.image_properties.c.image_id == image_id, m.image_properties.c.name == key))
-    for key, value in after.items():
-        if key not in before:
-            await conn.execute(m.image_properties.insert().values(image_id=image_id, name=key, value=value))
-        elif before[key] != value:
-            await conn.execute(m.image_properties.update().where(
-                m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
+    """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ.
+
+    At most three statements whatever the number of properties: one DELETE, one UPDATE and one
+    INSERT, each over all the rows it concerns (executemany for the last two)."""
+    p = m.image_properties.c
+    gone = sorted(set(before) - set(after))
+    if gone:
+        await conn.execute(m.image_properties.delete().where(p.image_id == image_id, p.name.in_(gone)))
+    changed = [{"b_name": k, "b_value": v} for k, v in after.items() if k in before and before[k] != v]
+    if changed:
+        await conn.execute(m.image_properties.update().where(
+            p.image_id == image_id, p.name == sa.bindparam("b_name")).values(value=sa.bindparam("b_value")), changed)
+    added = [{"image_id": image_id, "name": k, "value": v} for k, v in after.items() if k not in before]
+    if added:
+        await conn.execute(m.image_properties.insert(), added)
+
+
+async def write_tags(conn: AsyncConnection, image_id: str, before: Sequence[str], after: Sequence[str],
+                     now: dt.datetime) -> None:
+    """Turn the image's tags from ``before`` into ``after`` in at most two statements (one DELETE,
+    one INSERT of all the new tags)."""
+    t = m.image_tags.c
+    gone = sorted(set(before) - set(after))
+    if gone:
+        await conn.execute(m.image_tags.delete().where(t.image_id == image_id, t.value.in_(gone)))
+    had = set(before)
+    added = [{"image_id": image_id, "value": tag, "created_at": now} for tag in after if tag not in had]
+    if added:
+        await conn.execute(m.image_tags.insert(), added)
 
 
 async def insert_location(conn: AsyncConnection, image_id: str, store: str, url: str,
