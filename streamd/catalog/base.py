@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Self, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -229,7 +230,16 @@ def _alembic_config(sync_conn: sa.Connection | None) -> Any:
     return cfg
 
 
+class _SQLiteCompiler(SQLiteCompiler):
+    """SQLite's compiler, rendering table hints (``INDEXED BY``, which SQLAlchemy leaves out)."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
+    engine.sync_engine.dialect.statement_compiler = _SQLiteCompiler
+
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN IMMEDIATE can be issued.
