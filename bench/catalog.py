@@ -357,7 +357,8 @@ def main() -> None:
     venv = args.glance_venv or next((p for p in (REPO / ".venv-glance", Path("/work/main/.venv-glance"))
                                      if p.exists()), REPO / ".venv-glance")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="catalog-bench-", dir=args.out))
+    # The servers' directories: short paths (streamd's admin socket lives there; AF_UNIX paths are short).
+    work = Path(tempfile.mkdtemp(prefix="catbench-"))
     drop: Callable[[], None] = lambda: None  # noqa: E731
     if args.db == "postgresql":
         s_url, g_url, drop = pg_databases(args.pg_url)
