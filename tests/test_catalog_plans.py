@@ -112,3 +112,16 @@ async def test_paging_along_the_index_lists_what_sorting_everything_would(catalo
         marker = [("marker", page[-1].id)]
     assert [i.id for i in walked] == [i.id for i in expected]
     assert isinstance(walked[0].created_at, dt.datetime)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_plans_each_statement_for_its_values(database_url: str) -> None:
+    """asyncpg prepares every statement; PostgreSQL would move one run often enough to a generic
+    plan, blind to its values (a property filter's page then reads every image with that
+    property). The catalogue's connections ask for custom plans."""
+    catalog = await Catalog.open(database_url)
+    try:
+        async with catalog.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+    finally:
+        await catalog.close()
