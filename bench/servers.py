@@ -139,8 +139,9 @@ class Server:
 class Streamd(Server):
     name = "streamd"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
         super().__init__(workdir)
+        self.database_url = database_url  # None: SQLite under data_dir (the default)
         # /metrics on a port of its own (scraped during the run: bench/scrape.py).
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -149,8 +150,19 @@ class Streamd(Server):
         config = self.workdir / "streamd.conf"
         config.write_text(f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
                           f"data_dir = {self.workdir / 'data'}\n"
-                          f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n")
-        return [str(REPO / ".venv/bin/streamd"), "serve", "--config", str(config)]
+                          f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n"
+                          + (f"[database]\nconnection = {self.database_url}\n" if self.database_url else ""))
+        streamd = REPO / ".venv/bin/streamd"
+        if streamd.exists():
+            return [str(streamd), "serve", "--config", str(config)]
+        # A git worktree has no venv of its own: this interpreter (the main checkout's .venv),
+        # with the worktree first on the path (env()).
+        return [sys.executable, "-m", "streamd", "serve", "--config", str(config)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
 
     def ready(self) -> bool:
         return "listening on" in self.log.read_text(errors="replace")
@@ -173,7 +185,7 @@ enabled_backends = fs:file
 worker_self_reference_url = {url}
 image_cache_dir = {w}/cache
 [database]
-connection = sqlite:///{w}/glance.sqlite
+connection = {database}
 [glance_store]
 default_backend = fs
 [fs]
@@ -258,9 +270,11 @@ disable-logging = true
 class Glance(Server):
     name = "glance"
 
-    def __init__(self, workdir: Path, venv: Path) -> None:
+    def __init__(self, workdir: Path, venv: Path, database_url: str | None = None) -> None:
         super().__init__(workdir)
         self.venv = venv
+        # None: SQLite in the work directory; a PostgreSQL URL needs psycopg2 in the venv.
+        self.database_url = database_url
 
     @staticmethod
     def ensure_venv(venv: Path) -> None:
@@ -278,7 +292,8 @@ class Glance(Server):
         w = self.workdir
         for sub in ("etc", "images", "cache", "staging", "tasks", "locks"):
             (w / sub).mkdir()
-        (w / "etc/glance-api.conf").write_text(GLANCE_API_CONF.format(url=self.url, w=w))
+        (w / "etc/glance-api.conf").write_text(GLANCE_API_CONF.format(
+            url=self.url, w=w, database=self.database_url or f"sqlite:///{w}/glance.sqlite"))
         (w / "etc/glance-api-paste.ini").write_text(GLANCE_PASTE_INI)
         (w / "uwsgi.ini").write_text(UWSGI_INI.format(port=self.port, venv=self.venv, bench=BENCH))
         subprocess.run([str(self.venv / "bin/glance-manage"), "--config-file", str(w / "etc/glance-api.conf"),

@@ -91,7 +91,7 @@ async def test_sqlite_is_in_wal_mode_and_migrated(tmp_path: Path) -> None:
     try:
         async with catalog.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
-            assert (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar() == "0008"
     finally:
         await catalog.close()
     # Opening again runs no migration twice and keeps the data.

@@ -24,7 +24,7 @@ from streamd.catalog import Catalog
 from streamd.catalog import models as m
 from streamd.catalog.records import utcnow
 
-HEAD = "0006"
+HEAD = "0008"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

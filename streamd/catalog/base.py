@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Self, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -56,7 +57,14 @@ class CatalogBase:
             engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
             _configure_sqlite(engine, busy_timeout)
         else:
-            engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
+            connect_args: dict[str, Any] = {}
+            if parsed.get_driver_name() == "asyncpg":
+                # Plan each statement for its values. asyncpg prepares every statement, and after
+                # five runs PostgreSQL may switch a prepared statement to a generic plan, blind to
+                # the values: a property filter's page then takes 150 ms instead of 1 (it gathers
+                # every image with that property name and sorts them) from the sixth request on.
+                connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
+            engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
         catalog = cls(engine)
         if migrate:
             await catalog.migrate()
@@ -181,16 +189,35 @@ class CatalogBase:
 
 async def write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
                            after: Mapping[str, str]) -> None:
-    """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ."""
-    for key in set(before) - set(after):
-        await conn.execute(m.image_properties.delete().where(
-            m.image_properties.c.image_id == image_id, m.image_properties.c.name == key))
-    for key, value in after.items():
-        if key not in before:
-            await conn.execute(m.image_properties.insert().values(image_id=image_id, name=key, value=value))
-        elif before[key] != value:
-            await conn.execute(m.image_properties.update().where(
-                m.image_properties.c.image_id == image_id, m.image_properties.c.name == key).values(value=value))
+    """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ.
+
+    At most three statements whatever the number of properties: one DELETE, one UPDATE and one
+    INSERT, each over all the rows it concerns (executemany for the last two)."""
+    p = m.image_properties.c
+    gone = sorted(set(before) - set(after))
+    if gone:
+        await conn.execute(m.image_properties.delete().where(p.image_id == image_id, p.name.in_(gone)))
+    changed = [{"b_name": k, "b_value": v} for k, v in after.items() if k in before and before[k] != v]
+    if changed:
+        await conn.execute(m.image_properties.update().where(
+            p.image_id == image_id, p.name == sa.bindparam("b_name")).values(value=sa.bindparam("b_value")), changed)
+    added = [{"image_id": image_id, "name": k, "value": v} for k, v in after.items() if k not in before]
+    if added:
+        await conn.execute(m.image_properties.insert(), added)
+
+
+async def write_tags(conn: AsyncConnection, image_id: str, before: Sequence[str], after: Sequence[str],
+                     now: dt.datetime) -> None:
+    """Turn the image's tags from ``before`` into ``after`` in at most two statements (one DELETE,
+    one INSERT of all the new tags)."""
+    t = m.image_tags.c
+    gone = sorted(set(before) - set(after))
+    if gone:
+        await conn.execute(m.image_tags.delete().where(t.image_id == image_id, t.value.in_(gone)))
+    had = set(before)
+    added = [{"image_id": image_id, "value": tag, "created_at": now} for tag in after if tag not in had]
+    if added:
+        await conn.execute(m.image_tags.insert(), added)
 
 
 async def insert_location(conn: AsyncConnection, image_id: str, store: str, url: str,
@@ -210,7 +237,16 @@ def _alembic_config(sync_conn: sa.Connection | None) -> Any:
     return cfg
 
 
+class _SQLiteCompiler(SQLiteCompiler):
+    """SQLite's compiler, rendering table hints (``INDEXED BY``, which SQLAlchemy leaves out)."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
+    engine.sync_engine.dialect.statement_compiler = _SQLiteCompiler
+
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN IMMEDIATE can be issued.

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..context import RequestContext
 from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTransition, NotPermitted, QuotaExceeded
 from . import models as m
-from .base import CatalogBase, insert_location, write_properties
+from .base import CatalogBase, insert_location, write_properties, write_tags
 from .members import membership
 from .records import ImageRecord, Location, utcnow
 from .status import NEEDS_FORMATS, check_transition
@@ -131,12 +131,7 @@ class ImagesMixin(CatalogBase):
                 if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
                     raise QuotaExceeded("The limit has been exceeded on the number of allowed image tags. "
                                     f"Attempted: {len(wanted)}, Maximum: {tag_quota}")
-                for tag in set(image.tags) - set(wanted):
-                    await conn.execute(m.image_tags.delete().where(
-                        m.image_tags.c.image_id == image_id, m.image_tags.c.value == tag))
-                for tag in wanted:
-                    if tag not in image.tags:
-                        await conn.execute(m.image_tags.insert().values(image_id=image_id, value=tag, created_at=now))
+                await write_tags(conn, image_id, image.tags, wanted, now)
             return await self._load(conn, image_id)
 
     async def transition(self, image_id: str, from_status: str, to_status: str,

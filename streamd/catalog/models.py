@@ -41,6 +41,11 @@ images = sa.Table(
     sa.Index("ix_images_visibility", "visibility"),
     sa.Index("ix_images_created_at_id", "created_at", "id"),
     sa.Index("ix_images_status", "status"),
+    # The list's name sorts (migration 0008): name as listed (NULL as ''), then the tiebreakers,
+    # in one direction and with the tiebreakers the other way.
+    sa.Index("ix_images_name_created_at_id", sa.func.coalesce(sa.column("name"), ""), "created_at", "id"),
+    sa.Index("ix_images_name_created_at_id_desc", sa.func.coalesce(sa.column("name"), ""),
+             sa.desc(sa.column("created_at")), sa.desc(sa.column("id"))),
 )
 
 image_properties = sa.Table(

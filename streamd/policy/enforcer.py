@@ -32,9 +32,10 @@ Choices, and why:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from oslo_config import cfg
 from oslo_policy import _checks
@@ -47,6 +48,33 @@ from .descriptions import describe
 from .glance_rules import RULES
 
 log = logging.getLogger(__name__)
+
+_MISSING = object()  # a key the target does not have (a check reading it fails), unlike None
+_TARGET_KEY = re.compile(r"%\(([^)]*)\)")
+
+
+def _collect_target_keys(rules: Mapping[str, Any], check: Any, found: set[str], seen: set[str]) -> bool:
+    """Add to ``found`` the target keys ``check`` reads; False if it may read others too."""
+    if check is None:
+        return False  # not defined here: oslo.policy's default rule decides
+    if isinstance(check, (_checks.AndCheck, _checks.OrCheck)):
+        return all(_collect_target_keys(rules, c, found, seen) for c in check.rules)
+    if isinstance(check, _checks.NotCheck):
+        return _collect_target_keys(rules, check.rule, found, seen)
+    if isinstance(check, (_checks.TrueCheck, _checks.FalseCheck)):
+        return True
+    if type(check) is _checks.RuleCheck:
+        if check.match in seen:
+            return True
+        seen.add(check.match)
+        return _collect_target_keys(rules, rules.get(check.match), found, seen)
+    if type(check) in (_checks.RoleCheck, _checks.GenericCheck):
+        names = _TARGET_KEY.findall(check.match)
+        if any("." in n for n in names):
+            return False
+        found.update(names)
+        return True
+    return False
 
 _DEPRECATION_REASON = ("Glance replaced its legacy defaults (the open 'default' rule) with role- and "
                        "project-aware defaults (secure RBAC).")
@@ -148,6 +176,7 @@ class PolicyEnforcer:
         self._enforcer.suppress_deprecation_warnings = True
         self._enforcer.register_defaults(rule_defaults(with_scope=settings.enforce_scope))
         self._checked_rules: object = None
+        self._keys_cache: tuple[object, dict[str, tuple[str, ...] | None]] = (None, {})
         try:
             self._enforcer.load_rules()
         except ValueError as exc:  # oslo.policy's answer to a file that is not YAML/JSON
@@ -165,6 +194,7 @@ class PolicyEnforcer:
         self._conf = fresh._conf
         self._enforcer = fresh._enforcer
         self._checked_rules = fresh._checked_rules
+        self._keys_cache = (None, {})
 
     @property
     def legacy_ownership(self) -> bool:
@@ -195,6 +225,47 @@ class PolicyEnforcer:
         self._reload()
         # Each call gets fresh credentials: oslo.policy adds keys to the dict it is given.
         return bool(self._enforcer.enforce(rule, target, credentials(ctx), do_raise=False))
+
+    def allows_each(self, ctx: RequestContext, rule: str, targets: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """``allows`` for each of many targets of one rule (a page of images): the rules are re-read
+        once, and the rule is evaluated once per distinct value of the target keys it reads (a page
+        of public images of other projects is one evaluation, not one per image). A rule that could
+        read anything else (a check of another kind, a dotted key, a rule it does not define) is
+        evaluated for every target."""
+        if rule not in RULE_NAMES:
+            raise LookupError(f"policy rule {rule!r} is not one of Glance's")  # a bug of the caller
+        self._reload()
+        keys = self._target_keys(rule)
+        decided: dict[tuple[Any, ...], bool] = {}
+        answers = []
+        for target in targets:
+            memo_key: tuple[Any, ...] | None = None
+            if keys is not None:
+                memo_key = tuple(target.get(k, _MISSING) for k in keys)
+                try:
+                    hash(memo_key)
+                except TypeError:
+                    memo_key = None
+            if memo_key is not None and memo_key in decided:
+                answers.append(decided[memo_key])
+                continue
+            answer = bool(self._enforcer.enforce(rule, target, credentials(ctx), do_raise=False))
+            if memo_key is not None:
+                decided[memo_key] = answer
+            answers.append(answer)
+        return answers
+
+    def _target_keys(self, rule: str) -> tuple[str, ...] | None:
+        """The target keys the rule in force reads (``%(key)s`` in its checks, through the rules it
+        names), or None when that cannot be told."""
+        rules = self._enforcer.rules
+        if self._keys_cache[0] is not rules:
+            self._keys_cache = (rules, {})
+        cache = self._keys_cache[1]
+        if rule not in cache:
+            found: set[str] = set()
+            cache[rule] = tuple(sorted(found)) if _collect_target_keys(rules, rules.get(rule), found, set()) else None
+        return cache[rule]
 
     def allows_named_rule(self, ctx: RequestContext, name: str, target: Mapping[str, Any]) -> bool:
         """``rule:NAME`` for any rule name, Glance's or the policy file's own (a property protection
