@@ -21,7 +21,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-GLANCE_PACKAGES = ["glance==33.0.0", "python-glanceclient==4.13.0", "uwsgi"]
+# psycopg2: Glance on PostgreSQL (bench/catalog.py --db postgresql).
+GLANCE_PACKAGES = ["glance==33.0.0", "python-glanceclient==4.13.0", "uwsgi", "psycopg2-binary"]
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -279,6 +280,8 @@ class Glance(Server):
     @staticmethod
     def ensure_venv(venv: Path) -> None:
         if (venv / "bin/uwsgi").exists():
+            if not list(venv.glob("lib/python*/site-packages/psycopg2")):  # a venv made before it joined the list
+                subprocess.run([str(venv / "bin/pip"), "install", "-q", "psycopg2-binary"], check=True)
             return
         print(f"creating {venv} ({' '.join(GLANCE_PACKAGES)}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)

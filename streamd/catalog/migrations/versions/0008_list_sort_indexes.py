@@ -5,17 +5,15 @@ direction given), one with the tiebreakers the other way (``sort=name:asc,create
 CLI's and Horizon's). With them a page sorted by name reads its rows in index order from the
 marker on instead of sorting every visible image.
 
-Numbered 0008: 0007 may be taken by a branch landing first (re-point ``down_revision`` then).
-
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
