@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import os
 import select
@@ -59,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import Meter, cpu_seconds, md5_of  # noqa: E402
 from run import busy_cpu_seconds, read_through, transfer  # noqa: E402
-from servers import REPO, Glance, RefSource, Streamd, free_port  # noqa: E402
+from servers import REPO, Glance, RefSource, Streamd  # noqa: E402
 from threadcpu import ThreadSampler  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -127,6 +126,7 @@ def make_random(data_dir: Path, size: int) -> Path:
         with open(tmp, "wb") as f:
             for _ in range(size // (4 * MiB)):
                 f.write(os.urandom(4 * MiB))
+            f.write(os.urandom(size % (4 * MiB)))
         tmp.rename(path)
         os.sync()
     return path

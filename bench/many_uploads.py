@@ -23,24 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cache import make_random  # noqa: E402
 from procs import Meter, md5_of  # noqa: E402
 from servers import REPO, Streamd  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
-
-
-def random_file(data_dir: Path, size: int) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / f"random-{size // MiB}M.bin"
-    if not path.exists() or path.stat().st_size != size:
-        print(f"creating {path} ...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for _ in range(size // (4 * MiB)):
-                f.write(os.urandom(4 * MiB))
-            f.write(os.urandom(size % (4 * MiB)))
-        tmp.rename(path)
-    return path
 
 
 def main() -> int:
@@ -54,7 +41,7 @@ def main() -> int:
     free = shutil.disk_usage(out.parent if not out.exists() else out).free
     if free < (args.clients + 2) * size:
         print(f"warning: {free / GiB:.0f} GiB free; this run needs about {(args.clients + 2) * size / GiB:.0f} GiB")
-    path = random_file(out / "data", size)
+    path = make_random(out / "data", size)
     expected = md5_of(path)
     with Streamd(out / "many_uploads") as server:
         ids = [server.create_image(f"many-{n}") for n in range(args.clients)]

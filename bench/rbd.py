@@ -30,7 +30,6 @@ if __name__ == "rbd":
     raise ImportError("bench/rbd.py is a benchmark, not Ceph's rbd module")
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -51,7 +50,6 @@ from servers import REPO, Glance, Streamd  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 CEPH_DEV = REPO / "scripts/ceph-dev.sh"
-LINK_BINDINGS = REPO / "scripts/link-ceph-bindings.sh"
 
 
 # ---------------------------------------------------------------- Ceph
@@ -139,30 +137,8 @@ class GlanceRbd(Glance):
 
     def prepare(self) -> list[str]:
         cmd = super().prepare()  # writes the file-store config and runs db_sync
-        conf = self.workdir / "etc/glance-api.conf"
-        text = conf.read_text()
-        text = text.replace("enabled_backends = fs:file", "enabled_backends = fs:file,ceph:rbd")
-        text = text.replace("default_backend = fs", "default_backend = ceph")
-        text += (f"[ceph]\nrbd_store_ceph_conf = {self.ceph.conf}\nrbd_store_pool = {self.ceph.pool}\n"
-                 "rbd_store_user = admin\nrbd_thin_provisioning = True\n")
-        conf.write_text(text)
-        # servers.py puts bench/ on uWSGI's pythonpath for glance_identity, where this very file
-        # (bench/rbd.py) would shadow Ceph's `rbd` module: give uWSGI a directory with only that filter.
-        path_dir = self.workdir / "pythonpath"
-        path_dir.mkdir(exist_ok=True)
-        (path_dir / "glance_identity.py").symlink_to(Path(__file__).resolve().parent / "glance_identity.py")
-        ini = self.workdir / "uwsgi.ini"
-        ini.write_text(re.sub(r"^pythonpath = .*$", f"pythonpath = {path_dir}", ini.read_text(), flags=re.M))
+        self.add_rbd_backend(self.ceph.conf, self.ceph.pool)
         return cmd
-
-
-def link_glance_bindings(venv: Path) -> str | None:
-    """Debian's rados/rbd into Glance's venv; the reason it cannot be done, or None."""
-    Glance.ensure_venv(venv)
-    r = subprocess.run([str(LINK_BINDINGS), str(venv / "bin/python")], capture_output=True, text=True)
-    if r.returncode:
-        return (r.stderr or r.stdout).strip()[-500:]
-    return None
 
 
 # ---------------------------------------------------------------- measurements
@@ -411,7 +387,7 @@ def main() -> int:
     print("md5 of the files ...", flush=True)
     file_md5 = {kind: md5_of(path) for kind, path in files.items()}
     glance_venv = REPO / ".venv-glance"
-    glance_skipped = "--no-glance" if args.no_glance else link_glance_bindings(glance_venv)
+    glance_skipped = "--no-glance" if args.no_glance else Glance.link_ceph_bindings(glance_venv)
     meta["glance"] = "not run" if glance_skipped else \
         "33.0.0, uWSGI 2x2, glance_store rbd driver, rbd_thin_provisioning = True, rbd_store_chunk_size 8 (default)"
     meta["glance_skipped"] = glance_skipped

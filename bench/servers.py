@@ -277,6 +277,33 @@ class Glance(Server):
         # None: SQLite in the work directory; a PostgreSQL URL needs psycopg2 in the venv.
         self.database_url = database_url
 
+    def add_rbd_backend(self, ceph_conf: str, pool: str) -> None:
+        """After prepare(): the rbd store (thin provisioned, as streamd's) as the default backend.
+
+        uWSGI then gets a pythonpath holding only glance_identity: bench/ itself holds rbd.py, which
+        would shadow Ceph's own ``rbd`` module inside Glance.
+        """
+        conf = self.workdir / "etc/glance-api.conf"
+        text = conf.read_text()
+        text = text.replace("enabled_backends = fs:file", "enabled_backends = fs:file,ceph:rbd")
+        text = text.replace("default_backend = fs", "default_backend = ceph")
+        text += (f"[ceph]\nrbd_store_ceph_conf = {ceph_conf}\nrbd_store_pool = {pool}\n"
+                 "rbd_store_user = admin\nrbd_thin_provisioning = True\n")
+        conf.write_text(text)
+        path_dir = self.workdir / "pythonpath"
+        path_dir.mkdir(exist_ok=True)
+        (path_dir / "glance_identity.py").symlink_to(Path(__file__).resolve().parent / "glance_identity.py")
+        ini = self.workdir / "uwsgi.ini"
+        ini.write_text(re.sub(r"^pythonpath = .*$", f"pythonpath = {path_dir}", ini.read_text(), flags=re.M))
+
+    @staticmethod
+    def link_ceph_bindings(venv: Path) -> str | None:
+        """Debian's rados/rbd into Glance's venv (scripts/link-ceph-bindings.sh); why it cannot be done, or None."""
+        Glance.ensure_venv(venv)
+        r = subprocess.run([str(REPO / "scripts/link-ceph-bindings.sh"), str(venv / "bin/python")],
+                           capture_output=True, text=True)
+        return (r.stderr or r.stdout).strip()[-500:] if r.returncode else None
+
     @staticmethod
     def ensure_venv(venv: Path) -> None:
         if (venv / "bin/uwsgi").exists():

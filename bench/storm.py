@@ -101,32 +101,13 @@ class GlanceNode(Glance):
     def prepare(self) -> list[str]:
         conf = self.workdir / "etc/glance-api.conf"
         cmd = super().prepare()  # writes the file-store config and runs db_sync on its own SQLite
-        text = conf.read_text()
-        text = re.sub(r"^connection = .*$", f"connection = sqlite:///{self.db_path}", text, flags=re.M)
-        text = text.replace("enabled_backends = fs:file", "enabled_backends = fs:file,ceph:rbd")
-        text = text.replace("default_backend = fs", "default_backend = ceph")
-        text += (f"[ceph]\nrbd_store_ceph_conf = {os.environ['CEPH_CONF']}\n"
-                 f"rbd_store_pool = {os.environ.get('CEPH_POOL', 'images')}\nrbd_store_user = admin\n"
-                 "rbd_thin_provisioning = True\n")
-        conf.write_text(text)
+        conf.write_text(re.sub(r"^connection = .*$", f"connection = sqlite:///{self.db_path}", conf.read_text(),
+                               flags=re.M))
+        self.add_rbd_backend(os.environ["CEPH_CONF"], os.environ.get("CEPH_POOL", "images"))
         if not self.db_path.exists():
             subprocess.run([str(self.venv / "bin/glance-manage"), "--config-file", str(conf), "db_sync"],
                            check=True, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # bench/ (uWSGI's pythonpath, for glance_identity) holds rbd.py, which would shadow Ceph's rbd.
-        path_dir = self.workdir / "pythonpath"
-        path_dir.mkdir(exist_ok=True)
-        (path_dir / "glance_identity.py").symlink_to(Path(__file__).resolve().parent / "glance_identity.py")
-        ini = self.workdir / "uwsgi.ini"
-        ini.write_text(re.sub(r"^pythonpath = .*$", f"pythonpath = {path_dir}", ini.read_text(), flags=re.M))
         return cmd
-
-
-def link_glance_bindings(venv: Path) -> str | None:
-    """Debian's rados/rbd into Glance's venv (scripts/link-ceph-bindings.sh); why not, or None."""
-    Glance.ensure_venv(venv)
-    r = subprocess.run([str(REPO / "scripts/link-ceph-bindings.sh"), str(venv / "bin/python")],
-                       capture_output=True, text=True)
-    return (r.stderr or r.stdout).strip()[-500:] if r.returncode else None
 
 
 def request(url: str, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
@@ -250,7 +231,7 @@ def run_streamd(work: Path, pg_url: str, args: argparse.Namespace, image: Path, 
 
 def run_glance(work: Path, args: argparse.Namespace, image: Path, size: int, digest: str) -> dict:
     venv = REPO / ".venv-glance"
-    why = link_glance_bindings(venv)
+    why = Glance.link_ceph_bindings(venv)
     if why:
         return {"skipped": why}
     db_path = work / "glance-shared.sqlite"

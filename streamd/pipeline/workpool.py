@@ -114,14 +114,17 @@ class Lane:
         try:
             self._pool._schedule(self._run_one)
         except RuntimeError:  # the pool was shut down (the node is stopping)
-            with self._lock:
-                self._scheduled = False
-                jobs = list(self._jobs)
-                self._jobs.clear()
-            for queued, _, _ in jobs:
-                queued.cancel()
+            self._cancel_queued()
             raise
         return future
+
+    def _cancel_queued(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        for queued, _, _ in jobs:
+            queued.cancel()
 
     def _run_one(self) -> None:
         with self._lock:
@@ -142,12 +145,7 @@ class Lane:
             # To the back of the pool's queue: the other lanes get their turn first.
             self._pool._schedule(self._run_one)
         except RuntimeError:
-            with self._lock:
-                self._scheduled = False
-                jobs = list(self._jobs)
-                self._jobs.clear()
-            for queued, _, _ in jobs:
-                queued.cancel()
+            self._cancel_queued()
 
 
 class WorkPools:
