@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import report  # noqa: E402
+from conftest import ROOT
+
+
+def _bench_report() -> Any:
+    """bench/report.py, loaded by its path: bench/ on sys.path would shadow Ceph's ``rbd`` module
+    with bench/rbd.py for every later test in the process (the RBD tests then fail)."""
+    spec = importlib.util.spec_from_file_location("streamd_bench_report", ROOT / "bench" / "report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _bench_report()
 
 
 def _result(mib_s: float, cpu: float, client_cpu: float = 0.5, rss: float = 100) -> dict:
