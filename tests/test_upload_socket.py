@@ -30,9 +30,12 @@ def _connect(daemon: Daemon) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=30)
 
 
+IDENTITY = "".join(f"{name}: {value}\r\n" for name, value in MEMBER_A.items())
+
+
 def _head(image_id: str, length: int, extra: str = "") -> bytes:
-    return (f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\nX-Project-Id: {MEMBER_A['X-Project-Id']}\r\n"
-            f"X-Roles: member\r\nContent-Type: application/octet-stream\r\n{extra}"
+    return (f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n{IDENTITY}"
+            f"Content-Type: application/octet-stream\r\n{extra}"
             + (f"Content-Length: {length}\r\n" if length >= 0 else "") + "\r\n").encode()
 
 
@@ -143,8 +146,7 @@ def test_chunked_body_still_lands_and_keeps_the_connection(tmp_path: Path) -> No
                 answer += sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 204 "), answer[:200]
             # Same connection, next request: it was kept alive.
-            sock.sendall(f"GET /v2/images/{image_id} HTTP/1.1\r\nHost: x\r\nX-Project-Id: "
-                         f"{MEMBER_A['X-Project-Id']}\r\nX-Roles: member\r\n\r\n".encode())
+            sock.sendall(f"GET /v2/images/{image_id} HTTP/1.1\r\nHost: x\r\n{IDENTITY}\r\n".encode())
             reply = b""
             while b"\r\n\r\n" not in reply:
                 reply += sock.recv(65536)

@@ -82,7 +82,10 @@ async def _body_from_socket(request: web.Request, length: int) -> AsyncIterator[
             yield piece
         return
     transport.pause_reading()
-    protocol.close()  # after this response: the connection's next bytes were never parsed
+    # After this response (whatever it is, an error too) the connection closes, and says so: its
+    # next bytes were never parsed. (aiohttp's responses take keep-alive from the request message.)
+    protocol.close()
+    request._message = request._message._replace(should_close=True)
     try:
         for piece in head:
             yield piece
