@@ -132,6 +132,29 @@ def test_stalled_client_is_dropped_after_the_socket_timeout(tmp_path: Path) -> N
         stop_daemon(daemon)
 
 
+def test_slow_client_below_the_wake_up_mark_is_not_taken_for_a_stalled_one(tmp_path: Path) -> None:
+    # The reader is woken once 256 KiB are queued; a client sending less than that per
+    # client_socket_timeout is slow, not gone: its upload completes.
+    daemon = start_daemon(tmp_path, "client_socket_timeout = 1\n")
+    try:
+        image_id = create_image(daemon)
+        data = os.urandom(3 * MiB)
+        with _connect(daemon) as sock:
+            sock.sendall(_head(image_id, len(data)) + data[:MiB])
+            sent = MiB
+            for _ in range(6):  # 3 s at 40 KiB per 0.5 s
+                time.sleep(0.5)
+                sock.sendall(data[sent:sent + (40 << 10)])
+                sent += 40 << 10
+            sock.sendall(data[sent:])
+            answer = _read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 204 "), answer[:200]
+        status, body = http(daemon, "GET", f"/v2/images/{image_id}")
+        assert json.loads(body)["checksum"] == hashlib.md5(data).hexdigest()
+    finally:
+        stop_daemon(daemon)
+
+
 def test_chunked_body_still_lands_and_keeps_the_connection(tmp_path: Path) -> None:
     daemon = start_daemon(tmp_path)
     try:
