@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -86,6 +87,17 @@ async def _body_from_socket(request: web.Request, length: int) -> AsyncIterator[
     # next bytes were never parsed. (aiohttp's responses take keep-alive from the request message.)
     protocol.close()
     request._message = request._message._replace(should_close=True)
+    # aiohttp's shutdown (and a lost connection) tells a handler through its request's payload,
+    # which is no longer read: a watcher on it cancels this handler as a read would have failed.
+    handler = asyncio.current_task()
+    watcher = asyncio.ensure_future(content.readany())
+
+    def _payload_failed(done: asyncio.Future[bytes]) -> None:
+        # (aiohttp's shutdown sets a CancelledError on the payload: the watcher ends cancelled.)
+        if handler is not None and (done.cancelled() or done.exception() is not None):
+            handler.cancel()
+
+    watcher.add_done_callback(_payload_failed)
     try:
         for piece in head:
             yield piece
@@ -101,7 +113,13 @@ async def _body_from_socket(request: web.Request, length: int) -> AsyncIterator[
                 request.transport.abort()
             raise ConnectionResetError(f"upload body ended early: {exc}") from exc
     finally:
+        watcher.remove_done_callback(_payload_failed)
         content.feed_eof()  # no lingering read of a body the parser will never see
+        if not watcher.done():
+            watcher.cancel()
+        await asyncio.wait([watcher])
+        if not watcher.cancelled():
+            watcher.exception()  # retrieved: it only ever watched
 
 
 def _declared_size(request: web.Request) -> int | None:
