@@ -106,19 +106,18 @@ def measure(server: Streamd, label: str, cmds: list[list[str]], size: int) -> fl
     print(f"{label}: {len(cmds)} client(s), {total / wall / 1e6:.0f} MB/s aggregate; curl {curl_cpu / gib:.2f} "
           f"CPU-s/GiB; server {server_cpu / gib:.2f} CPU-s/GiB")
     print(f"  event loop (main thread)  {loop / gib:5.2f}")
-    if len(cmds) == 1:
-        workers = sorted((cpu for cpu in used.values() if cpu > 0.005), reverse=True)
-        for n, cpu in enumerate(workers, 1):
-            print(f"  worker thread {n:<11} {cpu / gib:5.2f}")
-    else:
-        # Linux truncates names to 15 characters; group by the name without its trailing number.
-        groups: dict[str, list[float]] = {}
-        for tid, cpu in used.items():
-            name = sampler.names.get(tid, "?").rstrip("0123456789_-") or "?"
-            groups.setdefault(name, []).append(cpu)
-        for name, cpus in sorted(groups.items(), key=lambda item: -sum(item[1])):
-            if sum(cpus) > 0.005:
-                print(f"  {name:<16} x{len(cpus):<3} {sum(cpus) / gib:5.2f}")
+    # Threads grouped by their OS name (Linux truncates names to 15 characters) without its trailing
+    # number: the pools name theirs (hash-pool, write-pool, socketcopy).
+    groups: dict[str, list[float]] = {}
+    for tid, cpu in used.items():
+        name = sampler.names.get(tid, "?").rstrip("0123456789_-") or "?"
+        groups.setdefault(name, []).append(cpu)
+    for name, cpus in sorted(groups.items(), key=lambda item: -sum(item[1])):
+        if sum(cpus) > 0.005:
+            detail = " ".join(f"{cpu / gib:.2f}" for cpu in sorted(cpus, reverse=True) if cpu > 0.005)
+            print(f"  {name:<16} x{len(cpus):<3} {sum(cpus) / gib:5.2f}   ({detail})")
+    hashes = sum(groups.get("hash-pool", []))
+    print(f"  beyond the hash threads: {(server_cpu - hashes) / gib:.2f} CPU-s/GiB")
     return server_cpu / gib
 
 

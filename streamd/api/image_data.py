@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from typing import AsyncIterator
@@ -13,7 +15,8 @@ from ..catalog import ImageRecord
 from ..errors import InvalidRequest, NotPermitted, StreamdError
 from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
-from ..pipeline.socketcopy import copy_file_to_socket
+from ..pipeline.socketcopy import copy_file_to_socket, receive_from_socket
+from ..sizes import CHUNK
 from .images import _get_visible, image_policy
 from .inputs import require_content_type, size_header, text_header
 from .keys import BODY_BYTES, SERVICES, context_of, notify, notifying
@@ -44,6 +47,82 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
             return
 
 
+def _body_source(request: web.Request) -> AsyncIterator[bytes]:
+    """Where the body comes from: a worker thread reading the socket for a plain body of known
+    length (no TLS, not chunked, not compressed, large enough to pay for the hop), else aiohttp."""
+    length = request.content_length
+    transport = request.transport
+    if (not request.app[SERVICES].config.default.upload_body_in_thread
+            or length is None or length < THREAD_COPY_MIN or transport is None
+            or transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("socket") is None
+            or "Transfer-Encoding" in request.headers or "Content-Encoding" in request.headers):
+        return _body_chunks(request)
+    return _body_from_socket(request, length)
+
+
+async def _body_from_socket(request: web.Request, length: int) -> AsyncIterator[bytes]:
+    """The body read off the event loop (pipeline/socketcopy.py): first what aiohttp has already
+    buffered, then the rest straight from the socket into batch-sized buffers while the transport's
+    reading is paused. The parser never sees the rest of the body, so the connection is closed
+    after the response (never reused) and its payload marked ended, whatever the outcome."""
+    content = request.content
+    protocol = request.protocol
+    transport = request.transport
+    assert transport is not None
+    # What the parser already delivered. Taking it may resume a paused protocol, whose parser then
+    # hands over the bytes it held back: take until nothing is left.
+    # (Nothing has read the body before: what is taken here is all aiohttp received of it.)
+    head: list[bytes] = []
+    while content._buffer:  # aiohttp's own buffered pieces
+        head.append(content.read_nowait())
+    taken = sum(len(piece) for piece in head)
+    if content.at_eof() or getattr(protocol, "_reading_paused", True) or taken >= length:
+        # The whole body is already here (or aiohttp still holds some of it back): its own path.
+        for piece in head:
+            yield piece
+        async for piece in _body_chunks(request):
+            yield piece
+        return
+    transport.pause_reading()
+    # After this response (whatever it is, an error too) the connection closes, and says so: its
+    # next bytes were never parsed. (aiohttp's responses take keep-alive from the request message.)
+    protocol.close()
+    request._message = request._message._replace(should_close=True)
+    # aiohttp's shutdown (and a lost connection) tells a handler through its request's payload,
+    # which is no longer read: a watcher on it cancels this handler as a read would have failed.
+    handler = asyncio.current_task()
+    watcher = asyncio.ensure_future(content.readany())
+
+    def _payload_failed(done: asyncio.Future[bytes]) -> None:
+        # (aiohttp's shutdown sets a CancelledError on the payload: the watcher ends cancelled.)
+        if handler is not None and (done.cancelled() or done.exception() is not None):
+            handler.cancel()
+
+    watcher.add_done_callback(_payload_failed)
+    try:
+        for piece in head:
+            yield piece
+        sock = transport.get_extra_info("socket")
+        try:
+            async with contextlib.aclosing(receive_from_socket(
+                    sock.fileno(), length - taken, chunk=CHUNK,
+                    idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)) as received:
+                async for data in received:
+                    yield data
+        except (OSError, EOFError) as exc:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError(f"upload body ended early: {exc}") from exc
+    finally:
+        watcher.remove_done_callback(_payload_failed)
+        content.feed_eof()  # no lingering read of a body the parser will never see
+        if not watcher.done():
+            watcher.cancel()
+        await asyncio.wait([watcher])
+        if not watcher.cancelled():
+            watcher.exception()  # retrieved: it only ever watched
+
+
 def _declared_size(request: web.Request) -> int | None:
     size = size_header(request, "x-openstack-image-size")
     if size is not None:
@@ -64,10 +143,11 @@ async def upload(request: web.Request) -> web.Response:
     notify(request, "image.prepare", {**image_payload(image), **import_properties(image), "backend": store.name})
     try:
         async with request.app[SERVICES].uploads.track():
-            await upload_image(
-                request.app[SERVICES].catalog, store, image.id, _body_chunks(request),
-                declared_size=_declared_size(request), limits=UploadLimits.from_config(config, signatures=request.app[SERVICES].signatures),
-                host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
+            async with contextlib.aclosing(_body_source(request)) as body:
+                await upload_image(
+                    request.app[SERVICES].catalog, store, image.id, body, declared_size=_declared_size(request),
+                    limits=UploadLimits.from_config(config, signatures=request.app[SERVICES].signatures),
+                    host=config.host_id, quota=request.app[SERVICES].quotas.for_project(ctx.project_id))
     except StreamdError as exc:
         notify(request, "image.upload", f"Failed to upload image data for image {image.id}: {exc.message}", error=True)
         raise

@@ -16,11 +16,18 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 
+# The most one ``pwrite`` is given. Measured on this project's machines (1 GiB into a fresh file
+# in the page cache): 4 MiB writes cost 0.23 CPU-s/GiB most runs but 1.6-2.6 in some (the kernel
+# finding room for large page-cache folios), 1 MiB and 256 KiB writes 0.21-0.23 in every run.
+WRITE_STEP = 1 << 20
+
+
 def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked), at most
+    WRITE_STEP bytes per call."""
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = os.pwrite(fd, view[:WRITE_STEP], offset)
         view = view[written:]
         offset += written
 
