@@ -140,9 +140,11 @@ class Server:
 class Streamd(Server):
     name = "streamd"
 
-    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None,
+                 options: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.database_url = database_url  # None: SQLite under data_dir (the default)
+        self.options = dict(options or {})  # more [DEFAULT] options (a bench's --set)
         # /metrics on a port of its own (scraped during the run: bench/scrape.py).
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -151,7 +153,8 @@ class Streamd(Server):
         config = self.workdir / "streamd.conf"
         config.write_text(f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
                           f"data_dir = {self.workdir / 'data'}\n"
-                          f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n"
+                          + "".join(f"{key} = {value}\n" for key, value in self.options.items())
+                          + f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n"
                           + (f"[database]\nconnection = {self.database_url}\n" if self.database_url else ""))
         streamd = REPO / ".venv/bin/streamd"
         if streamd.exists():

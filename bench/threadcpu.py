@@ -128,9 +128,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="uploads (and downloads) at once, each of its own image")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a [DEFAULT] option for the server (repeatable), e.g. upload_body_in_thread=false")
     args = parser.parse_args()
     size = args.file.stat().st_size
-    with Streamd(args.out.resolve() / "threadcpu") as server:
+    options = dict(item.split("=", 1) for item in args.set)
+    with Streamd(args.out.resolve() / "threadcpu", options=options) as server:
         for rep in range(args.reps):
             urls = [server.file_url(server.create_image(f"threadcpu-{rep}-{n}")) for n in range(args.clients)]
             uploads = [["curl", "-sS", "-f", "-T", str(args.file), "-X", "PUT", "-H",

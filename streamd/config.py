@@ -433,12 +433,11 @@ class DefaultOptions:
     client_socket_timeout: float = opt(
         900.0, _float_range(0.0), "Seconds an idle client connection is kept open.")
     upload_body_in_thread: bool = opt(
-        False, _bool,
+        True, _bool,
         "Read the body of a plain PUT /file (Content-Length of 1 MiB or more, not chunked, not "
         "compressed, no TLS) in a worker thread straight from the socket instead of on the event "
-        "loop: about 0.3 CPU-s/GiB less per upload. The connection closes after such an upload, and "
-        "a failure midway may reach a client still sending as a reset rather than the JSON error. "
-        "Off by default until it has run the whole suite and the benches.")
+        "loop: about 0.3 CPU-s/GiB less per upload. The connection closes after such an upload. "
+        "Off: aiohttp reads every body on the event loop.")
     node_staging_uri: str | None = opt(
         "", _opt_str,
         "file:// URI of the directory where PUT /stage and web-download keep data before import "

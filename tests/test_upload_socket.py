@@ -1,5 +1,5 @@
 """With ``upload_body_in_thread``, a plain ``PUT /file`` body of known length is read off the event
-loop, from the socket itself (off by default: then it keeps aiohttp's path and the connection).
+loop, from the socket itself (the default; off, it keeps aiohttp's path and the connection).
 
 A real daemon with the option on takes raw-socket uploads (Content-Length, no TLS, not chunked): the bytes land
 whole with the right digests whether they come at once or piece by piece; the connection is
@@ -157,7 +157,8 @@ def test_slow_client_below_the_wake_up_mark_is_not_taken_for_a_stalled_one(tmp_p
         stop_daemon(daemon)
 
 
-@pytest.mark.parametrize("chunked, option", [(True, ON), (False, "")], ids=["chunked", "option-off"])
+@pytest.mark.parametrize("chunked, option", [(True, ""), (False, "upload_body_in_thread = false\n")],
+                         ids=["chunked", "option-off"])
 def test_body_on_the_loop_lands_and_keeps_the_connection(tmp_path: Path, chunked: bool, option: str) -> None:
     daemon = start_daemon(tmp_path, option)
     try:

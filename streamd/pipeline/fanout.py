@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
@@ -32,6 +33,39 @@ def _consume_all(consume: Consumer, pieces: list[bytes]) -> None:
         consume(piece)
 
 
+def _all_done(jobs: list[Future[None]]) -> asyncio.Future[None]:
+    """A loop future that ends once every job has: with the first error among them, else None.
+    The worker thread that finishes last wakes the loop, once per batch (a gather of each job's
+    wrapped future would wake it once per consumer)."""
+    loop = asyncio.get_running_loop()
+    batch: asyncio.Future[None] = loop.create_future()
+    left = [len(jobs)]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def settle() -> None:
+        if batch.done():
+            return
+        if errors:
+            batch.set_exception(errors[0])
+        else:
+            batch.set_result(None)
+
+    def job_done(job: Future[None]) -> None:  # in the job's thread, or wherever it was cancelled
+        error = None if job.cancelled() else job.exception()
+        with lock:
+            if error is not None:
+                errors.append(error)
+            left[0] -= 1
+            last = left[0] == 0
+        if last and not loop.is_closed():
+            loop.call_soon_threadsafe(settle)
+
+    for job in jobs:
+        job.add_done_callback(job_done)
+    return batch
+
+
 class FanOut:
     def __init__(self, hashers: Sequence[Consumer], writers: Sequence[tuple[str, Consumer]] = (), *,
                  max_inflight: int = 16 << 20, name: str = "fanout",
@@ -42,7 +76,7 @@ class FanOut:
         self._lanes = ([(self._pools.hash.lane(), c) for c in hashers]
                        + [(self._pools.writer(store).lane(), c) for store, c in writers])
         # Per batch: its size, all its consumers' jobs as one future, and the pool's own futures.
-        self._pending: collections.deque[tuple[int, asyncio.Future[list[None]], list[Future[None]]]] = \
+        self._pending: collections.deque[tuple[int, asyncio.Future[None], list[Future[None]]]] = \
             collections.deque()
         self._inflight = 0
         self._max_inflight = max_inflight
@@ -67,7 +101,7 @@ class FanOut:
             raise RuntimeError(f"{self.name}: fed after close or abort")
         size = sum(len(p) for p in pieces)
         jobs = [lane.submit(_consume_all, consume, pieces) for lane, consume in self._lanes]
-        self._pending.append((size, asyncio.gather(*(asyncio.wrap_future(job) for job in jobs)), jobs))
+        self._pending.append((size, _all_done(jobs), jobs))
         self._inflight += size
         self._pools.add_queued(size)
         while self._pending and (self._inflight > self._max_inflight or self._pools.over_budget()):

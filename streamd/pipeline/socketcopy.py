@@ -130,6 +130,41 @@ def _in_use(buffer: bytearray) -> bool:
     return False
 
 
+def _new_buffer(size: int) -> bytearray:
+    # One spare byte of capacity: ``_in_use``'s append then never reallocates (a realloc would copy
+    # the whole buffer to fresh pages).
+    buffer = bytearray(size + 1)
+    buffer.pop()
+    return buffer
+
+
+class _BufferShelf:
+    """Batch buffers kept between requests: a fresh 4 MiB buffer costs page faults and zeroing on
+    every touch of its pages (measured: about a fifth of the loop's CPU per upload when each
+    request made its own)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._idle: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buffer in enumerate(self._idle):
+                if len(buffer) == size and not _in_use(buffer):
+                    return self._idle.pop(i)
+        return _new_buffer(size)
+
+    def give_back(self, buffers: list[bytearray]) -> None:
+        with self._lock:
+            room = self.keep - len(self._idle)
+            self._idle.extend(buffers[:max(0, room)])
+
+
+# Enough for the batches all streams may have queued in the pools (workpool's bound) plus a read ahead.
+_shelf = _BufferShelf(keep=10)
+
+
 async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_timeout: float = 300.0,
                               ) -> AsyncIterator[memoryview]:
     """The next ``count`` bytes of the socket, in views of ``chunk`` bytes (the last one shorter)
@@ -169,7 +204,7 @@ async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_time
         nonlocal running
         buffer = next((b for b in buffers if not _in_use(b)), None)
         if buffer is None:
-            buffer = bytearray(chunk)
+            buffer = _shelf.take(chunk)
             buffers.append(buffer)
         view = memoryview(buffer)[:size]
         got = 0
@@ -200,6 +235,7 @@ async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_time
             del data
     finally:
         stop.set()
+        _shelf.give_back(buffers)  # the ones still in use are skipped by take() until released
         if pending is not None and not pending.done():
             pending.cancel()
             await asyncio.wait([pending])  # its reader callback removed, its read thread noted
