@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a [DEFAULT] option for the server (repeatable), e.g. upload_body_in_thread=false")
     args = parser.parse_args()
     size = args.size_mib * MiB
     out = args.out.resolve()
@@ -43,7 +45,7 @@ def main() -> int:
         print(f"warning: {free / GiB:.0f} GiB free; this run needs about {(args.clients + 2) * size / GiB:.0f} GiB")
     path = make_random(out / "data", size)
     expected = md5_of(path)
-    with Streamd(out / "many_uploads") as server:
+    with Streamd(out / "many_uploads", options=dict(item.split("=", 1) for item in args.set)) as server:
         ids = [server.create_image(f"many-{n}") for n in range(args.clients)]
         cmds = [["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", str(path), "-X", "PUT",
                  "-H", "Content-Type: application/octet-stream", "-H", "Expect:", server.file_url(i)] for i in ids]

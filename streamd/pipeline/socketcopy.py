@@ -33,6 +33,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator
 
+from . import workpool
 from .workpool import _name_os_thread
 
 CHUNK = 1 << 20
@@ -161,8 +162,19 @@ class _BufferShelf:
             self._idle.extend(buffers[:max(0, room)])
 
 
-# Enough for the batches all streams may have queued in the pools (workpool's bound) plus a read ahead.
-_shelf = _BufferShelf(keep=10)
+# A few: an upload's first batches; the rest of its batches reuse its own buffers.
+_shelf = _BufferShelf(keep=4)
+
+# Bodies being received now (on the loop's thread only). Past a few at once, each reads smaller
+# batches: every stream holds about two (one with its consumers, one being read), so memory grows
+# with the streams, while the loop's cost per batch matters less once the cores are all busy.
+_receiving = 0
+_FULL_BATCH_STREAMS = 4
+_SMALL_BATCH = 1 << 20
+
+
+def _batch_capacity(chunk: int) -> int:
+    return chunk if _receiving <= _FULL_BATCH_STREAMS else min(chunk, _SMALL_BATCH)
 
 
 async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_timeout: float = 300.0,
@@ -200,11 +212,20 @@ async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_time
         finally:
             loop.remove_reader(sock.fileno())
 
-    async def fill(size: int) -> memoryview:
+    async def fill(size: int, capacity: int) -> memoryview:
         nonlocal running
-        buffer = next((b for b in buffers if not _in_use(b)), None)
+        # This stream keeps only the buffers its batches in flight hold, and one free one of the
+        # current capacity: the rest go back to the shelf (many streams at once would otherwise each
+        # keep their peak count).
+        free = [b for b in buffers if not _in_use(b)]
+        buffer = next((b for b in free if len(b) == capacity), None)
+        if buffer is not None:
+            free.remove(buffer)
+        if free:
+            buffers[:] = [b for b in buffers if not any(b is f for f in free)]
+            _shelf.give_back(free)
         if buffer is None:
-            buffer = _shelf.take(chunk)
+            buffer = _shelf.take(capacity)
             buffers.append(buffer)
         view = memoryview(buffer)[:size]
         got = 0
@@ -219,21 +240,31 @@ async def receive_from_socket(sock_fd: int, count: int, *, chunk: int, idle_time
                 return view
             await readable(size - got)
 
+    def next_batch() -> asyncio.Task[memoryview]:
+        nonlocal left
+        capacity = _batch_capacity(chunk)
+        size = min(capacity, left)
+        left -= size
+        return asyncio.ensure_future(fill(size, capacity))
+
+    global _receiving
+    _receiving += 1
     pending: asyncio.Task[memoryview] | None = None
+    left = count
     try:
-        left = count
         while left > 0 or pending is not None:
             if pending is None:
-                pending = asyncio.ensure_future(fill(min(chunk, left)))
-                left -= min(chunk, left)
+                pending = next_batch()
             data = await pending
             pending = None
-            if left > 0:  # the next batch is read while this one is hashed and stored
-                pending = asyncio.ensure_future(fill(min(chunk, left)))
-                left -= min(chunk, left)
+            # The next batch is read while this one is hashed and stored, unless all streams together
+            # already have more queued than the pools' bound (then this stream waits its turn first).
+            if left > 0 and not workpool.current().over_budget():
+                pending = next_batch()
             yield data
             del data
     finally:
+        _receiving -= 1
         stop.set()
         _shelf.give_back(buffers)  # the ones still in use are skipped by take() until released
         if pending is not None and not pending.done():
