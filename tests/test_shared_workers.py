@@ -220,3 +220,34 @@ async def test_abort_waits_for_the_running_job_and_skips_the_queued() -> None:
         assert other == [b"a", b"b"]
     finally:
         pools.shutdown()
+
+
+async def test_a_batch_settles_once_all_its_consumers_ran_and_with_the_first_error() -> None:
+    """Each batch's consumers report to the loop once, together: a batch with no consumer at all
+    (every store refused the image before its first byte) settles at once, and a failing consumer's
+    error reaches the stream once the batch's other consumers are done with it."""
+    from streamd.pipeline.fanout import FanOut
+    from streamd.pipeline.workpool import WorkPools
+
+    pools = WorkPools(2, 1)
+    try:
+        nobody = FanOut([], [], max_inflight=1, pools=pools)
+        for _ in range(3):
+            await asyncio.wait_for(nobody.feed_many([b"x" * 10]), 10)
+        await asyncio.wait_for(nobody.close(), 10)
+        assert pools.queued == 0
+
+        hashed: list[int] = []
+
+        def broken_write(piece: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        failing = FanOut([lambda piece: hashed.append(len(piece))], [("full", broken_write)],
+                         max_inflight=1, pools=pools)
+        with pytest.raises(OSError, match="No space left"):
+            for _ in range(3):
+                await asyncio.wait_for(failing.feed_many([b"y" * 10]), 10)
+            await asyncio.wait_for(failing.close(), 10)
+        assert hashed and hashed[0] == 10
+    finally:
+        pools.shutdown()

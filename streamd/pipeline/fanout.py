@@ -61,6 +61,8 @@ def _all_done(jobs: list[Future[None]]) -> asyncio.Future[None]:
         if last and not loop.is_closed():
             loop.call_soon_threadsafe(settle)
 
+    if not jobs:  # no consumer left (every store refused the image early)
+        batch.set_result(None)
     for job in jobs:
         job.add_done_callback(job_done)
     return batch
