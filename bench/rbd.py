@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import cpu_seconds, md5_of  # noqa: E402
 from run import busy_cpu_seconds, hash_mib_s, make_files, read_through, transfer  # noqa: E402
 from servers import REPO, Glance, Streamd  # noqa: E402
+from threadcpu import ThreadSampler  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 CEPH_DEV = REPO / "scripts/ceph-dev.sh"
@@ -197,14 +198,30 @@ def rbd_import(ceph: Ceph, path: Path, name: str, sparse_4m: bool) -> dict:
     return result
 
 
+def thread_groups(sampler: ThreadSampler, gib: float, main_pid: int | None = None) -> dict[str, float]:
+    """CPU-s per GiB by OS thread name without its trailing number (the main thread: "event loop")."""
+    groups: dict[str, float] = {}
+    for tid, cpu in sampler.used().items():
+        name = "event loop" if tid == main_pid else sampler.names.get(tid, "?").rstrip("0123456789_-:") or "?"
+        groups[name] = groups.get(name, 0.0) + cpu / gib
+    return dict(sorted(((k, round(v, 3)) for k, v in groups.items() if v >= 0.005), key=lambda kv: -kv[1]))
+
+
 def server_upload(server, ceph: Ceph, path: Path) -> tuple[dict, str | None, str | None]:
-    """Upload to a new image; (result with the RBD usage, image id, RBD image name)."""
+    """Upload to a new image; (result with the RBD usage, image id, RBD image name). For streamd
+    (one process) and the OSD, the CPU per GiB of each group of threads too."""
     size = path.stat().st_size
     image_id = server.create_image(f"rbd-bench-{path.stem}")
     before = ceph.images()
     osd0 = cpu_seconds(ceph.osd_pid())
-    result = transfer(server, [server.file_url(image_id)], path, size)
+    with ExitStack() as samplers:
+        osd_threads = samplers.enter_context(ThreadSampler(ceph.osd_pid()))
+        server_threads = samplers.enter_context(ThreadSampler(server.pid)) if isinstance(server, StreamdRbd) else None
+        result = transfer(server, [server.file_url(image_id)], path, size)
     result["osd_cpu_s_per_gib"] = (cpu_seconds(ceph.osd_pid()) - osd0) / (size / GiB)
+    result["osd_threads"] = thread_groups(osd_threads, size / GiB)
+    if server_threads is not None:
+        result["server_threads"] = thread_groups(server_threads, size / GiB, server.pid)
     ok = result.pop("_ok")[0]
     names = sorted(ceph.images() - before)
     name = names[0] if names else None
@@ -295,6 +312,10 @@ def summarize(runs: list[dict], hashes: list[dict], files: dict[str, Path]) -> d
             usage = [r[op]["usage"] for r in rs if op in r and "usage" in r[op]]
             if usage:
                 s[op]["usage"] = usage[-1]
+            for key in ("server_threads", "osd_threads"):
+                groups = [r[op][key] for r in rs if op in r and key in r[op]]
+                if groups:
+                    s[op][key] = groups[-1]
         up = s.get("streamd_upload", {}).get("mib_s")
         imp = s.get("rbd_import", {}).get("mib_s")
         imp_best = max(filter(None, (imp, s.get("rbd_import_sparse4m", {}).get("mib_s"))), default=None)
@@ -350,6 +371,14 @@ def table(results: dict) -> str:
                      f" {'OK' if r1 and r1 >= 0.9 else 'MISSED'};"
                      f" with the faster import: {_n(r2, '.2f')};"
                      f" streamd / Glance = {_n(r3, '.2f')}" + ("" if r3 is None else f" {'OK' if r3 >= 3 else 'MISSED'}"))
+    lines.append("CPU-s per GiB by thread (last repetition; streamd process, ceph-osd)")
+    for kind, s in summary["files"].items():
+        for op in ("streamd_upload", "glance_upload"):
+            for key in ("server_threads", "osd_threads"):
+                groups = s.get(op, {}).get(key)
+                if groups:
+                    lines.append(f"  {kind:9} {op:15} {key[:-8]:6}: "
+                                 + ", ".join(f"{k} {v:.2f}" for k, v in list(groups.items())[:8]))
     problems = [f"{kind} {op}: {e}" for kind, s in summary["files"].items() for op, r in s.items()
                 if isinstance(r, dict) for e in r.get("errors", [])]
     if meta.get("glance_skipped"):
