@@ -259,6 +259,7 @@ async def test_writer_takes_pieces_of_every_shape_and_keeps_no_caller_buffer(sec
     store = RbdStore("direct", options, "test-writer-shapes")
     await store.start()
     image_id = f"writer-shapes-{os.getpid()}-{time.monotonic_ns()}"
+    stored = writer = None
     try:
         writer = await store.writer(image_id, len(data))
         await asyncio.to_thread(feed, writer)
@@ -272,9 +273,13 @@ async def test_writer_takes_pieces_of_every_shape_and_keeps_no_caller_buffer(sec
             reader.close()
         assert got == data
         assert sorted({off // OBJECT for off, _ in extents(env["CEPH_POOL"], image_id)}) == [0, 1, 3, 4, 5, 6]
-        await store.delete(stored.url)
     finally:
+        if stored is not None:
+            await store.delete(stored.url)
+        elif writer is not None:
+            await writer.abort()
         await store.stop()
+    assert image_id not in rbd_images(env["CEPH_POOL"])
 
 
 # -- faults, with the daemon as a real process ---------------------------------------------------
