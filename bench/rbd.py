@@ -1,6 +1,7 @@
 """streamd's RBD store against `rbd import`, the upload hashes and Glance 33's rbd store, in one run.
 
     .venv/bin/python bench/rbd.py [--quick] [--out bench/out] [--reps N] [--size-mib N] [--no-glance]
+                                  [--upload-body-in-thread]
 
 Starts a throwaway Ceph cluster (scripts/ceph-dev.sh, in /tmp; stopped and removed at
 the end, also on error or SIGTERM), streamd with an RBD store (`enabled_backends =
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import cpu_seconds, md5_of  # noqa: E402
 from run import busy_cpu_seconds, hash_mib_s, make_files, read_through, transfer  # noqa: E402
 from servers import REPO, Glance, Streamd  # noqa: E402
+from threadcpu import ThreadSampler  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 CEPH_DEV = REPO / "scripts/ceph-dev.sh"
@@ -112,9 +114,10 @@ class Ceph:
 class StreamdRbd(Streamd):
     name = "streamd"
 
-    def __init__(self, workdir: Path, ceph: Ceph) -> None:
+    def __init__(self, workdir: Path, ceph: Ceph, body_in_thread: bool = False) -> None:
         super().__init__(workdir)
         self.ceph = ceph
+        self.body_in_thread = body_in_thread
 
     def prepare(self) -> list[str]:
         cmd = super().prepare()
@@ -122,6 +125,7 @@ class StreamdRbd(Streamd):
         config.write_text(
             f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\ndata_dir = {self.workdir / 'data'}\n"
             "enabled_backends = fs:file,ceph:rbd\nimage_cache_dir = none\n"
+            + ("upload_body_in_thread = true\n" if self.body_in_thread else "") +
             "[glance_store]\ndefault_backend = ceph\n"
             f"[ceph]\nrbd_store_ceph_conf = {self.ceph.conf}\nrbd_store_pool = {self.ceph.pool}\n"
             "rbd_store_user = admin\n")
@@ -197,14 +201,30 @@ def rbd_import(ceph: Ceph, path: Path, name: str, sparse_4m: bool) -> dict:
     return result
 
 
+def thread_groups(sampler: ThreadSampler, gib: float, main_pid: int | None = None) -> dict[str, float]:
+    """CPU-s per GiB by OS thread name without its trailing number (the main thread: "event loop")."""
+    groups: dict[str, float] = {}
+    for tid, cpu in sampler.used().items():
+        name = "event loop" if tid == main_pid else sampler.names.get(tid, "?").rstrip("0123456789_-:") or "?"
+        groups[name] = groups.get(name, 0.0) + cpu / gib
+    return dict(sorted(((k, round(v, 3)) for k, v in groups.items() if v >= 0.005), key=lambda kv: -kv[1]))
+
+
 def server_upload(server, ceph: Ceph, path: Path) -> tuple[dict, str | None, str | None]:
-    """Upload to a new image; (result with the RBD usage, image id, RBD image name)."""
+    """Upload to a new image; (result with the RBD usage, image id, RBD image name). For streamd
+    (one process) and the OSD, the CPU per GiB of each group of threads too."""
     size = path.stat().st_size
     image_id = server.create_image(f"rbd-bench-{path.stem}")
     before = ceph.images()
     osd0 = cpu_seconds(ceph.osd_pid())
-    result = transfer(server, [server.file_url(image_id)], path, size)
+    with ExitStack() as samplers:
+        osd_threads = samplers.enter_context(ThreadSampler(ceph.osd_pid()))
+        server_threads = samplers.enter_context(ThreadSampler(server.pid)) if isinstance(server, StreamdRbd) else None
+        result = transfer(server, [server.file_url(image_id)], path, size)
     result["osd_cpu_s_per_gib"] = (cpu_seconds(ceph.osd_pid()) - osd0) / (size / GiB)
+    result["osd_threads"] = thread_groups(osd_threads, size / GiB)
+    if server_threads is not None:
+        result["server_threads"] = thread_groups(server_threads, size / GiB, server.pid)
     ok = result.pop("_ok")[0]
     names = sorted(ceph.images() - before)
     name = names[0] if names else None
@@ -295,6 +315,10 @@ def summarize(runs: list[dict], hashes: list[dict], files: dict[str, Path]) -> d
             usage = [r[op]["usage"] for r in rs if op in r and "usage" in r[op]]
             if usage:
                 s[op]["usage"] = usage[-1]
+            for key in ("server_threads", "osd_threads"):
+                groups = [r[op][key] for r in rs if op in r and key in r[op]]
+                if groups:
+                    s[op][key] = groups[-1]
         up = s.get("streamd_upload", {}).get("mib_s")
         imp = s.get("rbd_import", {}).get("mib_s")
         imp_best = max(filter(None, (imp, s.get("rbd_import_sparse4m", {}).get("mib_s"))), default=None)
@@ -303,6 +327,10 @@ def summarize(runs: list[dict], hashes: list[dict], files: dict[str, Path]) -> d
         s["ratio_vs_best_import_or_hash"] = up / min(imp_best, slowest_hash) if up and imp_best else None
         s["ratio_vs_glance"] = up / gl if up and gl else None
         s["nonzero_4m_mib"] = nonzero_mib(files[kind])
+        # streamd skips zeros in 64 KiB blocks (rbd_thin_provisioning_block_size): its `rbd diff` is exactly those.
+        s["nonzero_64k_mib"] = nonzero_mib(files[kind], 64 << 10)
+        diff = s.get("streamd_upload", {}).get("usage", {}).get("diff_mib")
+        s["streamd_diff_is_data"] = None if diff is None else abs(diff - s["nonzero_64k_mib"]) < 1 / MiB
         summary["files"][kind] = s
     return summary
 
@@ -319,7 +347,8 @@ def table(results: dict) -> str:
              f"load average {meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end; other processes "
              f"kept {meta['other_load_cores']} cores busy on average; run took {meta['run_seconds']} s; "
              f"streamd at {meta.get('streamd_commit')}",
-             f"glance: {meta['glance']}",
+             f"glance: {meta['glance']}" + ("; streamd: upload_body_in_thread = true"
+                                           if meta.get("upload_body_in_thread") else ""),
              f"single core: md5 {h['md5_mib_s']:.0f} MiB/s, sha512 {h['sha512_mib_s']:.0f} MiB/s (wall clock; "
              f"CPU time: {h['md5_cpu_mib_s']:.0f} / {h['sha512_cpu_mib_s']:.0f})",
              "CPU = client/server CPU-s per GiB (rbd import: the rbd process; streamd/Glance: server tree); "
@@ -350,6 +379,19 @@ def table(results: dict) -> str:
                      f" {'OK' if r1 and r1 >= 0.9 else 'MISSED'};"
                      f" with the faster import: {_n(r2, '.2f')};"
                      f" streamd / Glance = {_n(r3, '.2f')}" + ("" if r3 is None else f" {'OK' if r3 >= 3 else 'MISSED'}"))
+    for kind, s in summary["files"].items():
+        ok = s.get("streamd_diff_is_data")
+        lines.append(f"  {kind:9} streamd's `rbd diff` = the file's non-zero 64 KiB blocks "
+                     f"({_n(s.get('nonzero_64k_mib'))} MiB): "
+                     + ("-" if ok is None else "yes" if ok else "NO"))
+    lines.append("CPU-s per GiB by thread (last repetition; streamd process, ceph-osd)")
+    for kind, s in summary["files"].items():
+        for op in ("streamd_upload", "glance_upload"):
+            for key in ("server_threads", "osd_threads"):
+                groups = s.get(op, {}).get(key)
+                if groups:
+                    lines.append(f"  {kind:9} {op:15} {key[:-8]:6}: "
+                                 + ", ".join(f"{k} {v:.2f}" for k, v in list(groups.items())[:8]))
     problems = [f"{kind} {op}: {e}" for kind, s in summary["files"].items() for op, r in s.items()
                 if isinstance(r, dict) for e in r.get("errors", [])]
     if meta.get("glance_skipped"):
@@ -368,6 +410,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
     parser.add_argument("--size-mib", type=int, help="file size (default 2048, or 512 with --quick)")
     parser.add_argument("--no-glance", action="store_true", help="leave Glance out")
+    parser.add_argument("--upload-body-in-thread", action="store_true",
+                        help="streamd with upload_body_in_thread = true (socket reads off the event loop)")
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 3)
     size = (args.size_mib or (512 if args.quick else 2048)) * MiB
@@ -376,6 +420,7 @@ def main() -> int:
 
     started, busy = time.monotonic(), busy_cpu_seconds()
     meta: dict = {"file_mib": size // MiB, "repetitions": reps, "cores": os.cpu_count(),
+                  "upload_body_in_thread": args.upload_body_in_thread,
                   "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": open("/proc/loadavg").read().strip()}
     print(f"load average at start: {meta['loadavg_start']}", flush=True)
     git = ["git", "-C", str(REPO)]
@@ -395,7 +440,7 @@ def main() -> int:
     with ExitStack() as stack:
         ceph = stack.enter_context(Ceph(Path(f"/tmp/sdbench-ceph-{os.getpid()}")))
         print("starting streamd (RBD store, cache off) ...", flush=True)
-        streamd = stack.enter_context(StreamdRbd(out / "rbd-streamd", ceph))
+        streamd = stack.enter_context(StreamdRbd(out / "rbd-streamd", ceph, args.upload_body_in_thread))
         glance = None
         if not glance_skipped:
             print("starting Glance (rbd store) ...", flush=True)

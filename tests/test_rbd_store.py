@@ -214,6 +214,74 @@ async def test_failed_upload_leaves_no_rbd_image(api: ApiClient) -> None:
     assert not [n for n in rbd_images(pool) if image["id"] in n]
 
 
+def _nonzero_blocks(data: bytes, block: int) -> int:
+    """Bytes of ``data`` in ``block``-sized blocks (from offset 0) that are not all zeros."""
+    zero = bytes(block)
+    return sum(len(data[i:i + block]) for i in range(0, len(data), block) if data[i:i + block] != zero[:len(data[i:i + block])])
+
+
+async def test_writer_takes_pieces_of_every_shape_and_keeps_no_caller_buffer(second_pool: str) -> None:
+    """The store's writer alone: small pieces gathered, large whole buffers handed to librbd as they
+    are, views of part of a buffer, pieces across object ends, a short tail; a buffer the caller
+    overwrites right after each write (the thread-read upload reuses its batches) must not change
+    what was stored. Zero blocks are never sent and leave their objects absent."""
+    from streamd.config import RbdStoreOptions
+    from streamd.stores.rbd import RbdStore
+
+    env = ceph_env()
+    block = 64 * 1024
+    objects = [payload(OBJECT, 11),                                  # 0: small pieces, gathered
+               bytes(4 * MIB) + payload(4 * MIB, 12),                # 1: two 4 MiB whole buffers (one all zeros)
+               bytes(OBJECT),                                        # 2: zeros, a view of part of a buffer
+               b"".join(payload(block, 13 + i) + bytes(block) for i in range(8)) + payload(7 * MIB, 14),
+               payload(OBJECT, 15), payload(2 * MIB, 16) + bytes(MIB) + payload(5 * MIB, 17)]  # 4, 5: a piece across
+    data = b"".join(objects) + payload(12345, 18)                       # a short object 6
+    reused = bytearray(4 * MIB)
+
+    def feed(writer) -> None:
+        for start in range(0, OBJECT, 192 * 1024):  # object 0
+            writer.write(data[start:min(start + 192 * 1024, OBJECT)])
+        for start in (OBJECT, OBJECT + 4 * MIB):  # object 1, through one reused buffer
+            reused[:] = data[start:start + 4 * MIB]
+            writer.write(memoryview(reused))
+            reused[:] = b"\xa5" * len(reused)  # what librbd would send if it still read the caller's buffer
+        bigger = bytearray(OBJECT + MIB)
+        bigger[:OBJECT] = data[2 * OBJECT:3 * OBJECT]
+        writer.write(memoryview(bigger)[:OBJECT])  # object 2
+        writer.write(data[3 * OBJECT:3 * OBJECT + MIB])  # object 3: 1 MiB whole, half zero blocks...
+        writer.write(data[3 * OBJECT + MIB:4 * OBJECT])  # ...then 7 MiB to the end of the object
+        writer.write(data[4 * OBJECT:5 * OBJECT + 2 * MIB])  # objects 4 and the start of 5
+        for start in range(5 * OBJECT + 2 * MIB, len(data), 512 * 1024):
+            writer.write(data[start:start + 512 * 1024])
+
+    options = RbdStoreOptions(rbd_store_pool=env["CEPH_POOL"], rbd_store_ceph_conf=env["CEPH_CONF"],
+                              rbd_store_user="admin")
+    store = RbdStore("direct", options, "test-writer-shapes")
+    await store.start()
+    image_id = f"writer-shapes-{os.getpid()}-{time.monotonic_ns()}"
+    stored = writer = None
+    try:
+        writer = await store.writer(image_id, len(data))
+        await asyncio.to_thread(feed, writer)
+        stored = await writer.commit()
+        assert stored.size == len(data)
+        assert stored.metadata["bytes_written"] == _nonzero_blocks(data, block)
+        reader = await store.reader(stored.url)
+        try:
+            got = b"".join([await asyncio.to_thread(reader.read, off, 4 * MIB) for off in range(0, len(data), 4 * MIB)])
+        finally:
+            reader.close()
+        assert got == data
+        assert sorted({off // OBJECT for off, _ in extents(env["CEPH_POOL"], image_id)}) == [0, 1, 3, 4, 5, 6]
+    finally:
+        if stored is not None:
+            await store.delete(stored.url)
+        elif writer is not None:
+            await writer.abort()
+        await store.stop()
+    assert image_id not in rbd_images(env["CEPH_POOL"])
+
+
 # -- faults, with the daemon as a real process ---------------------------------------------------
 
 def daemon_config(op_timeout: str = "30", conf: str | None = None) -> str:

@@ -42,6 +42,8 @@ T = TypeVar("T")
 SNAPSHOT = "snap"
 INCOMING_PREFIX = "streamd-incoming."
 MAX_AIO_IN_FLIGHT = 8
+# A piece at least this large that is a buffer of its own goes to librbd without being gathered first.
+DIRECT_MIN = 1 << 20
 # Unknown size: grow the image by at least this much at a time (a resize writes nothing).
 GROWTH_STEP = 1 << 30
 # How often half-written images that could not be removed at once are tried again.
@@ -98,6 +100,9 @@ class RbdStore(Store):
             "rados_mon_op_timeout": timeout,
             # connect(timeout=) alone does not bound the mount when no monitor answers.
             "client_mount_timeout": str(max(1, math.ceil(self.options.rados_connect_timeout))),
+            # librbd copies the data of each aio_write before the call returns: the writer reuses its
+            # buffers at once (a ceph.conf that turned zero-copy writes on must not change that).
+            "rbd_disable_zero_copy_writes": "true",
         }
         cluster = rados.Rados(conffile=self.options.rbd_store_ceph_conf, rados_id=self.options.rbd_store_user,
                               conf=conf)
@@ -317,6 +322,15 @@ class RbdStore(Store):
             raise StateConflict(f"Image {name} is in use by clones in RBD store {self.name} and cannot be deleted")
 
 
+def _whole_buffer(view: memoryview) -> bytes | bytearray | None:
+    """The bytes or bytearray ``view`` spans from its first byte to its last, if it does (what
+    librbd's binding takes without a copy); None for a part of a buffer or another type."""
+    whole = view.obj
+    if isinstance(whole, (bytes, bytearray)) and view.c_contiguous and view.nbytes == len(whole):
+        return whole
+    return None
+
+
 def _remove_image_if_exists(ioctx: Any, name: str) -> None:
     _, rbd = _bindings()
     try:
@@ -336,7 +350,14 @@ def _remove_image(ioctx: Any, name: str) -> None:
 
 
 class RbdWriter(Writer):
-    """Re-blocks the stream into object-aligned buffers, skips zero blocks, keeps aio_writes in flight."""
+    """Re-blocks the stream into object-aligned writes, skips zero blocks, keeps aio_writes in flight.
+
+    librbd copies what ``aio_write`` is given before the call returns (``rbd_disable_zero_copy_writes``,
+    which the store forces on), so the writer hands it its own buffers and reuses them at once: one
+    staging buffer of an object's size for the small pieces a socket gives, and a large piece that
+    is a whole buffer of its own (the thread-read upload's 4 MiB batches, an import's reads) passed
+    as it is when it lies inside one object. Data is copied in Python only to gather small pieces,
+    and for the non-zero runs of an object that is partly zeros."""
 
     def __init__(self, store: RbdStore, ioctx: Any, image_id: str, temp: str, image: Any,
                  expected_size: int | None) -> None:
@@ -348,7 +369,8 @@ class RbdWriter(Writer):
         self.expected_size = expected_size
         self.capacity = expected_size or 0
         self.offset = 0  # bytes received
-        self.pending = bytearray()  # data of the current object not yet written
+        self.stage: bytearray | None = None  # gathers small pieces up to the end of their object; made on first use
+        self.staged = 0  # bytes of the stage in use: the data just before ``offset``
         self.slots = threading.Semaphore(MAX_AIO_IN_FLIGHT)
         self.failure: BaseException | None = None
         self.closed = False
@@ -372,37 +394,53 @@ class RbdWriter(Writer):
         except _ceph_errors() as exc:
             raise self._failed(exc, f"cannot write {self.temp}") from exc
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: bytes | bytearray | memoryview) -> None:
         self._raise_failure()
-        view = memoryview(chunk)
+        view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
         object_size = self.store.object_size
         while view:
-            start = self.offset - len(self.pending)
-            room = object_size - (start % object_size) - len(self.pending)
-            take = view[:room]
-            if not self.pending and len(take) == room and (start % object_size) == 0:
-                # A whole aligned object straight from the chunk: no copy into the staging buffer.
-                self.offset += len(take)
-                self._flush(take, start)
-            else:
-                self.pending += take
-                self.offset += len(take)
-                if len(self.pending) + (start % object_size) == object_size:
-                    self._flush(memoryview(self.pending), start)
-                    self.pending = bytearray()
-            view = view[len(take):]
+            room = object_size - self.offset % object_size  # to the end of the current object
+            if not self.staged and len(view) >= DIRECT_MIN and len(view) <= room:
+                whole = _whole_buffer(view)
+                if whole is not None:
+                    # A large piece inside one object, a buffer of its own: no copy on our side.
+                    start, self.offset = self.offset, self.offset + len(view)
+                    self._flush(view, start, whole)
+                    return
+            if self.stage is None:
+                self.stage = bytearray(object_size)
+            take = min(room, len(view))
+            self.stage[self.staged:self.staged + take] = view[:take]
+            self.staged += take
+            self.offset += take
+            view = view[take:]
+            if take == room:  # the end of an object
+                self._flush_stage()
 
-    def _flush(self, data: memoryview, start: int) -> None:
+    def _flush_stage(self) -> None:
+        if not self.staged:
+            return
+        assert self.stage is not None
+        staged, self.staged = self.staged, 0
+        whole = self.stage if staged == len(self.stage) else None
+        self._flush(memoryview(self.stage)[:staged], self.offset - staged, whole)
+
+    def _flush(self, data: memoryview, start: int, whole: bytes | bytearray | None) -> None:
+        """Write ``data`` (inside one object) at ``start``; ``whole``: the buffer ``data`` spans exactly,
+        handed to librbd as it is."""
         end = start + len(data)
         if end > self.capacity:
             self._grow(end)
         if self.store.thin:
             runs = zeroscan.zero_runs(data, self.store.block_size)
+            if len(runs) == 1 and not runs[0][2] and whole is not None:
+                self._aio_write(whole, start)
+                return
             for run_start, run_length, zero in runs:
                 if not zero:
                     self._aio_write(bytes(data[run_start:run_start + run_length]), start + run_start)
         else:
-            self._aio_write(bytes(data), start)
+            self._aio_write(whole if whole is not None else bytes(data), start)
 
     def _grow(self, needed: int) -> None:
         # Unknown size: grow ahead in big steps; a resize allocates nothing in Ceph.
@@ -410,7 +448,7 @@ class RbdWriter(Writer):
         self.capacity = max(needed, self.capacity + GROWTH_STEP)
         self.image.resize(self.capacity)
 
-    def _aio_write(self, data: bytes, offset: int) -> None:
+    def _aio_write(self, data: bytes | bytearray, offset: int) -> None:
         self.slots.acquire()
         self._raise_failure_release()
 
@@ -445,10 +483,8 @@ class RbdWriter(Writer):
 
     def _commit_blocking(self) -> int:
         _, rbd = _bindings()
-        if self.pending:
-            start = self.offset - len(self.pending)
-            self._flush(memoryview(self.pending), start)
-            self.pending = bytearray()
+        self._flush_stage()
+        self.stage = None
         self._wait_all()
         self.image.flush()
         if self.capacity != self.offset:
