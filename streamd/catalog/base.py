@@ -138,8 +138,12 @@ class CatalogBase:
                     yield conn
 
     @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def _read(self, *, one_statement: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with; ``one_statement``: for a single SELECT, which on SQLite then
+        runs without a BEGIN (the statement reads one snapshot by itself)."""
         async with self.engine.connect() as conn:
+            if one_statement and self.is_sqlite:
+                conn = await conn.execution_options(sqlite_no_begin=True)
             yield conn
 
     # -- image rows ----------------------------------------------------------------
@@ -332,5 +336,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("sqlite_no_begin", False):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate", False) else "BEGIN")
