@@ -13,7 +13,6 @@ import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..context import RequestContext
 from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTransition, NotPermitted, QuotaExceeded
