@@ -24,7 +24,8 @@ from conftest import ADMIN, MEMBER_A, MEMBER_B, MEMBER_C, PROJECT_A, PROJECT_B, 
 from streamd.config import load_config
 from streamd.context import RequestContext
 from streamd.errors import ConfigError, NotPermitted
-from streamd.policy import RULE_NAMES, ImagePolicy, PolicyEnforcer, PolicySettings, settings_from_config
+from streamd.policy import RULE_NAMES, ImagePolicy, PolicyEnforcer, PolicySettings, rules_read_once_per_request, \
+    settings_from_config
 from streamd.policy.descriptions import describe
 from streamd.policy.glance_rules import RULES
 
@@ -111,6 +112,36 @@ def test_the_policy_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
         assert _call(daemon.url, "GET", path, MEMBER_A).status_code == 200
     finally:
         stop_daemon(daemon)
+
+
+def test_a_request_is_decided_by_the_rules_in_force_when_it_began(tmp_path: Path) -> None:
+    """Inside one request the files are looked at by the first check only; the next request (and
+    any check outside a request) sees an edit at once."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('get_image: "role:reader"\n')
+    enforcer = PolicyEnforcer(PolicySettings(policy_file=policy))
+    ctx = RequestContext(project_id=PROJECT_A, user_id="u", roles=frozenset({"reader"}))
+    target = {"project_id": PROJECT_A, "owner": PROJECT_A, "visibility": "private"}
+
+    edits = [0]
+
+    def edit(text: str) -> None:
+        policy.write_text(text)
+        edits[0] += 1
+        later = time.time() + 5 * edits[0]  # a newer modification time, whatever the filesystem's resolution
+        os.utime(policy, (later, later))
+
+    with rules_read_once_per_request():
+        assert enforcer.allows(ctx, "get_image", target)
+        edit('get_image: "!"\n')
+        assert enforcer.allows(ctx, "get_image", target)
+        assert enforcer.allows_each(ctx, "get_image", [target]) == [True]
+    assert not enforcer.allows(ctx, "get_image", target)
+    edit('get_image: "role:reader"\n')
+    with rules_read_once_per_request():
+        assert enforcer.allows(ctx, "get_image", target)
+    edit('get_image: "role:admin"\n')
+    assert not enforcer.allows(ctx, "get_image", target)
 
 
 def test_a_missing_policy_file_named_by_the_configuration_stops_the_start(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..context import RequestContext
 from ..errors import IdentityUnavailable, InvalidToken, StreamdError
+from ..policy import rules_read_once_per_request
 from ..status import reason_of, status_of
 from .client_faults import client_is_gone, client_went_away, describe
 from .errors import ProtocolError, render_error
@@ -119,9 +120,11 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
             return error_response(request, 503, _503_EXPLANATION, detail=KEYSTONE_503_DETAIL)
     # Glance decides is_admin once, when it builds the context, by the context_is_admin rule.
     policy = request.app[SERVICES].policy
-    request[CONTEXT] = dataclasses.replace(ctx, policy_admin=policy.is_admin(ctx))
-    set_request_identity(request)  # every line logged from here on names the request
-    return await handler(request)
+    # The policy files are looked at once for the request (by this first check), not per rule.
+    with rules_read_once_per_request():
+        request[CONTEXT] = dataclasses.replace(ctx, policy_admin=policy.is_admin(ctx))
+        set_request_identity(request)  # every line logged from here on names the request
+        return await handler(request)
 
 
 def _is_health(request: web.Request) -> bool:

@@ -26,6 +26,8 @@ from typing import Any, AsyncIterator, Callable, Mapping, Self, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -43,6 +45,8 @@ class CatalogBase:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # One writer at a time in this process on SQLite; PostgreSQL takes row locks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # The one-statement image reads (``image_read``), built once per (FOR UPDATE, member asked).
+        self._image_reads: dict[tuple[bool, bool], sa.Select[Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -134,21 +138,34 @@ class CatalogBase:
                     yield conn
 
     @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def _read(self, *, one_statement: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with; ``one_statement``: for a single SELECT, which on SQLite then
+        runs without a BEGIN (the statement reads one snapshot by itself)."""
         async with self.engine.connect() as conn:
+            if one_statement and self.is_sqlite:
+                conn = await conn.execution_options(sqlite_no_begin=True)
             yield conn
 
     # -- image rows ----------------------------------------------------------------
 
     async def _load(self, conn: AsyncConnection, image_id: str, *, for_update: bool = False) -> ImageRecord:
-        stmt = sa.select(m.images).where(m.images.c.id == image_id, m.images.c.deleted.is_(False))
-        if for_update and not self.is_sqlite:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).mappings().first()
+        image, _ = await self._load_as(conn, image_id, None, for_update=for_update)
+        return image
+
+    async def _load_as(self, conn: AsyncConnection, image_id: str, member: str | None, *,
+                       for_update: bool = False) -> tuple[ImageRecord, str | None]:
+        """The image with its properties, tags and locations in ONE statement (the child rows
+        gathered by JSON aggregation in the row), and ``member``'s membership status of it (None if
+        no member is asked for or it is none). DoesNotExist if there is no such live image."""
+        key = (for_update and not self.is_sqlite, member is not None)
+        stmt = self._image_reads.get(key)
+        if stmt is None:
+            stmt = self._image_reads[key] = image_read(self.is_sqlite, for_update=key[0], member=key[1])
+        params = {"image_id": image_id} if member is None else {"image_id": image_id, "member": member}
+        row = (await conn.execute(stmt, params)).first()
         if row is None:
             raise DoesNotExist(f"No image found with ID {image_id}")
-        records = await self._hydrate(conn, [row])
-        return records[0]
+        return record_of(row), (row.member_status if member is not None else None)
 
     async def _hydrate(self, conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[ImageRecord]:
         """Image rows with their properties, tags and locations, in three queries for any number of rows."""
@@ -187,23 +204,82 @@ class CatalogBase:
         raise InvalidStatusTransition(moved_on(current))
 
 
+def image_read(is_sqlite: bool, *, for_update: bool = False, member: bool = False) -> sa.Select[Any]:
+    """One SELECT of an image row (``:image_id``, not deleted) with three more columns, each a JSON
+    text of its child rows, read by correlated subqueries on their primary keys or index:
+    ``props_json`` (an object name -> value), ``tags_json`` (the tags by created_at then value, as
+    ``_hydrate`` orders them) and ``locs_json`` (``[store, url, metadata_json, status]`` by id);
+    with ``member``, ``member_status``: the status of ``:member``'s membership (NULL if none)."""
+    i, p, t, loc = m.images, m.image_properties, m.image_tags, m.image_locations
+    if is_sqlite:
+        # SQLite 3.40 has no ORDER BY inside an aggregate: the rows are ordered in a subquery
+        # (SQLite never flattens an ordered subquery into an aggregate, so they reach it in order).
+        props = sa.select(sa.func.json_group_object(p.c.name, p.c.value)).where(p.c.image_id == i.c.id)
+        tag_rows = (sa.select(t.c.value).where(t.c.image_id == i.c.id)
+                    .order_by(t.c.created_at, t.c.value).correlate(i).subquery())
+        tags = sa.select(sa.func.json_group_array(tag_rows.c.value))
+        loc_rows = (sa.select(loc.c.id, loc.c.store, loc.c.url, loc.c.metadata_json, loc.c.status)
+                    .where(loc.c.image_id == i.c.id).order_by(loc.c.id).correlate(i).subquery())
+        locs = sa.select(sa.func.json_group_array(sa.func.json_array(
+            loc_rows.c.store, loc_rows.c.url, loc_rows.c.metadata_json, loc_rows.c.status)))
+    else:
+        props = sa.select(sa.func.json_object_agg(p.c.name, p.c.value)).where(p.c.image_id == i.c.id)
+        tags = sa.select(sa.func.json_agg(t.c.value).aggregate_order_by(t.c.created_at, t.c.value)
+                         ).where(t.c.image_id == i.c.id)
+        locs = sa.select(sa.func.json_agg(
+            sa.func.json_build_array(loc.c.store, loc.c.url, loc.c.metadata_json, loc.c.status)
+        ).aggregate_order_by(loc.c.id)).where(loc.c.image_id == i.c.id)
+    columns: list[Any] = [i.c[k] for k in CORE_ATTRIBUTES]
+    columns += [sa.cast(props.scalar_subquery(), sa.Text).label("props_json"),
+                sa.cast(tags.scalar_subquery(), sa.Text).label("tags_json"),
+                sa.cast(locs.scalar_subquery(), sa.Text).label("locs_json")]
+    if member:
+        mem = m.image_members
+        columns.append(sa.select(mem.c.status).where(mem.c.image_id == i.c.id, mem.c.member == sa.bindparam("member"))
+                       .scalar_subquery().label("member_status"))
+    stmt = sa.select(*columns).where(i.c.id == sa.bindparam("image_id"), i.c.deleted.is_(False))
+    if for_update:
+        stmt = stmt.with_for_update(of=i)
+    return stmt
+
+
+def record_of(row: Any) -> ImageRecord:
+    """The ImageRecord of a row of ``image_read``."""
+    props = json.loads(row.props_json) if row.props_json else {}
+    tags = tuple(json.loads(row.tags_json)) if row.tags_json else ()
+    locs = tuple(Location(store, url, json.loads(meta), status)
+                 for store, url, meta, status in json.loads(row.locs_json)) if row.locs_json else ()
+    return ImageRecord(*row[:len(CORE_ATTRIBUTES)], properties=props, tags=tags, locations=locs)
+
+
 async def write_properties(conn: AsyncConnection, image_id: str, before: Mapping[str, str],
                            after: Mapping[str, str]) -> None:
     """Turn the image's properties from ``before`` into ``after``, touching only the rows that differ.
 
-    At most three statements whatever the number of properties: one DELETE, one UPDATE and one
-    INSERT, each over all the rows it concerns (executemany for the last two)."""
+    At most two statements whatever the number of properties: one DELETE of the names gone, one
+    INSERT ... ON CONFLICT DO UPDATE (executemany) of the values changed and the names added."""
     p = m.image_properties.c
     gone = sorted(set(before) - set(after))
     if gone:
         await conn.execute(m.image_properties.delete().where(p.image_id == image_id, p.name.in_(gone)))
-    changed = [{"b_name": k, "b_value": v} for k, v in after.items() if k in before and before[k] != v]
-    if changed:
-        await conn.execute(m.image_properties.update().where(
-            p.image_id == image_id, p.name == sa.bindparam("b_name")).values(value=sa.bindparam("b_value")), changed)
-    added = [{"image_id": image_id, "name": k, "value": v} for k, v in after.items() if k not in before]
-    if added:
-        await conn.execute(m.image_properties.insert(), added)
+    written = [{"image_id": image_id, "name": k, "value": v} for k, v in after.items() if before.get(k) != v]
+    if written:
+        await conn.execute(_property_upsert(conn.dialect.name), written)
+
+
+_PROPERTY_UPSERTS: dict[str, Any] = {}
+
+
+def _property_upsert(dialect: str) -> Any:
+    """INSERT of image_properties rows that sets the value of a name the image already has."""
+    stmt = _PROPERTY_UPSERTS.get(dialect)
+    if stmt is None:
+        insert = sqlite_insert if dialect == "sqlite" else pg_insert
+        ins = insert(m.image_properties)
+        stmt = _PROPERTY_UPSERTS[dialect] = ins.on_conflict_do_update(
+            index_elements=[m.image_properties.c.image_id, m.image_properties.c.name],
+            set_={"value": ins.excluded.value})
+    return stmt
 
 
 async def write_tags(conn: AsyncConnection, image_id: str, before: Sequence[str], after: Sequence[str],
@@ -260,5 +336,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("sqlite_no_begin", False):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate", False) else "BEGIN")

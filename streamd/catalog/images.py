@@ -13,14 +13,12 @@ import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..context import RequestContext
 from ..errors import DoesNotExist, Duplicate, InvalidRequest, InvalidStatusTransition, NotPermitted, QuotaExceeded
 from . import models as m
 from .base import CatalogBase, insert_location, write_properties, write_tags
-from .members import membership
-from .records import ImageRecord, Location, utcnow
+from .records import CORE_ATTRIBUTES, ImageRecord, Location, utcnow
 from .status import NEEDS_FORMATS, check_transition
 from .values import check_properties, check_row, check_tags
 
@@ -49,37 +47,35 @@ class ImagesMixin(CatalogBase):
         check_row(m.images, row)
         check_properties(properties)
         check_tags(tag_list)
+        tag_list_sorted = sorted(tag_list)  # one created_at: read back by value (``image_read``)
         async with self._write() as conn:
-            exists = await conn.scalar(sa.select(m.images.c.id).where(m.images.c.id == row["id"]))
-            if exists is not None:
-                raise Duplicate(f"Image ID {row['id']} already exists!")  # Glance's words
-            await conn.execute(m.images.insert().values(**row))
+            # The id's uniqueness is the primary key's (a deleted image's row keeps its id too).
+            try:
+                await conn.execute(m.images.insert().values(**row))
+            except sa.exc.IntegrityError:
+                raise Duplicate(f"Image ID {row['id']} already exists!") from None  # Glance's words
             if properties:
                 await conn.execute(m.image_properties.insert(), [
                     {"image_id": row["id"], "name": k, "value": v} for k, v in properties.items()])
             if tag_list:
                 await conn.execute(m.image_tags.insert(), [
                     {"image_id": row["id"], "value": t, "created_at": now} for t in tag_list])
-            return await self._load(conn, str(row["id"]))
+        # What was written is what a read would give back: no read.
+        return ImageRecord(**{k: row[k] for k in CORE_ATTRIBUTES}, properties=dict(properties),
+                           tags=tuple(tag_list_sorted))
 
     async def get_image(self, image_id: str, ctx: RequestContext | None = None) -> ImageRecord:
-        """The image, if it exists and ``ctx`` (when given) may see it; else DoesNotExist."""
-        async with self._read() as conn:
-            image = await self._load(conn, image_id)
-            if ctx is not None and not await self._visible(conn, ctx, image):
-                raise DoesNotExist(f"No image found with ID {image_id}")
-            return image
+        """The image, if it exists and ``ctx`` (when given) may see it; else DoesNotExist.
 
-    async def _visible(self, conn: AsyncConnection, ctx: RequestContext, image: ImageRecord) -> bool:
-        """Glance's database-layer visibility (``is_image_visible``): what the caller can find at all.
-        The policy (get_image and the rest) is checked by the API on what is found."""
-        if ctx.is_admin or image.owner is None or image.visibility in ("public", "community"):
-            return True
-        if ctx.project_id is None:
-            return False
-        if ctx.owns(image.owner):
-            return True
-        return image.visibility == "shared" and await membership(conn, image.id, ctx.project_id) is not None
+        One statement: the caller's membership is read with the image when it may matter."""
+        member = None
+        if ctx is not None and not ctx.is_admin and ctx.project_id is not None:
+            member = ctx.project_id
+        async with self._read(one_statement=True) as conn:
+            image, membership_status = await self._load_as(conn, image_id, member)
+        if ctx is not None and not _visible(ctx, image, membership_status):
+            raise DoesNotExist(f"No image found with ID {image_id}")
+        return image
 
     async def update_image(self, image_id: str, *, changes: Mapping[str, Any] | None = None,
                            set_properties: Mapping[str, str] | None = None,
@@ -126,13 +122,25 @@ class ImagesMixin(CatalogBase):
                     m.image_locations.c.image_id == image_id, m.image_locations.c.status == "active"))
                 for loc in locations:
                     await insert_location(conn, image_id, loc.store, loc.url, loc.metadata, now)
+            new_tags = image.tags
             if tags is not None:
                 wanted = list(dict.fromkeys(tags))
                 if tag_quota >= 0 and len(wanted) > tag_quota and len(wanted) > len(image.tags):
                     raise QuotaExceeded("The limit has been exceeded on the number of allowed image tags. "
                                     f"Attempted: {len(wanted)}, Maximum: {tag_quota}")
                 await write_tags(conn, image_id, image.tags, wanted, now)
-            return await self._load(conn, image_id)
+                # As read back (by created_at, then value): the tags kept, then the new ones.
+                kept, had = set(wanted), set(image.tags)
+                new_tags = tuple([t for t in image.tags if t in kept] + sorted(t for t in wanted if t not in had))
+            new_locations = image.locations
+            if locations is not None:
+                # The rows left (not active) keep their ids; the new ones come after them.
+                new_locations = tuple([loc for loc in image.locations if loc.status != "active"] + [
+                    Location(loc.store, loc.url, json.loads(json.dumps(dict(loc.metadata))), "active")
+                    for loc in locations])
+        # The row as written, without reading it back.
+        return dataclasses.replace(image, **_as_stored(changes), properties=new_props, tags=new_tags,
+                                   locations=new_locations)
 
     async def transition(self, image_id: str, from_status: str, to_status: str,
                          values: Mapping[str, Any] | None = None) -> ImageRecord:
@@ -198,6 +206,35 @@ class ImagesMixin(CatalogBase):
                 values.update(size=None, virtual_size=None, checksum=None, os_hash_algo=None, os_hash_value=None)
             await conn.execute(m.images.update().where(m.images.c.id == image_id).values(**values))
             return found[0]
+
+
+def _as_stored(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The image attributes among ``changes`` as the catalogue reads them back (an integral float
+    in an integer column is an int; booleans are bools)."""
+    shown = {}
+    for name, value in changes.items():
+        if name not in CORE_ATTRIBUTES:
+            continue
+        kind = m.images.c[name].type
+        if value is not None and isinstance(kind, sa.Boolean):
+            value = bool(value)
+        elif value is not None and isinstance(kind, sa.Integer) and not isinstance(value, bool):
+            value = int(value)
+        shown[name] = value
+    return shown
+
+
+def _visible(ctx: RequestContext, image: ImageRecord, membership_status: str | None) -> bool:
+    """Glance's database-layer visibility (``is_image_visible``): what the caller can find at all,
+    ``membership_status`` being the caller's membership of the image (None: none).
+    The policy (get_image and the rest) is checked by the API on what is found."""
+    if ctx.is_admin or image.owner is None or image.visibility in ("public", "community"):
+        return True
+    if ctx.project_id is None:
+        return False
+    if ctx.owns(image.owner):
+        return True
+    return image.visibility == "shared" and membership_status is not None
 
 
 def _location_keys(locations: Iterable[Location]) -> list[tuple[str, str, str]]:

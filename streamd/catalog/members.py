@@ -1,7 +1,8 @@
 """Image members: the projects a ``shared`` image is offered to, and their answers.
 
-``membership`` is also how the image and listing queries learn whether the caller's
-project was offered an image (Glance shows a shared image to its members only).
+``membership`` is also how the listing query learns whether the caller's project was
+offered the marker's image (Glance shows a shared image to its members only); showing an
+image reads the caller's membership in the image's own SELECT (``base.image_read``).
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
-from .enforcer import RULE_NAMES, PolicyEnforcer, PolicySettings, credentials, rule_defaults
+from .enforcer import RULE_NAMES, PolicyEnforcer, PolicySettings, credentials, rule_defaults, rules_read_once_per_request
 from .images import NOT_FOUND, ImagePolicy, enforce_add_image, enforce_visibility
 from .protections import PropertyProtections
 from .targets import image_target, list_target, new_image_target
 
 __all__ = ["RULE_NAMES", "NOT_FOUND", "ImagePolicy", "PolicyEnforcer", "PolicySettings", "PropertyProtections", "credentials",
            "enforce_add_image", "enforce_visibility", "image_target", "list_target", "new_image_target",
-           "protections_from_config", "rule_defaults", "settings_from_config"]
+           "protections_from_config", "rule_defaults", "rules_read_once_per_request", "settings_from_config"]
 
 
 def _config_dir(config: Config) -> Path:

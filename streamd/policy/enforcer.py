@@ -31,11 +31,14 @@ Choices, and why:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import inspect
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from oslo_config import cfg
 from oslo_policy import _checks
@@ -149,6 +152,66 @@ def _remote_checks(check: _checks.BaseCheck) -> list[str]:
     return found
 
 
+# oslo.policy evaluates every check (each "and"/"or"/"rule:" node too) through ``_checks._check``,
+# which calls ``inspect.getfullargspec`` on the check's ``__call__`` to learn whether it takes the
+# rule name: ~25 us a node, most of a rule's cost. The answer is the class's, so it is asked once
+# per class here; the evaluation is oslo.policy's own.
+_TAKES_RULE_NAME: dict[type, bool] = {}
+
+
+def _check_once_inspected(rule: Any, target: Any, creds: Any, enforcer: Any, current_rule: Any) -> Any:
+    kind = type(rule)
+    takes = _TAKES_RULE_NAME.get(kind)
+    if takes is None:
+        takes = _TAKES_RULE_NAME[kind] = len(inspect.getfullargspec(rule.__call__).args) > 4
+    if takes:
+        return rule(target, creds, enforcer, current_rule)
+    return rule(target, creds, enforcer)
+
+
+_checks._check = _check_once_inspected
+
+
+class _OsloEnforcer(oslo_policy.Enforcer):
+    """oslo.policy's enforcer, except that ``enforce`` does not look at the policy files again when
+    ``PolicyEnforcer._reload`` has just done it (oslo.policy's ``enforce`` starts with a
+    ``load_rules`` of its own: two stats of every file and a search of the config directories)."""
+
+    rules_fresh = False
+
+    def load_rules(self, force_reload: bool = False) -> None:
+        if self.rules_fresh and not force_reload:
+            return
+        super().load_rules(force_reload)
+
+
+class _RequestReads:
+    """The oslo.policy enforcers whose files have been looked at during one API request."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.seen: list[object] = []
+
+
+_REQUEST_READS: contextvars.ContextVar[_RequestReads | None] = contextvars.ContextVar(
+    "streamd_policy_request_reads", default=None)
+
+
+@contextlib.contextmanager
+def rules_read_once_per_request() -> Iterator[None]:
+    """Within this block (one API request), the policy files are looked at (and re-read if they
+    changed) by the first rule checked, not again by every later one: a request is decided by the
+    rules in force when it began, as a policy file edited mid-request would leave it anyway.
+    Outside such a block (and in tasks that outlive it) every check looks, as oslo.policy does."""
+    reads = _RequestReads()
+    token = _REQUEST_READS.set(reads)
+    try:
+        yield
+    finally:
+        reads.open = False
+        _REQUEST_READS.reset(token)
+
+
 class PolicyEnforcer:
     """Decides whether a caller may apply a Glance rule to a target.
 
@@ -170,7 +233,7 @@ class PolicyEnforcer:
         conf.set_override("policy_default_rule", settings.policy_default_rule, group="oslo_policy")
         conf.set_override("enforce_new_defaults", settings.enforce_new_defaults, group="oslo_policy")
         self._conf = conf
-        self._enforcer = oslo_policy.Enforcer(conf, use_conf=True, overwrite=True)
+        self._enforcer = _OsloEnforcer(conf, use_conf=True, overwrite=True)
         # Glance silences these too: every rule changed its default, a warning per rule helps nobody.
         self._enforcer.suppress_default_change_warnings = True
         self._enforcer.suppress_deprecation_warnings = True
@@ -207,7 +270,13 @@ class PolicyEnforcer:
         return [(name, what) for name, check in rules.items() for what in _remote_checks(check)]
 
     def _reload(self) -> None:
-        """oslo.policy's re-read of changed files, done here so that a bad edit cannot fail a request."""
+        """oslo.policy's re-read of changed files, done here so that a bad edit cannot fail a request
+        (once per request inside ``rules_read_once_per_request``)."""
+        reads = _REQUEST_READS.get()
+        if reads is not None and reads.open:
+            if any(e is self._enforcer for e in reads.seen):
+                return
+            reads.seen.append(self._enforcer)
         try:
             self._enforcer.load_rules()
         except ValueError as exc:
@@ -219,12 +288,22 @@ class PolicyEnforcer:
                           name, what)
                 self._enforcer.rules[name] = _checks.FalseCheck()
 
+    def _oslo_enforce(self, rule: Any, target: Mapping[str, Any], creds: Mapping[str, Any], *,
+                      do_raise: bool) -> Any:
+        """oslo.policy's ``enforce``, right after ``_reload`` (which looked at the files already)."""
+        enforcer = self._enforcer
+        enforcer.rules_fresh = True
+        try:
+            return enforcer.enforce(rule, target, creds, do_raise=do_raise)
+        finally:
+            enforcer.rules_fresh = False
+
     def allows(self, ctx: RequestContext, rule: str, target: Mapping[str, Any]) -> bool:
         if rule not in RULE_NAMES:
             raise LookupError(f"policy rule {rule!r} is not one of Glance's")  # a bug of the caller
         self._reload()
         # Each call gets fresh credentials: oslo.policy adds keys to the dict it is given.
-        return bool(self._enforcer.enforce(rule, target, credentials(ctx), do_raise=False))
+        return bool(self._oslo_enforce(rule, target, credentials(ctx), do_raise=False))
 
     def allows_each(self, ctx: RequestContext, rule: str, targets: Sequence[Mapping[str, Any]]) -> list[bool]:
         """``allows`` for each of many targets of one rule (a page of images): the rules are re-read
@@ -249,7 +328,7 @@ class PolicyEnforcer:
             if memo_key is not None and memo_key in decided:
                 answers.append(decided[memo_key])
                 continue
-            answer = bool(self._enforcer.enforce(rule, target, credentials(ctx), do_raise=False))
+            answer = bool(self._oslo_enforce(rule, target, credentials(ctx), do_raise=False))
             if memo_key is not None:
                 decided[memo_key] = answer
             answers.append(answer)
@@ -272,7 +351,7 @@ class PolicyEnforcer:
         file in the policies format names these). An unknown name gets oslo.policy's answer: the
         ``policy_default_rule``."""
         self._reload()
-        return bool(self._enforcer.enforce(_checks.RuleCheck("rule", name), dict(target), credentials(ctx),
+        return bool(self._oslo_enforce(_checks.RuleCheck("rule", name), dict(target), credentials(ctx),
                                            do_raise=False))
 
     def enforce(self, ctx: RequestContext, rule: str, target: Mapping[str, Any]) -> None:
