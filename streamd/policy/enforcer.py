@@ -169,7 +169,10 @@ def _check_once_inspected(rule: Any, target: Any, creds: Any, enforcer: Any, cur
     return rule(target, creds, enforcer)
 
 
-_checks._check = _check_once_inspected
+# Only over the function it was written against (oslo.policy 6.x's five-argument ``_check``):
+# another version keeps its own.
+if list(inspect.signature(_checks._check).parameters) == ["rule", "target", "creds", "enforcer", "current_rule"]:
+    _checks._check = _check_once_inspected
 
 
 class _OsloEnforcer(oslo_policy.Enforcer):
