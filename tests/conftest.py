@@ -260,7 +260,7 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def start_daemon(tmp_path: Path, extra_config: str = "", env: dict[str, str] | None = None,
-                 timeout: float = 20.0, port: int | None = None) -> Daemon:
+                 timeout: float = 60.0, port: int | None = None) -> Daemon:
     port = port or free_port()
     data_dir = tmp_path / "data"
     config_path = write_config(tmp_path / "streamd.conf", (
