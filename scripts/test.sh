@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh [pytest args...]
 #
-# Runs the whole test suite (default args: tests/ -q, then Tempest's image tests and
+# Runs the whole test suite (default args: tests/ -q -n 3 --dist loadfile, then Tempest's image tests and
 # glance-tempest-plugin's RBAC tests through scripts/tempest.sh) against throwaway services:
 # a PostgreSQL cluster from scripts/pg-dev.sh and a single-node Ceph cluster from
 # scripts/ceph-dev.sh, each in a temporary directory, removed on exit (also on
@@ -79,7 +79,10 @@ eval "$barbican_env"
 whole_suite=0
 if [ "$#" -eq 0 ]; then
     whole_suite=1
-    set -- tests/ -q --durations=30
+    # pytest-xdist: STREAMD_TEST_WORKERS processes (default 3: the tests wait on subprocess CLIs, servers
+    # and Ceph more than they compute, so 3 keep 2 cores busy), a whole test file per worker (--dist loadfile:
+    # a module's shared servers start once). STREAMD_TEST_WORKERS=0 runs the suite in this one process.
+    set -- tests/ -q --durations=30 -n "${STREAMD_TEST_WORKERS:-3}" --dist loadfile
 fi
 echo "test.sh: $PY -m pytest $*" >&2
 set +e

@@ -23,11 +23,14 @@ Usage::
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -217,7 +220,15 @@ def bootstrap_keystone(url: str, admin_password: str) -> Keystone:
 
 @functools.cache
 def _session_keystone(url: str, admin_password: str) -> Keystone:
-    return bootstrap_keystone(url, admin_password)
+    # pytest-xdist's workers are processes of their own, each bootstrapping on first use: one at a time
+    # (a lock file per Keystone), or two would both create a missing user and one get a 409.
+    lock_path = Path(tempfile.gettempdir()) / f"streamd-keystone-{hashlib.sha1(url.encode()).hexdigest()[:16]}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return bootstrap_keystone(url, admin_password)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass

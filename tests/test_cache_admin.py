@@ -382,10 +382,11 @@ def test_queue_image_with_the_periodic_prefetcher(tmp_path: Path) -> None:
 
 def test_kill_9_during_a_fill_leaves_nothing_partial(tmp_path: Path) -> None:
     data = payload(12 * MiB + 5, 20)
-    daemon = start_daemon(tmp_path, "image_cache_maintenance_interval = 0\n", env=slow_env(tmp_path, 0.2))
+    daemon = start_daemon(tmp_path, "image_cache_maintenance_interval = 0\n", env=slow_env(tmp_path, 1.0))
     image_id = upload(daemon, data)
     partial = cache_dir(daemon) / "incomplete" / image_id
-    # A client asks and does not read: the fill runs by itself, slowly (0.2 s per MiB).
+    # A client asks and does not read: the fill runs by itself, slowly (1 s per MiB: still running while
+    # streamd-cache-manage starts and asks, even on a machine busy with other tests; killed before it ends).
     host, port = daemon.url.removeprefix("http://").split(":")
     client = socket.create_connection((host, int(port)))
     client.sendall(f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\nX-Project-Id: {MEMBER_A['X-Project-Id']}\r\n"

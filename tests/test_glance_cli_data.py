@@ -39,15 +39,14 @@ def glance(server: Daemon, home: Path, *args: str, check: bool = True) -> subpro
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["HOME"] = str(home)
     # glanceclient uploads whatever a non-terminal stdin holds; give it none at all.
-    result = subprocess.run([glance_bin(), "--os-image-url", server.url, "--os-auth-token", "x", *args],
-                            capture_output=True, text=True, env=env, timeout=120, preexec_fn=_close_stdin)
+    # `exec ... <&-` rather than a preexec_fn: no fork() in this process, where eventlet (imported by
+    # another test file on the same pytest-xdist worker) warns at every fork.
+    result = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', glance_bin(), "--os-image-url", server.url,
+                             "--os-auth-token", "x", *args],
+                            capture_output=True, text=True, env=env, timeout=120)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
-
-
-def _close_stdin() -> None:
-    os.close(0)
 
 
 def show(server: Daemon, image_id: str) -> dict:
@@ -85,9 +84,9 @@ def test_image_upload_then_download_to_stdout(server: Daemon, tmp_path: Path) ->
     assert show(server, image_id)["status"] == "active"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["HOME"] = str(tmp_path)
-    result = subprocess.run([glance_bin(), "--os-image-url", server.url, "--os-auth-token", "x",
-                             "image-download", image_id], capture_output=True, env=env, timeout=120,
-                            preexec_fn=_close_stdin)
+    result = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', glance_bin(), "--os-image-url", server.url,
+                             "--os-auth-token", "x", "image-download", image_id], capture_output=True, env=env,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == data
     # A second upload to an active image is refused with Glance's 409.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -604,11 +605,17 @@ def test_glance_and_openstack_cli_show_and_change_locations_as_with_glance(tmp_p
     (tmp_path / "glance-work").mkdir()
     daemon = start_daemon(tmp_path / "streamd", extra_config="show_multiple_locations = true\n"
                                                               "show_image_direct_url = true\n")
-    try:
-        ours = _cli_scenario(daemon.url, tmp_path / "streamd", reference=False)
+    def reference() -> list[tuple[str, object]]:
         with LocationsGlance(tmp_path / "glance", ROOT / ".venv-glance") as glance:
             _warm_up(glance.url)
-            theirs = _cli_scenario(glance.url, tmp_path / "glance-work", reference=True)
+            return _cli_scenario(glance.url, tmp_path / "glance-work", reference=True)
+
+    try:
+        # The two servers share nothing: Glance starts and runs the scenario while streamd runs it.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            glance_side = pool.submit(reference)
+            ours = _cli_scenario(daemon.url, tmp_path / "streamd", reference=False)
+            theirs = glance_side.result()
     finally:
         stop_daemon(daemon)
     assert dict(ours) == dict(theirs)

@@ -9,6 +9,7 @@ A second test reads streamd's answers on their own, so a change on both sides ca
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import subprocess
@@ -133,11 +134,19 @@ class _GlanceKeptResetting(Exception):
     """uWSGI cut one of Glance's connections on every retry: Glance's state after it is unknown."""
 
 
+def _run_all(url: str, steps: list[list[str]]) -> list[tuple[tuple[int, str, str], bool]]:
+    return [openstack(url, step) for step in steps]
+
+
 def _compare(servers: dict[str, str], namespace: str) -> int:
+    # The two servers share nothing: each side runs the whole sequence in order in a thread of its own,
+    # both at once (each CLI run is mostly the interpreter starting), then the answers are compared step by step.
+    steps = _steps(namespace)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ours_f, theirs_f = (pool.submit(_run_all, servers[side], steps) for side in ("streamd", "glance"))
+        our_runs, their_runs = ours_f.result(), theirs_f.result()
     compared = 0
-    for step in _steps(namespace):
-        ours, _ = openstack(servers["streamd"], step)
-        theirs, retried = openstack(servers["glance"], step)
+    for step, (ours, _), (theirs, retried) in zip(steps, our_runs, their_runs, strict=True):
         if _DROPPED.search(theirs[2]):
             raise _GlanceKeptResetting(" ".join(step))
         if retried and theirs[0] != 0 and ours[0] == 0:

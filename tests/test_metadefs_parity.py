@@ -11,6 +11,7 @@ The metadefs schemas and the loaded definitions are compared whole.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import subprocess
@@ -174,12 +175,19 @@ class _GlanceKeptResetting(Exception):
     """uWSGI cut one of Glance's connections on every retry: Glance's state after it is unknown."""
 
 
+def _run_all(url: str, commands: list[str]) -> list[tuple[tuple[int, str, str], bool]]:
+    return [_cli(url, command) for command in commands]
+
+
 def _compare_cli_steps(servers: dict[str, str], namespace: str) -> int:
+    # The two servers share nothing: each side runs the whole sequence in order in a thread of its own,
+    # both at once (each CLI run is mostly the interpreter starting), then the answers are compared step by step.
+    commands = [step.replace("cli-ns", namespace) for step in CLI_STEPS]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ours_f, theirs_f = (pool.submit(_run_all, servers[side], commands) for side in ("streamd", "glance"))
+        our_runs, their_runs = ours_f.result(), theirs_f.result()
     compared = 0
-    for step in CLI_STEPS:
-        command = step.replace("cli-ns", namespace)
-        ours, _ = _cli(servers["streamd"], command)
-        theirs, retried = _cli(servers["glance"], command)
+    for command, (ours, _), (theirs, retried) in zip(commands, our_runs, their_runs, strict=True):
         if _DROPPED.search(theirs[2]):
             raise _GlanceKeptResetting(command)
         if retried and theirs[0] != 0 and ours[0] == 0:

@@ -107,6 +107,10 @@ def test_the_counters_move_with_the_data(metered: tuple[Daemon, str]) -> None:
     while json.loads(call(daemon, f"/v2/images/{imported}", headers=MEMBER_A)[2])["status"] != "active":
         assert time.monotonic() < deadline, "import did not finish"
         time.sleep(0.1)
+    # The import's duration is observed when its task ends, just after the image went active.
+    while value(scrape(url), "streamd_import_duration_seconds_count", method="glance-direct", result="success") == 0:
+        assert time.monotonic() < deadline, "the import's task did not end"
+        time.sleep(0.05)
     done = scrape(url)
     assert value(done, "streamd_import_duration_seconds_count", method="glance-direct", result="success") == 1
     assert value(done, "streamd_store_bytes_total", store="os_glance_staging_store", direction="in",

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from conftest import pg_url
@@ -16,11 +18,17 @@ from test_rbd_store import ceph_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_storm_bench_prints_its_table(tmp_path: Path) -> None:
+def test_storm_bench_prints_its_table() -> None:
     env = {**os.environ, **ceph_env(), "STREAMD_TEST_PG_URL": pg_url()}
-    out = subprocess.run([sys.executable, str(ROOT / "bench/storm.py"), "--nodes", "2", "--clients", "2",
-                          "--size-mib", "32", "--out", str(tmp_path / "storm")],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    # A short directory, not tmp_path: the nodes' admin sockets (<out>/streamd-N/data/run/admin.sock) must
+    # stay within AF_UNIX's 108 bytes, which pytest-xdist's popen-gwN level of tmp_path can pass.
+    work = Path(tempfile.mkdtemp(prefix="storm-"))
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "bench/storm.py"), "--nodes", "2", "--clients", "2",
+                              "--size-mib", "32", "--out", str(work / "storm")],
+                             capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "boot storm: one 32 MiB image, 2 nodes x 2 clients" in text, text

@@ -50,7 +50,20 @@ class FtpSite:
                                                    "auth_failed_timeout": 0.01})
         self.server = FTPServer(("127.0.0.1", 0), handler)
         self.port = int(self.server.address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"timeout": 0.05}, daemon=True)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        # The loop and its closing in one thread: close_all() from another thread closes the poller
+        # under a running poll, which then fails with EBADF (seen on a busy machine).
+        while not self.stopping.is_set():
+            self.server.ioloop.loop(0.05, blocking=False)
+        self.server.close_all()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "the FTP server thread did not stop"
 
     def url(self, path: str, userinfo: str = "") -> str:
         return f"ftp://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}{path}"
@@ -71,8 +84,7 @@ def site(tmp_path: Path) -> Iterator[FtpSite]:
     try:
         yield ftp
     finally:
-        ftp.server.close_all()
-        ftp.thread.join(5)
+        ftp.stop()
 
 
 async def _fetch(uri: str, uri_filter: UriFilter = UriFilter(FTP_ALLOWED)) -> tuple[Any, bytes]:
