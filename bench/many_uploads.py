@@ -35,8 +35,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                        help="a [DEFAULT] option for the server (repeatable), e.g. upload_body_in_thread=false")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]OPTION=VALUE",
+                        help="an option for the server (repeatable): [DEFAULT] by name, e.g. upload_body_in_thread=false, "
+                             "another section as SECTION.OPTION, e.g. fs.filesystem_store_direct_io=true")
     args = parser.parse_args()
     size = args.size_mib * MiB
     out = args.out.resolve()

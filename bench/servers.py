@@ -145,18 +145,25 @@ class Streamd(Server):
                  options: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.database_url = database_url  # None: SQLite under data_dir (the default)
-        self.options = dict(options or {})  # more [DEFAULT] options (a bench's --set)
+        # More options (a bench's --set): [DEFAULT] ones by name, others as SECTION.option (fs.filesystem_store_direct_io).
+        self.options = dict(options or {})
         # /metrics on a port of its own (scraped during the run: bench/scrape.py).
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def prepare(self) -> list[str]:
         config = self.workdir / "streamd.conf"
+        sections: dict[str, dict[str, str]] = {}
+        for key, value in self.options.items():
+            section, _, name = key.rpartition(".")
+            sections.setdefault(section or "DEFAULT", {})[name] = value
         config.write_text(f"[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
                           f"data_dir = {self.workdir / 'data'}\n"
-                          + "".join(f"{key} = {value}\n" for key, value in self.options.items())
+                          + "".join(f"{key} = {value}\n" for key, value in sections.pop("DEFAULT", {}).items())
                           + f"[metrics]\nenabled = true\nbind_port = {self.metrics_port}\n"
-                          + (f"[database]\nconnection = {self.database_url}\n" if self.database_url else ""))
+                          + (f"[database]\nconnection = {self.database_url}\n" if self.database_url else "")
+                          + "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                                    for section, values in sections.items()))
         streamd = REPO / ".venv/bin/streamd"
         if streamd.exists():
             return [str(streamd), "serve", "--config", str(config)]

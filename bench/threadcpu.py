@@ -128,8 +128,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="uploads (and downloads) at once, each of its own image")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                        help="a [DEFAULT] option for the server (repeatable), e.g. upload_body_in_thread=false")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]OPTION=VALUE",
+                        help="an option for the server (repeatable): [DEFAULT] by name, e.g. upload_body_in_thread=false, "
+                             "another section as SECTION.OPTION, e.g. fs.filesystem_store_direct_io=true")
     args = parser.parse_args()
     size = args.file.stat().st_size
     options = dict(item.split("=", 1) for item in args.set)

@@ -607,6 +607,13 @@ class FileStoreOptions:
     filesystem_thin_provisioning_block_size: int = opt(
         65536, _power_of_two(4096, 65536),
         "Granularity of zero detection with thin provisioning: a power of two from 4096 to 65536 bytes.")
+    filesystem_store_direct_io: bool = opt(
+        False, _bool,
+        "Write image data with O_DIRECT (through a 1 MiB aligned buffer of each upload's), not through "
+        "the page cache: on hosts where new page-cache pages are dear (measured on a 2-core VM: a "
+        "buffered write of fresh data 2.4-2.9 CPU-s/GiB, O_DIRECT 0.12) it saves the writer's CPU, but "
+        "the first download of an image then reads the disk. A filesystem that refuses O_DIRECT "
+        "at open (EINVAL) is written through the page cache, with one line logged.")
     filesystem_store_chunk_size: int = opt(
         65536, _int_range(4096, 64 << 20), "Bytes read or written at a time (Glance's option; streamd moves larger chunks where it helps).")
     weight: int = opt(

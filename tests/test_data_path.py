@@ -428,3 +428,130 @@ def test_several_empty_uploads_in_a_row(daemon: Daemon) -> None:
                                                            headers=MEMBER_A), timeout=10) as response:
             shown = json.loads(response.read())
         assert shown["status"] == "active" and shown["size"] == 0
+
+
+# -- filesystem_store_direct_io ---------------------------------------------------------------------
+
+def _direct_dir(tmp_path: Path) -> Path:
+    """A directory on the checkout's filesystem (a disk: O_DIRECT works there, where /tmp may be a tmpfs)."""
+    return Path(__file__).resolve().parents[1] / "data" / f"test-direct-{tmp_path.name}-{os.getpid()}"
+
+
+@pytest.mark.parametrize("thin", [False, True])
+async def test_direct_io_writer_lands_every_byte_from_pieces_of_any_shape(tmp_path: Path, thin: bool) -> None:
+    import fcntl
+    import shutil
+
+    from streamd.config import FileStoreOptions
+    from streamd.stores.file import DirectFileWriter, FileStore
+
+    directory = _direct_dir(tmp_path)
+    try:
+        store = FileStore("fs", FileStoreOptions(filesystem_store_datadir=str(directory), filesystem_store_direct_io=True,
+                                                 filesystem_thin_provisioning=thin,
+                                                 filesystem_thin_provisioning_block_size=4096), tmp_path)
+        await store.start()
+        mib = 1 << 20
+        # Unaligned lengths throughout, zeros across stage boundaries, a tail that is not a block.
+        data = payload(mib + 3) + bytes(3 * mib) + payload(5000, 2) + bytes(2 * mib + 17) + payload(777, 3)
+        writer = await store.writer("img", len(data))
+        assert isinstance(writer, DirectFileWriter)
+        assert fcntl.fcntl(writer.fd, fcntl.F_GETFL) & os.O_DIRECT
+        view = memoryview(data)
+        for piece in (1, 4095, 4097, mib, 3 * mib + 1, 12345):
+            writer.write(view[:piece])
+            view = view[piece:]
+        writer.write(view)
+        stored = await writer.commit()
+        path = directory / "img"
+        assert stored.size == len(data) == path.stat().st_size
+        assert path.read_bytes() == data
+        allocated = path.stat().st_blocks * 512
+        if thin:
+            assert allocated <= 2 * mib, allocated  # the 5 MiB of zeros are holes
+        else:
+            assert allocated >= len(data) - 4096, allocated
+        # An abort leaves nothing behind.
+        aborted = await store.writer("gone", None)
+        aborted.write(payload(3 * mib + 1))
+        await aborted.abort()
+        assert sorted(p.name for p in directory.iterdir()) == [".incoming", "img"]
+        assert list((directory / ".incoming").iterdir()) == []
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_uploads_through_a_direct_io_store_round_trip(tmp_path: Path) -> None:
+    import shutil
+
+    directory = _direct_dir(tmp_path)
+    server, api, session = await start_api(make_config(
+        tmp_path, None, fs={"filesystem_store_datadir": str(directory), "filesystem_store_direct_io": "true",
+                            "filesystem_thin_provisioning": "true"}))
+    try:
+        mib = 1 << 20
+        data = payload(mib) + bytes(8 * mib) + payload(3 * mib + 5, 3)
+        for body in (data, chunked(data, 3 * mib + 5)):
+            image = await api.create()
+            assert (await upload(api, image["id"], body)).status == 204
+            assert (directory / image["id"]).stat().st_blocks * 512 <= 5 * mib
+            got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A)
+            assert got.body == data
+            assert (await api.call("GET", f"/v2/images/{image['id']}", as_=MEMBER_A)).json["checksum"] == \
+                hashlib.md5(data).hexdigest()
+            # Ranges of a thread-sent length, at offsets that are no block's.
+            for first, last in ((1, 2 * mib), (4097, len(data) - 1), (len(data) - mib - 3, len(data) - 2)):
+                got = await api.call("GET", f"/v2/images/{image['id']}/file", as_=MEMBER_A,
+                                     headers={"Range": f"bytes={first}-{last}"})
+                assert (got.status, got.body) == (206, data[first:last + 1])
+    finally:
+        await session.close()
+        await server.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_direct_reads_send_any_range_and_stop_at_the_end_of_the_file(tmp_path: Path) -> None:
+    import shutil
+    import socket
+    import threading
+
+    from streamd.pipeline import socketcopy
+
+    directory = _direct_dir(tmp_path)
+    directory.mkdir(parents=True)
+    try:
+        data = payload(3 * (1 << 20) + 1234)
+        (directory / "f").write_bytes(data)
+        fd = os.open(directory / "f", os.O_RDONLY)
+        direct = socketcopy._open_direct(fd)
+        assert direct is not None, "the checkout's filesystem refuses O_DIRECT"
+        os.close(direct)
+        try:
+            def send(offset: int, count: int) -> bytes:
+                ours, theirs = socket.socketpair()
+                received = bytearray()
+
+                def drain() -> None:
+                    while piece := theirs.recv(1 << 16):
+                        received.extend(piece)
+
+                reader = threading.Thread(target=drain)
+                reader.start()
+                ours.setblocking(False)
+                try:
+                    socketcopy._copy_range(ours.fileno(), fd, offset, count, 10, threading.Event(), True)
+                finally:
+                    ours.close()
+                    reader.join()
+                    theirs.close()
+                return bytes(received)
+
+            for offset, count in ((0, len(data)), (1, 4095), (4095, 2), (5000, len(data) - 5000),
+                                  ((1 << 20) - 1, (1 << 20) + 2), (len(data) - 1, 1)):
+                assert send(offset, count) == data[offset:offset + count], (offset, count)
+            with pytest.raises(EOFError):
+                send(4096, len(data))
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -275,8 +275,8 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
         await writer.drain()
         if sock is not None and request.transport.get_write_buffer_size() == 0:
             try:
-                await copy_file_to_socket(sock.fileno(), file_fd, first, length,
-                                      idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
+                await copy_file_to_socket(sock.fileno(), file_fd, first, length, direct_io=source.direct_io,
+                                          idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
             except (OSError, EOFError) as exc:
                 if request.transport is not None:  # None once aiohttp saw the connection go
                     request.transport.abort()

@@ -68,6 +68,11 @@ class ImageSource(abc.ABC):
         """A plain file's descriptor when the whole image is one (see ``Reader.fileno``)."""
         return None
 
+    @property
+    def direct_io(self) -> bool:
+        """``fileno``'s file is best read with O_DIRECT (see ``Reader.direct_io``)."""
+        return False
+
     def close(self) -> None:
         return None
 
@@ -86,6 +91,10 @@ class ReaderSource(ImageSource):
 
     def fileno(self) -> int | None:
         return self.reader.fileno()
+
+    @property
+    def direct_io(self) -> bool:
+        return self.reader.direct_io
 
     def close(self) -> None:
         self.reader.close()

@@ -75,6 +75,9 @@ class Writer(abc.ABC):
 
 class Reader(abc.ABC):
     size: int
+    # True when the file behind ``fileno`` is best read with O_DIRECT (its store writes that way, so
+    # it is seldom in the page cache, and filling the page cache costs more than the disk read).
+    direct_io: bool = False
 
     @abc.abstractmethod
     def read(self, offset: int, length: int) -> bytes:
