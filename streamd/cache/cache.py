@@ -19,6 +19,7 @@ import asyncio
 import errno
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,6 +114,10 @@ class ImageCache:
         self.invalid = directory / "invalid"
         self.fills: dict[str, Fill] = {}
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="cache")
+        # A fill's commit (check ``discarded``, rename, index) and a delete's removal run in the
+        # executor's threads; without this lock a delete could remove nothing while a commit that
+        # had already passed its check went on to cache the image.
+        self._commit_lock = threading.Lock()
         self.index: CacheIndex | None = None
         self._prune_lock = asyncio.Lock()
         # Told (image_id, cached) whenever an image enters or leaves the cache (peer announcements).
@@ -227,12 +232,13 @@ class ImageCache:
             os.fsync(fill.fd)
             os.close(fill.fd)
             fill.fd = None
-            if fill.discarded:
-                fill.path.unlink(missing_ok=True)
-                return
-            os.rename(fill.path, self.path_of(fill.image_id))
-            assert self.index is not None
-            self.index.add(fill.image_id, fill.written, checksum, algo, value, verified=True)
+            with self._commit_lock:
+                if fill.discarded:
+                    fill.path.unlink(missing_ok=True)
+                    return
+                os.rename(fill.path, self.path_of(fill.image_id))
+                assert self.index is not None
+                self.index.add(fill.image_id, fill.written, checksum, algo, value, verified=True)
 
         try:
             await self._run(finish)
@@ -297,13 +303,14 @@ class ImageCache:
 
         def remove() -> bool:
             assert self.index is not None
-            known = self.index.get(image_id) is not None
-            self.index.remove(image_id)
-            try:
-                self.path_of(image_id).unlink()
-            except FileNotFoundError:
-                return known
-            return True
+            with self._commit_lock:
+                known = self.index.get(image_id) is not None
+                self.index.remove(image_id)
+                try:
+                    self.path_of(image_id).unlink()
+                except FileNotFoundError:
+                    return known
+                return True
 
         fill = self.fills.get(image_id)
         if fill is not None:
