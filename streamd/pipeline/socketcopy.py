@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator
 
 from . import workpool
+from ..sizes import DIRECT_IO_ALIGN
 from .workpool import _name_os_thread
 
 CHUNK = 1 << 20
@@ -47,8 +48,7 @@ class CopyStopped(Exception):
     """The transfer was stopped (the request was cancelled)."""
 
 
-# O_DIRECT reads: whole 4096-byte blocks into page-aligned memory (one mmap per copy thread, kept).
-_DIRECT_ALIGN = 4096
+# O_DIRECT reads: whole aligned blocks into page-aligned memory (one mmap per copy thread, kept).
 _direct_buffers = threading.local()
 
 
@@ -92,19 +92,19 @@ def _copy_range_direct(sock_fd: int, file_fd: int, offset: int, count: int, idle
     if buffer is None:
         buffer = _direct_buffers.mmap = mmap.mmap(-1, CHUNK)
     view = memoryview(buffer)
-    at = offset - offset % _DIRECT_ALIGN
+    at = offset - offset % DIRECT_IO_ALIGN
     skip = offset - at
     while count > 0:
         if stop.is_set():
             raise CopyStopped()
-        want = min(CHUNK, -(-(skip + count) // _DIRECT_ALIGN) * _DIRECT_ALIGN)
+        want = min(CHUNK, -(-(skip + count) // DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN)
         n = os.preadv(file_fd, [view[:want]], at)
         if n <= skip:
             raise EOFError(f"the file ended {count} bytes early")
         take = min(n - skip, count)
         _send_all(sock_fd, view[skip:skip + take], poller, idle_timeout)
         count -= take
-        if count and n % _DIRECT_ALIGN:
+        if count and n % DIRECT_IO_ALIGN:
             raise EOFError(f"the file ended {count} bytes early")  # a short read is the end of the file
         at += n
         skip = 0
@@ -150,11 +150,12 @@ async def copy_file_to_socket(sock_fd: int, file_fd: int, offset: int, count: in
 
 # Receiving: a request body of known length read from (a duplicate of) the connection's socket in a
 # worker thread, straight into the pipeline's batch-sized buffers, one batch read ahead. A thread
-# waits for more itself only briefly (_THREAD_WAIT, for at least _LOW_WATER bytes: SO_RCVLOWAT);
+# waits for more itself only briefly (_THREAD_WAIT_MS, for at least _LOW_WATER bytes: SO_RCVLOWAT);
 # past that the loop waits (a reader callback on the duplicate), so a stalled or slow client holds
 # no thread, and a fast one costs the loop one hand-off per batch, not one per _LOW_WATER.
 # Measured (bench/threadcpu.py, 512 MiB, 1 client, quiet machine): the loop's CPU per GiB
-# 0.20-0.26 -> 0.14-0.18 with the thread's wait, throughput unchanged.
+# 0.20-0.26 -> 0.14-0.18 with the thread's wait in one set of runs, 0.16-0.20 -> 0.12-0.20 in
+# another (within the noise); throughput unchanged.
 _LOW_WATER = 256 << 10
 _THREAD_WAIT_MS = 50
 

@@ -30,6 +30,7 @@ from .. import metrics
 from ..config import FileStoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
 from ..kernels.sparse import pwrite_all, pwrite_sparse
+from ..sizes import DIRECT_IO_ALIGN
 from .base import FdReader, Reader, StoredData, Store, StoreHealth, Writer, probe_directory
 
 log = logging.getLogger(__name__)
@@ -244,9 +245,7 @@ class FileWriter(Writer):
         self.temp.unlink(missing_ok=True)
 
 
-# O_DIRECT wants the memory, the file offset and the length of every write aligned to the device's
-# logical block: 4096 covers every block size in use, and the zero scan's blocks are multiples of it.
-_DIRECT_ALIGN = 4096
+# The zero scan's blocks (4096 to 65536) are multiples of DIRECT_IO_ALIGN: its runs stay aligned.
 _DIRECT_STAGE = 1 << 20
 
 
@@ -285,7 +284,7 @@ class DirectFileWriter(FileWriter):
 
     def _finish(self) -> None:
         if self.staged:
-            padded = -(-self.staged // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            padded = -(-self.staged // DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN
             self.stage[self.staged:padded] = bytes(padded - self.staged)
             self._flush(padded)  # _finish's ftruncate cuts the padding off
         self.stage.close()
