@@ -10,6 +10,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
@@ -249,5 +250,46 @@ async def test_a_batch_settles_once_all_its_consumers_ran_and_with_the_first_err
                 await asyncio.wait_for(failing.feed_many([b"y" * 10]), 10)
             await asyncio.wait_for(failing.close(), 10)
         assert hashed and hashed[0] == 10
+    finally:
+        pools.shutdown()
+
+
+async def test_a_stalled_source_does_not_hold_its_bytes_back_while_the_consumers_are_busy() -> None:
+    """A piece that arrives while the consumers are busy waits for more only as long as they stay
+    busy: once they are done it is handed on, though the source sends nothing more (a web-download
+    or a client that stalls keeps nothing back from the store)."""
+    import threading
+
+    from streamd.pipeline.fanout import FanOut
+    from streamd.pipeline.ingest import _batches
+    from streamd.pipeline.workpool import WorkPools
+
+    pools = WorkPools(1, 1)
+    second_ready, never = asyncio.Event(), asyncio.Event()
+    release = threading.Event()
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"first"
+        await second_ready.wait()
+        yield b"second"
+        await never.wait()  # the source stalls for good
+
+    def slow_write(piece: bytes) -> None:
+        release.wait(10)
+
+    try:
+        fanout = FanOut([], [("slow", slow_write)], max_inflight=1 << 30, pools=pools)
+        batches = _batches(source(), 1 << 30, fanout.idle, fanout.busy_until)
+        try:
+            assert await asyncio.wait_for(batches.__anext__(), 10) == [b"first"]
+            await fanout.feed_many([b"first"])  # the writer is now busy with it
+            second_ready.set()
+            asyncio.get_running_loop().call_later(0.2, release.set)
+            assert await asyncio.wait_for(batches.__anext__(), 10) == [b"second"]
+            assert release.is_set()  # handed on once the writer was done, not before
+        finally:
+            await batches.aclose()
+            release.set()
+            await fanout.close()
     finally:
         pools.shutdown()

@@ -93,6 +93,10 @@ class FanOut:
         """True when every consumer has finished what it was given (nothing to overlap with)."""
         return not self._pending or self._pending[-1][1].done()
 
+    def busy_until(self) -> asyncio.Future[None] | None:
+        """A future that ends when every consumer has finished what it was given; None when idle."""
+        return None if self.idle() else self._pending[-1][1]
+
     async def feed(self, chunk: bytes) -> None:
         """Queue ``chunk`` for every consumer; raises the first error a consumer hit."""
         await self.feed_many([chunk])

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from .. import metrics
 from ..errors import ImageSizeLimitExceeded, InvalidRequest, StoreFailure, StreamdError
@@ -140,7 +140,7 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).
         counted = 0
         names = [g.store.name for g in guarded if g.error is None]
-        async with contextlib.aclosing(_batches(chunks, BATCH, fanout.idle)) as batches:
+        async with contextlib.aclosing(_batches(chunks, BATCH, fanout.idle, fanout.busy_until)) as batches:
             async for batch in batches:
                 for chunk in batch:
                     received += len(chunk)
@@ -196,28 +196,35 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
 
 
 async def _batches(chunks: AsyncIterator[bytes], limit: int,
-                   idle: Callable[[], bool] = lambda: True) -> AsyncIterator[list[bytes]]:
+                   idle: Callable[[], bool] = lambda: True,
+                   busy_until: Callable[[], asyncio.Future[None] | None] = lambda: None,
+                   ) -> AsyncIterator[list[bytes]]:
     """Group the source's pieces (a socket gives a few hundred KiB at a time) into lists of about
     ``limit`` bytes: one thread hop per consumer per list. A list is handed on early when the source
     has nothing more right now and the consumers are ``idle`` (done with what they had), so a slow
     client's bytes are stored as they come, not held back. While the consumers are still busy
     (many streams sharing the pools) there is nothing to gain from a small batch: it grows to
-    ``limit``, and the thread hops and lane turns per GiB stay as few as with one client."""
+    ``limit``, and the thread hops and lane turns per GiB stay as few as with one client. A source
+    that stalls while they are busy does not hold its list back either: ``busy_until`` (the
+    consumers' work in hand) is raced against the next piece, and the list goes once they are done."""
     source = chunks.__aiter__()
     batch: list[bytes] = []
     size = 0
-    # The next piece as a task, only while a batch waits to be handed on early: the task tells
-    # whether the source has more right now. Otherwise (an empty batch, or busy consumers) the
-    # piece is awaited directly: no task per piece, which is most of the loop's cost per GiB
-    # when many streams run at once.
+    # The next piece as a task, only while a batch is held: the task tells whether the source has
+    # more right now, and lets the wait for it end when the consumers become idle first. With
+    # nothing held the piece is awaited directly: no task per piece.
     following: asyncio.Future[bytes] | None = None
     try:
         while True:
-            if batch and idle():
+            if batch:
                 if following is None:
                     following = asyncio.ensure_future(source.__anext__())
                 if not following.done():
-                    await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
+                    waiter = busy_until() if not idle() else None
+                    if waiter is None:
+                        await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
+                    else:
+                        await _first_done(following, waiter)
                     if not following.done():
                         yield batch
                         batch, size = [], 0
@@ -242,6 +249,24 @@ async def _batches(chunks: AsyncIterator[bytes], limit: int,
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await following
+
+
+async def _first_done(*futures: asyncio.Future[Any]) -> None:
+    """Wait until one of ``futures`` is done, without taking its result or exception (a lighter
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)``: no set, no tasks)."""
+    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(_: asyncio.Future[Any]) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(done)
+    try:
+        await wake
+    finally:
+        for future in futures:
+            future.remove_done_callback(done)
 
 
 def _all_failed(guarded: list[_GuardedWriter]) -> bool:
