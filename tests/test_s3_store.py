@@ -243,6 +243,51 @@ async def test_writer_abort_aborts_the_multipart_upload(tmp_path: Path, bucket: 
         await store.stop()
 
 
+async def test_a_crash_while_the_upload_is_created_is_cleaned_up_at_the_next_start(tmp_path: Path,
+                                                                                   bucket: str) -> None:
+    """The journal names the key before the gateway is asked for the upload: a crash between its
+    reply and the upload id's entry leaves an upload that the next start aborts all the same. The
+    crash is the one fake here (no kill lands in that window on purpose): the journal directory is
+    copied as it stands the instant the gateway has replied, and a new node starts on the copy."""
+    import shutil
+
+    from streamd.stores.registry import open_store
+
+    config = make_config(tmp_path / "node", None, **s3_sections(bucket))
+    journal = config.data_dir / "s3" / "s3"
+    at_the_crash = tmp_path / "journal-at-the-crash"
+    store = open_store(config.store("s3"), config)
+    await store.start()
+    try:
+        real_create = store.client.create_multipart_upload
+
+        def create_and_crash(**kwargs: Any) -> Any:
+            reply = real_create(**kwargs)
+            shutil.copytree(journal, at_the_crash)
+            return reply
+
+        store.client.create_multipart_upload = create_and_crash
+        writer = await store.writer("crashed", None)
+        for start in range(0, 2 * PART, MIB):
+            writer.write(payload(MIB, start))
+        assert open_uploads(bucket) == ["crashed"]
+        foreign = s3_client().create_multipart_upload(Bucket=bucket, Key="another")  # not this node's
+    finally:
+        await store.stop()
+    assert [json.loads(p.read_text())["upload_id"] for p in at_the_crash.glob("*.upload")] == [""]
+
+    restarted_config = make_config(tmp_path / "restarted", None, **s3_sections(bucket))
+    shutil.copytree(at_the_crash, restarted_config.data_dir / "s3" / "s3")
+    restarted = open_store(restarted_config.store("s3"), restarted_config)
+    await restarted.start()
+    try:
+        assert open_uploads(bucket) == ["another"]
+        assert list((restarted_config.data_dir / "s3" / "s3").glob("*.upload")) == []
+    finally:
+        s3_client().abort_multipart_upload(Bucket=bucket, Key="another", UploadId=foreign["UploadId"])
+        await restarted.stop()
+
+
 async def test_empty_image_with_everything_multipart(tmp_path: Path, bucket: str) -> None:
     """s3_store_large_object_size = 0: every image is a multipart upload, and an empty one (which S3
     cannot complete with no part) becomes an empty object."""

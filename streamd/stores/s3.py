@@ -21,8 +21,10 @@ Writes never leave a half-written object under an image's name:
   fill, at most ``s3_store_thread_pools`` of them in flight (each held in memory
   until sent), and the object exists only when the upload is completed on commit.
 An aborted write aborts its multipart upload. Every open upload is recorded in a
-journal file under the node's data directory until it is completed or aborted; at
-start-up the node aborts the uploads its journal names (a crash left them), and a
+journal file under the node's data directory until it is completed or aborted (the
+entry is written before the upload is created, and names only the key until the
+gateway has given the upload its id); at start-up the node aborts the uploads its
+journal names (a crash left them), and a
 background job aborts, in the whole bucket, any multipart upload that has received
 no part for ``STALE_UPLOAD_AGE`` seconds (a node that died with its journal, or
 another node's): a live upload sends a part every chunk, so an hour without one
@@ -110,6 +112,8 @@ class S3Store(Store):
         self._bucket_checked = False
         # Multipart uploads this process's writers have open: the reaper leaves their journal entries alone.
         self.live_uploads: set[str] = set()
+        # (bucket, key) of the uploads being created right now: their journal entries have no upload id yet.
+        self.beginning: set[tuple[str, str]] = set()
 
     # -- client -------------------------------------------------------------------------------
 
@@ -217,18 +221,53 @@ class S3Store(Store):
     def journal_open(self, bucket: str, key: str, upload_id: str) -> None:
         self.journal.record(upload_id, {"bucket": bucket, "key": key, "upload_id": upload_id})
 
+    def create_upload(self, bucket: str, key: str) -> str:
+        """Create a multipart upload, journaled before the gateway is asked: a crash between its
+        reply and the journal entry would otherwise leave an upload that no start-up aborts."""
+        intent = f"creating {bucket}/{key}"
+        self.beginning.add((bucket, key))
+        try:
+            self.journal.record(intent, {"bucket": bucket, "key": key, "upload_id": ""})
+            try:
+                upload_id = str(self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"])
+                self.live_uploads.add(upload_id)
+                self.journal_open(bucket, key, upload_id)
+            finally:
+                # On an error the upload may exist all the same (a lost reply): the stale-upload
+                # reaper takes it, since the key may be another node's to upload next.
+                self.journal.drop(intent)
+        finally:
+            self.beginning.discard((bucket, key))
+        return upload_id
+
     def journal_close(self, upload_id: str) -> None:
         self.journal.drop(upload_id)
 
     def _abort_journaled(self) -> list[str]:
         aborted = []
         for path, (bucket, key, upload_id) in self.journal.entries("bucket", "key", "upload_id"):
-            if upload_id in self.live_uploads:
+            if upload_id in self.live_uploads or (not upload_id and (bucket, key) in self.beginning):
                 continue
-            self.abort_upload(bucket, key, upload_id)
+            if upload_id:
+                self.abort_upload(bucket, key, upload_id)
+            else:
+                self._abort_uploads_of(bucket, key)  # the crash came while the upload was being created
             path.unlink(missing_ok=True)
             aborted.append(key)
         return aborted
+
+    def _abort_uploads_of(self, bucket: str, key: str) -> None:
+        """Abort the open multipart uploads of ``key`` that this process is not writing."""
+        botocore = _botocore()
+        try:
+            listed = self.client.list_multipart_uploads(Bucket=bucket, Prefix=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return
+            raise
+        for upload in listed.get("Uploads", []):
+            if upload["Key"] == key and upload["UploadId"] not in self.live_uploads:
+                self.abort_upload(bucket, key, upload["UploadId"])
 
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Abort a multipart upload; one already gone is no error."""
@@ -429,10 +468,7 @@ class S3Writer(Writer):
                 self._send_part(data)
 
     def _begin(self) -> None:
-        reply = self.store.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
-        self.upload_id = str(reply["UploadId"])
-        self.store.live_uploads.add(self.upload_id)
-        self.store.journal_open(self.bucket, self.key, self.upload_id)
+        self.upload_id = self.store.create_upload(self.bucket, self.key)
 
     def _send_part(self, data: bytes) -> None:
         self.slots.acquire()
