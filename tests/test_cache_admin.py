@@ -126,7 +126,7 @@ def connect_as_nobody(path: Path) -> str:
              "try:\n    s.connect(sys.argv[1]); print('connected')\n"
              "except OSError as e:\n    print(type(e).__name__)\n")
     result = subprocess.run(["/usr/bin/python3", "-I", "-c", probe, str(path)], capture_output=True, text=True,
-                            timeout=30, preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+                            timeout=30, user=NOBODY, group=NOBODY, extra_groups=[])
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -41,16 +41,15 @@ def empty_cache(server: Daemon) -> None:
     assert call(server, "DELETE", "/v2/cache")[0] == 204
 
 
-def _close_stdin() -> None:
-    os.close(0)  # glanceclient would upload a non-terminal stdin
-
-
 def glance(server: Daemon, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["HOME"] = str(home)
-    return subprocess.run([GLANCE, "--os-image-url", server.url, "--os-auth-token", "x",
-                           "--os-image-api-version", "2", *args],
-                          capture_output=True, text=True, env=env, timeout=120, preexec_fn=_close_stdin)
+    # glanceclient would upload a non-terminal stdin: it starts with none (`exec ... <&-`; a
+    # preexec_fn would fork this process, where eventlet, imported by another test file on the same
+    # pytest-xdist worker, warns at every fork).
+    return subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" <&-', GLANCE, "--os-image-url", server.url,
+                           "--os-auth-token", "x", "--os-image-api-version", "2", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
 
 
 def call(server: Daemon, method: str, path: str, body: bytes | None = None,
