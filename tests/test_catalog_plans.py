@@ -114,6 +114,38 @@ async def test_paging_along_the_index_lists_what_sorting_everything_would(catalo
     assert isinstance(walked[0].created_at, dt.datetime)
 
 
+@pytest.mark.parametrize("sort", ["name:asc,created_at:desc", "created_at:desc"])
+async def test_a_rare_tag_is_listed_from_its_own_images(catalog: Catalog, sort: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag on fewer than RARE_TAG_IMAGES images: the tag's rows are the outer loop (walking the
+    sort order would visit catalogue/tagged images per one listed), and the pages, marker by
+    marker, are those of walking the sort order; a tag on more images walks the sort index."""
+    from streamd.catalog import listing
+
+    everything, _ = await catalog.list_images(MEMBER, parse_list_params([("limit", "1000")],
+                                                                        limit_default=1000, limit_max=1000))
+    for n, image in enumerate(everything):
+        if n % 3 == 0:
+            await catalog.add_tag(image.id, "third")
+
+    async def walk() -> tuple[list[str], str]:
+        walked: list[str] = []
+        marker: list[tuple[str, str]] = []
+        while True:
+            plan, page = await _plan(catalog, [("sort", sort), ("tag", "third"), ("limit", "4")] + marker)
+            walked += [i.id for i in page]
+            if len(page) < 4:
+                return walked, plan
+            marker = [("marker", page[-1].id)]
+
+    rare, rare_plan = await walk()
+    assert rare_plan.startswith("SEARCH rare_tag USING INDEX ix_image_tags_value"), rare_plan
+    monkeypatch.setattr(listing, "RARE_TAG_IMAGES", 10)  # the tag is on 12 of the images the member sees and more
+    common, common_plan = await walk()
+    assert "rare_tag" not in common_plan and "USING INDEX ix_images_" in common_plan, common_plan
+    assert rare == common and len(rare) == len({i.id for i in everything[::3]})
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_plans_each_statement_for_its_values(database_url: str) -> None:
     """asyncpg prepares every statement; PostgreSQL would move one run often enough to a generic

@@ -29,11 +29,15 @@ pytestmark = both_databases
 # transaction the read for update, the UPDATE of the row, one DELETE and one upsert of
 # properties, one DELETE and one INSERT of tags (the result is built from what was written).
 LIST, LIST_MARKER, SHOW, CREATE, PATCH = 4, 5, 1, 3, 7
+# On SQLite a list filtered by tag first counts the tag's images (no further than
+# listing.RARE_TAG_IMAGES), to choose between walking the sort order and gathering the tag's own.
+TAG_COUNT = {"sqlite": 1, "postgresql": 0}
 
 
 class Counted:
     def __init__(self, client: ApiClient, catalog: Catalog) -> None:
         self.client, self.catalog = client, catalog
+        self.tag_count = TAG_COUNT["sqlite" if catalog.is_sqlite else "postgresql"]
         self.statements: list[str] = []
         event.listen(catalog.engine.sync_engine, "before_cursor_execute", self._seen)
 
@@ -108,7 +112,8 @@ async def _request_counts(c: Counted, ids: list[str], limit: int) -> dict[str, i
 async def test_statements_per_request_do_not_grow_with_the_catalogue(counted: Counted) -> None:
     ids = await counted.seed(10, 1)
     small = await _request_counts(counted, ids, 5)
-    assert small == {"list": LIST, "list_marker": LIST_MARKER, "list_sorted": LIST, "list_property": LIST,
+    tagged = LIST + counted.tag_count
+    assert small == {"list": LIST, "list_marker": LIST_MARKER, "list_sorted": tagged, "list_property": tagged,
                      "list_member": LIST,
                      "show": SHOW}, small
     ids += await counted.seed(190, 30, start=10)

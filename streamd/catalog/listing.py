@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 
 from ..context import RequestContext
 from ..errors import InvalidRequest, NotPermitted
@@ -99,16 +100,50 @@ class ListingMixin(CatalogBase):
             stmt = sa.select(m.images).where(*conds).order_by(*order)
             index = order_index(sort)
             if index is not None and self.is_sqlite:
-                # SQLite's planner, without statistics, prefers gathering every visible image through
-                # the visibility indexes (OR of owner, visibility, memberships) and sorting them all:
-                # a page then costs as much as the catalogue is large. Walking the index of the sort
-                # order stops at the limit. (PostgreSQL's planner weighs the two with its statistics.)
-                stmt = stmt.with_hint(m.images, f"INDEXED BY {index}", dialect_name="sqlite")
+                if query.tags and await _few_tagged(conn, query.tags[0]):
+                    # A rare tag: walking the sort order would visit (catalogue / tagged) images per
+                    # one listed; its few images, gathered through the tag index and sorted, cost less.
+                    # (CROSS JOIN: SQLite then keeps the tag's rows as the outer loop.)
+                    tagged = m.image_tags.alias("rare_tag")
+                    stmt = stmt.select_from(_CrossJoin(tagged, m.images, tagged.c.image_id == i.id)).where(
+                        tagged.c.value == query.tags[0])
+                else:
+                    # SQLite's planner, without statistics, prefers gathering every visible image
+                    # through the visibility indexes (OR of owner, visibility, memberships) and
+                    # sorting them all: a page then costs as much as the catalogue is large. Walking
+                    # the index of the sort order stops at the limit. (PostgreSQL's planner weighs
+                    # the two with its statistics.)
+                    stmt = stmt.with_hint(m.images, f"INDEXED BY {index}", dialect_name="sqlite")
             if query.limit is not None:
                 stmt = stmt.limit(query.limit)
             rows = list((await conn.execute(stmt)).mappings())
             images = await self._hydrate(conn, rows)
         return images, query.limit is not None and len(rows) == query.limit and query.limit > 0
+
+
+# A tag on fewer images than this is listed from its own images rather than along the sort order:
+# sorting this many rows costs about what walking the order past as many untagged ones does.
+RARE_TAG_IMAGES = 2000
+
+
+class _CrossJoin(sa.sql.expression.Join):
+    """An inner join that SQLite may not reorder: its left side is the outer loop."""
+
+    inherit_cache = True
+
+
+@compiles(_CrossJoin, "sqlite")
+def _compile_cross_join(join: _CrossJoin, compiler: Any, **kw: Any) -> str:
+    kw["asfrom"] = True
+    left, right = compiler.process(join.left, **kw), compiler.process(join.right, **kw)
+    return f"{left} CROSS JOIN {right} ON {compiler.process(join.onclause, **kw)}"
+
+
+async def _few_tagged(conn: Any, tag: str) -> bool:
+    """Whether fewer than RARE_TAG_IMAGES images carry ``tag`` (counted no further than that)."""
+    t = m.image_tags.c
+    first = sa.select(sa.literal(1)).where(t.value == tag).limit(RARE_TAG_IMAGES).subquery()
+    return int((await conn.execute(sa.select(sa.func.count()).select_from(first))).scalar_one()) < RARE_TAG_IMAGES
 
 
 def _compare(col: sa.ColumnElement[Any], op: str, value: Any) -> sa.ColumnElement[bool]:
