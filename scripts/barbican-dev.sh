@@ -156,6 +156,15 @@ stop() {
         done
         kill -KILL "$pid" 2>/dev/null || true
     fi
+    # Barbican answers any fault of its own with a bare 500: what it logged goes with the run's
+    # output before the log is removed with DIR.
+    local log
+    for log in "$DIR/barbican.log" "$DIR/server.log"; do
+        if [ -f "$log" ] && grep -q -E 'ERROR|Traceback' "$log"; then
+            say "errors in $(basename "$log") (its last 60 lines):"
+            tail -n 60 "$log" | sed 's/^/barbican-dev:   /' >&2
+        fi
+    done
     rm -rf -- "$DIR"
     say "removed $DIR"
 }
