@@ -148,8 +148,8 @@ def page_reporting() -> dict[str, str] | None:
 class Node(Streamd):
     """streamd sharing a catalogue and a file store with other nodes, peers on."""
 
-    def __init__(self, workdir: Path, name: str, shared: Path) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, name: str, shared: Path, options: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, options=options)
         self.name, self.shared = name, shared
 
     def prepare(self) -> list[str]:
@@ -160,7 +160,8 @@ class Node(Streamd):
             # Since 4b0b124 images of a local file store bypass the cache by default: cache them,
             # so that this bench's file store stands for a slow or remote store.
             "image_cache_local_stores = true\n"
-            f"[database]\nconnection = sqlite:///{self.shared / 'shared.sqlite'}\n"
+            + "".join(f"{key} = {value}\n" for key, value in self.options.items())
+            + f"[database]\nconnection = sqlite:///{self.shared / 'shared.sqlite'}\n"
             f"[fs]\nfilesystem_store_datadir = {self.shared / 'images'}\n")
         return cmd
 
@@ -259,6 +260,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, help="image size (default 1024, or 256 with --quick)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent cold GETs (default 50)")
     parser.add_argument("--glance-cold-reps", type=int, default=1, help="Glance cold runs (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a [DEFAULT] option for both streamd nodes (repeatable), e.g. image_cache_direct_io=true")
     parser.add_argument("--peer-only", action="store_true",
                         help="only step 4 (peer miss): no Glance, no cold burst, hits or ranges")
     args = parser.parse_args()
@@ -273,6 +276,7 @@ def main() -> int:
                   "page_reporting": page_reporting()}
     print(f"load average at start: {meta['loadavg_start']}", flush=True)
     git = ["git", "-C", str(REPO)]
+    meta["options"] = args.set
     meta["streamd_commit"] = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                                             text=True).stdout.strip() + (
         " with uncommitted changes in streamd/" if subprocess.run(
@@ -289,8 +293,9 @@ def main() -> int:
     checks: dict = {}
     with ExitStack() as stack:
         print("starting streamd nodes A and B, Glance, the reference sources ...", flush=True)
-        a = stack.enter_context(Node(out / "cache-a", "streamd-A", shared))
-        b = stack.enter_context(Node(out / "cache-b", "streamd-B", shared))
+        options = dict(item.split("=", 1) for item in args.set)
+        a = stack.enter_context(Node(out / "cache-a", "streamd-A", shared, options))
+        b = stack.enter_context(Node(out / "cache-b", "streamd-B", shared, options))
         if not args.peer_only:
             glance = stack.enter_context(Glance(out / "cache-glance", REPO / ".venv-glance"))
             sources = {m: stack.enter_context(RefSource(out / f"cache-ref-{m}", m, path.parent))

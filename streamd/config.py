@@ -379,6 +379,14 @@ class DefaultOptions:
         "cache then holds images of remote stores (RBD) and of peers, and what is queued explicitly.")
     image_cache_stall_time: float = opt(
         86400.0, _float_range(0.0), "Seconds after which a partial fill that is not in progress is removed.")
+    image_cache_direct_io: bool = opt(
+        False, _bool,
+        "Write cache fills with O_DIRECT, and read the cache so to serve fills being followed and hits "
+        "(plain HTTP): the copies skip the page cache, whose new pages cost this project's VMs 1-3 "
+        "CPU-s/GiB. Measured (bench/cache.py --peer-only): a fill from a peer costs the receiving "
+        "node 1.0-1.1 CPU-s/GiB with it on, 1.4-4.2 off; hits then read the disk every time (~1 GB/s "
+        "here, against ~2.2 GB/s from the page cache). A filesystem that refuses O_DIRECT falls back "
+        "to buffered I/O with one warning.")
     cache_prefetcher_interval: float = opt(
         300.0, _float_range(0.0), "Seconds between runs of the prefetcher over the cache queue (0: never).")
     image_cache_maintenance_interval: float = opt(

@@ -222,7 +222,8 @@ async def _load_initial_metadefs(catalog: Catalog) -> None:
 async def _open_cache(config: Config, catalog: Catalog, stack: contextlib.AsyncExitStack) -> ImageCache | None:
     if config.cache_dir is None:
         return None
-    cache = ImageCache(config.cache_dir, config.default.image_cache_max_size, config.default.image_cache_stall_time)
+    cache = ImageCache(config.cache_dir, config.default.image_cache_max_size, config.default.image_cache_stall_time,
+                       direct_io=config.default.image_cache_direct_io)
     await cache.start()
     stack.push_async_callback(cache.stop)
     return cache

@@ -301,13 +301,15 @@ def start_daemon(tmp_path: Path, extra_config: str = "", env: dict[str, str] | N
     raise AssertionError(f"daemon did not start within {timeout} s:\n{daemon.log()}")
 
 
-def start_node(tmp_path: Path, name: str, catalogue: Path, *, token: str = "t0ken", extra: str = "") -> Daemon:
-    """A daemon in ``tmp_path/name`` sharing the SQLite ``catalogue`` with other nodes, peers on."""
+def start_node(tmp_path: Path, name: str, catalogue: Path, *, token: str = "t0ken", extra: str = "",
+               default: str = "") -> Daemon:
+    """A daemon in ``tmp_path/name`` sharing the SQLite ``catalogue`` with other nodes, peers on;
+    ``default``: more [DEFAULT] lines, ``extra``: more sections."""
     port = free_port()
     directory = tmp_path / name
     directory.mkdir()
     return start_daemon(directory, port=port, extra_config=(
-        f"peer_url = http://127.0.0.1:{port}\npeer_token = {token}\n"
+        f"peer_url = http://127.0.0.1:{port}\npeer_token = {token}\n{default}"
         f"[database]\nconnection = sqlite:///{catalogue}\n{extra}"))
 
 

@@ -255,6 +255,40 @@ async def test_single_flight_50_concurrent_cold_gets_read_the_store_once(api: Ap
     assert api.store_reads() == 1
 
 
+async def test_direct_io_fills_and_hits_serve_the_same_bytes(tmp_path: Path) -> None:
+    """image_cache_direct_io: the fill is written with O_DIRECT (a size that is no multiple of the
+    alignment, pieces of the store's shape), its followers and later hits read it with O_DIRECT
+    (whole image and unaligned ranges), and the cached file is exactly the image."""
+    api = await open_api(tmp_path, image_cache_direct_io="true")
+    try:
+        size = 12 * MiB + 4097
+        data = payload(size, 13)
+        want = hashlib.sha256(data).hexdigest()
+        image_id = await api.image(data)
+        api.slow_down_store(0.04)
+        url = f"{api.client.base}/v2/images/{image_id}/file"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            first_wave = [asyncio.create_task(_download(session, url)) for _ in range(5)]
+            fill = await wait_for(lambda: _fill_past(api, image_id, 3 * MiB), step=0.005)
+            assert fill.direct_io and not fill.finished
+            late = [asyncio.create_task(_download(session, url)) for _ in range(5)]
+            ranges = await asyncio.gather(api.get(image_id, {"Range": f"bytes={MiB + 1}-{2 * MiB + 2}"}),
+                                          api.get(image_id, {"Range": "bytes=-5"}))
+            results = await asyncio.gather(*first_wave, *late)
+        assert results == [(200, want, size)] * 10
+        assert [r.body for r in ranges] == [data[MiB + 1:2 * MiB + 3], data[-5:]]
+        await wait_for(lambda: _no_fills(api))
+        assert (api.cache_dir / image_id).read_bytes() == data  # the last block's padding is cut off
+        assert api.store_reads() == 1
+        hit = await api.get(image_id)
+        assert hit.status == 200 and hit.body == data
+        part = await api.get(image_id, {"Range": f"bytes={5 * MiB - 3}-{9 * MiB + 11}"})
+        assert part.status == 206 and part.body == data[5 * MiB - 3:9 * MiB + 12]
+        assert api.store_reads() == 1
+    finally:
+        await close(api)
+
+
 async def _fill_past(api: Api, image_id: str, offset: int):  # type: ignore[no-untyped-def]
     fill = api.cache.fills.get(image_id)
     return fill if fill is not None and fill.written >= offset else None
@@ -677,14 +711,17 @@ async def test_a_cached_file_whose_size_changed_is_evicted_at_the_next_get(api: 
         assert (await api.get(image_id)).body == data and api.store_reads() == reads + 1
 
 
-async def test_disk_full_during_a_fill_still_serves_every_client(tmp_path: Path) -> None:
-    """image_cache_dir on a real 2 MiB tmpfs (root, as in CI); the image is 3 MiB."""
+@pytest.mark.parametrize("direct_io", ["false", "true"])
+async def test_disk_full_during_a_fill_still_serves_every_client(tmp_path: Path, direct_io: str) -> None:
+    """image_cache_dir on a real 2 MiB tmpfs (root, as in CI); the image is 3 MiB. With
+    image_cache_direct_io the clients following the fill go on from the store where it failed."""
     mount = tmp_path / "small"
     mount.mkdir()
     assert os.system(f"mount -t tmpfs -o size=2m tmpfs {mount}") == 0, "mounting a tmpfs needs root"
     try:
-        api = await open_api(tmp_path, image_cache_dir=str(mount))
+        api = await open_api(tmp_path, image_cache_dir=str(mount), image_cache_direct_io=direct_io)
         try:
+            assert api.cache.direct_io is (direct_io == "true")  # this kernel's tmpfs takes O_DIRECT
             data = payload(3 * MiB + 11, 90)
             want = hashlib.sha256(data).hexdigest()
             image_id = await api.image(data)

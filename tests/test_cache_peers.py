@@ -15,8 +15,8 @@ from conftest import ADMIN, Daemon, start_node, stop_daemon
 TOKEN = "s3cret-peer-token"
 
 
-def node(tmp_path: Path, name: str, catalogue: Path, *, token: str = TOKEN) -> Daemon:
-    return start_node(tmp_path, name, catalogue, token=token)
+def node(tmp_path: Path, name: str, catalogue: Path, *, token: str = TOKEN, default: str = "") -> Daemon:
+    return start_node(tmp_path, name, catalogue, token=token, default=default)
 
 
 def call(daemon: Daemon, method: str, path: str, body: bytes | None = None,
@@ -94,6 +94,27 @@ def test_a_miss_is_served_by_the_peer_that_caches_it(tmp_path: Path) -> None:
         for d in (a, b, c):
             if d is not None:
                 stop_daemon(d)
+
+
+def test_a_miss_is_served_by_a_peer_with_direct_io_on_both_nodes(tmp_path: Path) -> None:
+    """image_cache_direct_io on both nodes: the filler's copy is written and served with O_DIRECT,
+    the receiving node writes the peer's bytes so and serves its own hit back, all exactly the image."""
+    catalogue = tmp_path / "shared.sqlite"
+    a = node(tmp_path, "a", catalogue, default="image_cache_direct_io = true\n")
+    b = node(tmp_path, "b", catalogue, default="image_cache_direct_io = true\n")
+    try:
+        data = hashlib.shake_256(b"direct").digest((9 << 20) + 123)
+        image_id = upload(a, data)
+        assert call(a, "GET", f"/v2/images/{image_id}/file") == (200, data)
+        assert wait_cached(a, image_id).read_bytes() == data
+        assert call(b, "GET", f"/v2/images/{image_id}/file") == (200, data)  # from a's cache
+        assert wait_cached(b, image_id).read_bytes() == data
+        assert stats(b)["store_reads"] == {} and stats(b)["peer_reads"] == {a.url: 1}, stats(b)
+        assert call(b, "GET", f"/v2/images/{image_id}/file", headers={"Range": "bytes=4097-"}) == (206, data[4097:])
+        assert "O_DIRECT" not in a.log() + b.log()  # no fallback warning: the filesystem took it
+    finally:
+        stop_daemon(a)
+        stop_daemon(b)
 
 
 def test_a_peer_serving_bad_bytes_is_skipped(tmp_path: Path) -> None:

@@ -555,3 +555,40 @@ def test_direct_reads_send_any_range_and_stop_at_the_end_of_the_file(tmp_path: P
             os.close(fd)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_direct_appender_puts_every_appended_byte_in_the_file_at_each_flush(tmp_path: Path) -> None:
+    """kernels.sparse.DirectAppender on a real O_DIRECT file: pieces of every shape (inside a block,
+    across blocks and across the stage), each flush makes all appended bytes readable by another
+    descriptor (the partial last block padded, then written again with what follows), and finish
+    cuts the padding off."""
+    import random
+
+    from streamd.kernels.sparse import DirectAppender
+
+    path = tmp_path / "direct.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    reader = os.open(path, os.O_RDONLY)
+    rng = random.Random(7)
+    data = hashlib.shake_256(b"appender").digest(3 * (1 << 20) + 12345)
+    appender = DirectAppender(fd, stage_size=64 << 10)
+    try:
+        at = 0
+        for size in [1, 4095, 1, 4096, 100, 70000, 65536, 3, *[rng.randrange(1, 300000) for _ in range(40)]]:
+            piece = data[at:at + size]
+            if not piece:
+                break
+            appender.append(memoryview(piece))
+            at += len(piece)
+            assert appender.end == at
+            if rng.random() < 0.7:
+                appender.flush()
+                assert os.pread(reader, at, 0) == data[:at]
+                assert os.fstat(fd).st_size % 4096 == 0 and os.fstat(fd).st_size >= at
+        appender.append(data[at:])
+        appender.finish()
+        assert path.read_bytes() == data
+    finally:
+        appender.close()
+        os.close(reader)
+        os.close(fd)

@@ -15,6 +15,7 @@ from ..catalog import ImageRecord
 from ..errors import InvalidRequest, NotPermitted, StreamdError
 from .errors import ProtocolError
 from ..pipeline import ImageSource, UploadLimits, upload_image
+from ..pipeline.download import FilePiece
 from ..pipeline.socketcopy import copy_file_to_socket, receive_from_socket
 from ..sizes import CHUNK
 from .images import _get_visible, image_policy
@@ -266,7 +267,10 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
     sent.promised = length
     writer = await response.prepare(request)
     file_fd = source.fileno()
-    if (file_fd is not None and length >= THREAD_COPY_MIN and writer is not None and request.transport is not None
+    # A fill being followed: sent by the copy thread too, range by range as the file grows.
+    pieces = source.file_pieces(first, length) if file_fd is None else None
+    if ((file_fd is not None or pieces is not None) and length >= THREAD_COPY_MIN and writer is not None
+            and request.transport is not None
             and request.transport.get_extra_info("sslcontext") is None):  # raw bytes on the socket: never under TLS
         sock = request.transport.get_extra_info("socket")
         # The headers go out through the transport; once it holds nothing more, a thread copies the
@@ -274,18 +278,31 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
         writer.send_headers()
         await writer.drain()
         if sock is not None and request.transport.get_write_buffer_size() == 0:
+            idle_timeout = request.app[SERVICES].config.default.client_socket_timeout
             try:
-                await copy_file_to_socket(sock.fileno(), file_fd, first, length, direct_io=source.direct_io,
-                                          idle_timeout=request.app[SERVICES].config.default.client_socket_timeout)
+                if pieces is None:
+                    assert file_fd is not None
+                    await copy_file_to_socket(sock.fileno(), file_fd, first, length, direct_io=source.direct_io,
+                                              idle_timeout=idle_timeout)
+                    sent.bytes = length
+                else:
+                    await _send_pieces(response, sock.fileno(), source, pieces, sent, idle_timeout)
             except (OSError, EOFError) as exc:
                 if request.transport is not None:  # None once aiohttp saw the connection go
                     request.transport.abort()
                 # The errors middleware logs it (one INFO line with the request id): the client is gone.
                 raise ConnectionResetError(f"download of image {image.id} ended early: {exc}") from exc
+            except StreamdError as exc:
+                # As below: the status line is out, the body is cut short.
+                log.error("GET %s failed after %s bytes were promised: %s", request.path, length, exc.message)
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             await response.write_eof()
-            sent.bytes = length
             _sent(source, length)
             return response
+    if pieces is not None:
+        await pieces.aclose()  # not used: the body goes through the transport
     try:
         async for data in source.chunks(first, length):
             await response.write(data)
@@ -300,6 +317,23 @@ async def _send(request: web.Request, image: ImageRecord, source: ImageSource, s
     await response.write_eof()
     _sent(source, length)
     return response
+
+
+async def _send_pieces(response: web.StreamResponse, sock_fd: int, source: ImageSource,
+                       pieces: AsyncIterator[FilePiece], sent: _Sent, idle_timeout: float) -> None:
+    """A growing file's ranges by the copy thread; bytes from elsewhere (the store, once the fill
+    failed: nothing of the file follows them) through the transport. Raises StreamdError when the
+    source fails midway."""
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            if isinstance(piece, bytes):
+                await response.write(piece)
+                sent.bytes += len(piece)
+                continue
+            at, count = piece
+            await copy_file_to_socket(sock_fd, source.piece_fd, at, count, idle_timeout=idle_timeout,
+                                      direct_io=source.direct_io)
+            sent.bytes += count
 
 
 def _sent(source: ImageSource, length: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from .. import metrics
 from ..errors import DoesNotExist
-from ..kernels.sparse import pwrite_all
+from ..kernels.sparse import DirectAppender, pwrite_all
 from .index import CacheEntry, CacheIndex
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ class Fill:
         # its digests match, so the end of the image is held back and a bad copy never completes.
         self.holdback = 0
         self.origin = "store"
+        # Set when the file was opened with O_DIRECT (image_cache_direct_io): writes go through it.
+        self.appender: DirectAppender | None = None
+
+    @property
+    def direct_io(self) -> bool:
+        """The file is written with O_DIRECT: readers read it so too (its pages are not cached)."""
+        return self.appender is not None
 
     def advance(self, n: int) -> None:
         self.written += n
@@ -106,10 +113,12 @@ class PruneResult:
 
 
 class ImageCache:
-    def __init__(self, directory: Path, max_size: int, stall_time: float) -> None:
+    def __init__(self, directory: Path, max_size: int, stall_time: float, *, direct_io: bool = False) -> None:
         self.directory = directory
         self.max_size = max_size
         self.stall_time = stall_time
+        # image_cache_direct_io; turned off (with one warning) if the filesystem refuses O_DIRECT.
+        self.direct_io = direct_io
         self.incomplete = directory / "incomplete"
         self.invalid = directory / "invalid"
         self.fills: dict[str, Fill] = {}
@@ -201,11 +210,22 @@ class ImageCache:
             return None
         await self.prune(reserve=size)
         fill = Fill(image_id, size, self.incomplete / image_id)
-        fill.fd = os.open(fill.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        if self.direct_io:
+            try:
+                fill.fd = os.open(fill.path, flags | os.O_DIRECT, 0o640)
+                fill.appender = DirectAppender(fill.fd)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.warning("cache: %s refuses O_DIRECT: image_cache_direct_io is off", self.incomplete)
+                self.direct_io = False
+        if fill.fd is None:
+            fill.fd = os.open(fill.path, flags, 0o640)
         try:
             fill.read_fd = os.open(fill.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            os.close(fill.fd)
+            self._close_writer(fill)
             fill.path.unlink(missing_ok=True)
             raise
         self.fills[image_id] = fill
@@ -220,18 +240,32 @@ class ImageCache:
             fill.read_fd = None
 
     def write_fill(self, fill: Fill, chunk: bytes | memoryview, offset: int) -> None:
-        """Blocking, from the fill's writer thread."""
+        """Blocking, from the fill's writer thread; the bytes are in the file when it returns."""
         assert fill.fd is not None
-        pwrite_all(fill.fd, chunk, offset)
+        if fill.appender is None:
+            pwrite_all(fill.fd, chunk, offset)
+            return
+        assert offset == fill.appender.end, (fill.image_id, offset, fill.appender.end)  # fills are sequential
+        fill.appender.append(chunk)
+        fill.appender.flush()
+
+    @staticmethod
+    def _close_writer(fill: Fill) -> None:
+        if fill.appender is not None:
+            fill.appender.close()
+        if fill.fd is not None:
+            os.close(fill.fd)
+            fill.fd = None
 
     async def commit_fill(self, fill: Fill, checksum: str | None, algo: str | None, value: str | None) -> None:
         assert self.index is not None and fill.fd is not None
 
         def finish() -> None:
             assert fill.fd is not None
+            if fill.appender is not None:
+                fill.appender.finish()  # the last block's padding cut off
             os.fsync(fill.fd)
-            os.close(fill.fd)
-            fill.fd = None
+            self._close_writer(fill)
             with self._commit_lock:
                 if fill.discarded:
                     fill.path.unlink(missing_ok=True)
@@ -259,9 +293,7 @@ class ImageCache:
         fill.fail_cache(reason)
 
         def move() -> None:
-            if fill.fd is not None:
-                os.close(fill.fd)
-                fill.fd = None
+            self._close_writer(fill)
             target = self.invalid / fill.image_id
             reason_path = self.invalid / f"{fill.image_id}.reason"
             if not keep:

@@ -7,9 +7,11 @@ writes a file this way sizes it at the end (``ftruncate``) so trailing holes cou
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import TYPE_CHECKING
 
+from ..sizes import DIRECT_IO_ALIGN
 from . import zeroscan
 
 if TYPE_CHECKING:
@@ -45,4 +47,78 @@ def pwrite_sparse(fd: int, data: Buffer, offset: int, block_size: int) -> int:
     return written
 
 
-__all__ = ["pwrite_all", "pwrite_sparse"]
+class DirectAppender:
+    """Appends to a file opened with O_DIRECT, from offset 0 on: pieces of any shape are gathered
+    in one page-aligned buffer of ``stage_size`` bytes and written from it whole. ``flush`` puts
+    every byte appended so far in the file, at once readable by others: the last, partial block
+    goes padded with zeros and is written again, with what follows it, by the next write;
+    ``finish`` cuts the file back to the bytes appended."""
+
+    def __init__(self, fd: int, stage_size: int = 1 << 20, *, sparse_block: int | None = None) -> None:
+        """``sparse_block``: write as ``pwrite_sparse`` does (zero blocks of that size skipped; a
+        multiple of DIRECT_IO_ALIGN that divides ``stage_size``)."""
+        assert stage_size % DIRECT_IO_ALIGN == 0
+        assert sparse_block is None or (sparse_block % DIRECT_IO_ALIGN == 0 and stage_size % sparse_block == 0)
+        self.fd = fd
+        self.sparse_block = sparse_block
+        self.stage = mmap.mmap(-1, stage_size)
+        self.base = 0  # file offset of the stage's first byte (aligned)
+        self.staged = 0  # bytes in the stage
+        self.written_through = 0  # bytes in the file (padding not counted)
+
+    @property
+    def end(self) -> int:
+        """Bytes appended so far (the offset of the next one)."""
+        return self.base + self.staged
+
+    def append(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        size = len(self.stage)
+        while view:
+            n = min(len(view), size - self.staged)
+            self.stage[self.staged:self.staged + n] = view[:n]
+            self.staged += n
+            view = view[n:]
+            if self.staged == size:
+                self._write(size)
+                self.base += size
+                self.staged = 0
+
+    def flush(self) -> None:
+        if self.written_through == self.end:
+            return
+        tail = self.staged % DIRECT_IO_ALIGN
+        padded = self.staged + (DIRECT_IO_ALIGN - tail if tail else 0)
+        self.stage[self.staged:padded] = bytes(padded - self.staged)
+        self._write(padded)
+        self.written_through = self.end
+        # Keep the partial last block at the front of the stage: the next write rewrites it.
+        whole = self.staged - tail
+        if whole:
+            self.stage[:tail] = self.stage[whole:self.staged]
+            self.base += whole
+            self.staged = tail
+
+    def finish(self) -> None:
+        """Flush, and cut the file to the bytes appended (the padding of the last block goes)."""
+        self.flush()
+        os.ftruncate(self.fd, self.end)
+        self.close()
+
+    def close(self) -> None:
+        if not self.stage.closed:
+            try:
+                self.stage.close()
+            except BufferError:
+                pass  # a failed write's traceback still holds a view of it: freed with the traceback
+
+    def _write(self, length: int) -> None:
+        with memoryview(self.stage) as stage:
+            if self.sparse_block is not None:
+                pwrite_sparse(self.fd, stage[:length], self.base, self.sparse_block)
+            else:
+                pwrite_all(self.fd, stage[:length], self.base)
+        self.written_through = max(self.written_through, min(self.base + length, self.end))
+
+
+__all__ = ["DirectAppender", "pwrite_all", "pwrite_sparse"]

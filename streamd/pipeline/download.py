@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 PEER_HOLDBACK = 1 << 20
 
 
+# A piece of a growing file: (offset, count) of ``ImageSource.piece_fd``, or bytes read elsewhere.
+FilePiece = tuple[int, int] | bytes
+
+
 class ImageSource(abc.ABC):
     # The store the bytes are read from (None: the cache or a fill).
     store: str | None = None
@@ -67,6 +71,16 @@ class ImageSource(abc.ABC):
     def fileno(self) -> int | None:
         """A plain file's descriptor when the whole image is one (see ``Reader.fileno``)."""
         return None
+
+    def file_pieces(self, offset: int, length: int) -> AsyncIterator[FilePiece] | None:
+        """For a file that is still being written (a fill being followed): the bytes from ``offset``
+        as ranges of ``piece_fd``, each readable once yielded, or as bytes where they come from
+        elsewhere (the store, once a fill failed; nothing follows them). None: see ``fileno``."""
+        return None
+
+    @property
+    def piece_fd(self) -> int:
+        raise NotImplementedError
 
     @property
     def direct_io(self) -> bool:
@@ -114,19 +128,45 @@ class FillSource(ImageSource):
         assert fill.read_fd is not None
         self.fd = os.dup(fill.read_fd)
 
+    @property
+    def direct_io(self) -> bool:
+        return self.fill.direct_io
+
     async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        async for piece in self._pieces(offset, length, CHUNK):
+            if isinstance(piece, bytes):
+                yield piece
+                continue
+            at, want = piece
+            while want:
+                data = await loop.run_in_executor(None, os.pread, self.fd, want, at)
+                if not data:
+                    raise StoreFailure(f"cache file of {self.fill.image_id} ended early at {at}")
+                at += len(data)
+                want -= len(data)
+                yield data
+
+    def file_pieces(self, offset: int, length: int) -> AsyncIterator[FilePiece]:
+        # All the fill has written at once: a follower that keeps up gets one range per step of
+        # the fill, one that lags behind fewer, longer ones.
+        return self._pieces(offset, length, None)
+
+    @property
+    def piece_fd(self) -> int:
+        return self.fd
+
+    async def _pieces(self, offset: int, length: int, most: int | None) -> AsyncIterator[FilePiece]:
         end = offset + length
         fill = self.fill
         while offset < end:
             available = fill.readable()
             if offset < available:
-                want = min(CHUNK, end - offset, available - offset)
-                data = await loop.run_in_executor(None, os.pread, self.fd, want, offset)
-                if not data:
-                    raise StoreFailure(f"cache file of {fill.image_id} ended early at {offset}")
-                offset += len(data)
-                yield data
+                want = min(end, available) - offset
+                if most is not None:
+                    want = min(want, most)
+                yield offset, want
+                offset += want
                 continue
             if fill.source_failure is not None:
                 raise StoreFailure(f"reading image {fill.image_id} failed: {fill.source_failure}")
@@ -363,7 +403,9 @@ class ImageDelivery:
                 os.close(fd)
                 await self.cache.invalidate(image.id, "checksum does not match the image")
                 return None
-        return ReaderSource(FdReader(fd, entry.size), "cache")
+        reader = FdReader(fd, entry.size)
+        reader.direct_io = self.cache.direct_io
+        return ReaderSource(reader, "cache")
 
     async def _verify_fd(self, fd: int, image: ImageRecord) -> bool:
         assert self.cache is not None

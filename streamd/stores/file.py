@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import mmap
 import os
 import secrets
 from pathlib import Path
@@ -29,8 +28,7 @@ from urllib.parse import unquote, urlparse
 from .. import metrics
 from ..config import FileStoreOptions
 from ..errors import DoesNotExist, OutOfSpace, StoreFailure, StoreUnavailable
-from ..kernels.sparse import pwrite_all, pwrite_sparse
-from ..sizes import DIRECT_IO_ALIGN
+from ..kernels.sparse import DirectAppender, pwrite_all, pwrite_sparse
 from .base import FdReader, Reader, StoredData, Store, StoreHealth, Writer, probe_directory
 
 log = logging.getLogger(__name__)
@@ -252,47 +250,28 @@ _DIRECT_STAGE = 1 << 20
 class DirectFileWriter(FileWriter):
     """A FileWriter whose file was opened with O_DIRECT: pieces of any shape are gathered in one
     reused, page-aligned 1 MiB buffer (a memcpy between warm pages) and written from it whole; the
-    last, partial one is padded to the alignment and the file cut back to its length on commit."""
+    last, partial one is padded to the alignment and the file cut back to its length on commit
+    (``kernels.sparse.DirectAppender``)."""
 
     def __init__(self, store: FileStore, image_id: str, fd: int, temp: Path, expected_size: int | None) -> None:
         super().__init__(store, image_id, fd, temp, expected_size)
-        self.stage = mmap.mmap(-1, _DIRECT_STAGE)
-        self.staged = 0  # bytes in the stage, to go at file offset self.offset - self.staged
+        self.appender = DirectAppender(fd, _DIRECT_STAGE, sparse_block=store.block_size if store.thin else None)
 
     def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk).cast("B")
-        while view:
-            n = min(len(view), _DIRECT_STAGE - self.staged)
-            self.stage[self.staged:self.staged + n] = view[:n]
-            self.staged += n
-            self.offset += n
-            view = view[n:]
-            if self.staged == _DIRECT_STAGE:
-                try:
-                    self._flush(_DIRECT_STAGE)
-                except OSError as exc:
-                    raise _store_error(exc, f"cannot write {self.temp}") from exc
-
-    def _flush(self, length: int) -> None:
-        at = self.offset - self.staged
-        with memoryview(self.stage) as stage:
-            if self.store.thin:
-                pwrite_sparse(self.fd, stage[:length], at, self.store.block_size)
-            else:
-                pwrite_all(self.fd, stage[:length], at)
-        self.staged = 0
+        try:
+            self.appender.append(chunk)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot write {self.temp}") from exc
+        finally:
+            self.offset = self.appender.end
 
     def _finish(self) -> None:
-        if self.staged:
-            padded = -(-self.staged // DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN
-            self.stage[self.staged:padded] = bytes(padded - self.staged)
-            self._flush(padded)  # _finish's ftruncate cuts the padding off
-        self.stage.close()
+        self.appender.flush()  # _finish's ftruncate cuts the last block's padding off
+        self.appender.close()
         super()._finish()
 
     async def abort(self) -> None:
-        if not self.stage.closed:
-            self.stage.close()
+        self.appender.close()
         await super().abort()
 
 
