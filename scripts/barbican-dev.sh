@@ -54,7 +54,7 @@ start() {
     chmod 700 "$DIR"
     local port kek auth_base
     port="$(free_port)"
-    kek="$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
+    kek="$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')"
     auth_base="${STREAMD_TEST_KEYSTONE_URL%/v3}"
     cat >"$DIR/.barbican/barbican.conf" <<CONF
 [DEFAULT]
