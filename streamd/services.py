@@ -40,6 +40,8 @@ from .signing import Signatures, signatures_from_config
 from .stores import StoreRegistry
 
 log = logging.getLogger(__name__)
+# Seconds between copies of an SQLite catalogue's WAL into its database file (Catalog.checkpoint).
+SQLITE_CHECKPOINT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         pools = workpool.install(config.default.upload_worker_threads, config.default.upload_writer_threads)
         stack.callback(workpool.release, pools)
         catalog = await Catalog.open(config.database_url, busy_timeout=config.database.busy_timeout,
-                                     pool_size=config.database.pool_size)
+                                     pool_size=config.database.pool_size, background_checkpoints=True)
         stack.push_async_callback(catalog.close)
         log.info("catalogue open: %s", catalog.engine.url.render_as_string(hide_password=True))
         if config.default.metadefs_initial_load:
@@ -247,6 +249,8 @@ async def _open_peers(config: Config, catalog: Catalog, cache: ImageCache | None
 def _periodic_jobs(config: Config, catalog: Catalog, stores: StoreRegistry, cache: ImageCache | None,
                    prefetcher: Prefetcher | None, delivery: ImageDelivery, importer: Importer) -> list[PeriodicJob]:
     jobs = [job for store in stores for job in store.background_jobs()]
+    if catalog.is_sqlite:
+        jobs.append(PeriodicJob("catalogue checkpoint", SQLITE_CHECKPOINT_INTERVAL, catalog.checkpoint))
     # Dead imports of other nodes sharing the catalogue are freed by whichever node looks first.
     jobs.append(PeriodicJob("import lock sweeper", config.image_import_opts.import_lock_timeout / 2,
                             importer.expire_dead_imports))

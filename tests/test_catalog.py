@@ -99,6 +99,67 @@ async def test_sqlite_is_in_wal_mode_and_migrated(tmp_path: Path) -> None:
     await catalog.close()
 
 
+async def test_background_checkpoints_keep_the_wal_short_under_a_steady_write_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``background_checkpoints`` (the daemon) no commit checkpoints the WAL; ``checkpoint``
+    does, and though writers keep writing through it, the write after it starts the WAL over
+    (a WAL only restarts when a writer begins right after a complete checkpoint: a plain PASSIVE
+    checkpoint beside busy writers leaves it to grow for as long as they write)."""
+    import sqlite3
+
+    from streamd.catalog import base as catalog_base
+
+    path = tmp_path / "c.sqlite"
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{path}", background_checkpoints=True)
+    try:
+        async with catalog.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        writing = True
+        created = 0
+
+        async def writer() -> None:
+            nonlocal created
+            while writing:
+                await catalog.create_image({"name": f"i{created}", "disk_format": "raw", "container_format": "bare"},
+                                           {f"p{k}": "v" * 200 for k in range(5)}, ["t", f"u{created}"])
+                created += 1
+
+        async def wal_frames() -> int:
+            def frames() -> int:
+                with sqlite3.connect(path) as db:  # a checkpoint too: it reports what the WAL holds
+                    return int(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+            return await asyncio.to_thread(frames)
+
+        writers = [asyncio.create_task(writer()) for _ in range(3)]
+        try:
+            for _ in range(3):
+                start = created
+                while created < start + 60:  # a WAL of some thousand frames, never copied by a commit
+                    await asyncio.sleep(0.01)
+                held = await catalog.checkpoint()
+                after = created
+                while created < after + 2:
+                    await asyncio.sleep(0.001)
+                # The WAL was started over: it holds what came after the checkpoint, not all before it.
+                now = await wal_frames()
+                assert held > 600 and now < held / 2, (held, now)
+        finally:
+            writing = False
+            await asyncio.gather(*writers)
+        # A WAL too long to wait for a writer's restart (other processes writing all the time) is
+        # checkpointed with RESTART: here, with the bar at nothing, the next write starts it over.
+        monkeypatch.setattr(catalog_base, "WAL_RESTART_FRAMES", 0)
+        await catalog.create_image({"name": "one more", "disk_format": "raw", "container_format": "bare"}, {}, [])
+        assert await catalog.checkpoint() > 0
+        await catalog.create_image({"name": "and one", "disk_format": "raw", "container_format": "bare"}, {}, [])
+        assert 0 < await wal_frames() < 100
+    finally:
+        await catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM images").fetchone()[0] == created + 2
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 async def test_many_concurrent_writers_in_one_process_never_fail(tmp_path: Path) -> None:
     catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
     try:

@@ -42,7 +42,8 @@ class Counted:
         event.listen(catalog.engine.sync_engine, "before_cursor_execute", self._seen)
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.lstrip().upper().startswith("BEGIN"):
+        # Nor the daemon's WAL checkpoints (a background job's, every second: no request's).
+        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA WAL_CHECKPOINT")):
             self.statements.append(statement)
 
     async def count(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

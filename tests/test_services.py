@@ -64,8 +64,10 @@ async def test_services_open_in_order_register_their_jobs_and_close(tmp_path: Pa
     config = make_config(tmp_path, None)
     async with open_services(config) as services:
         assert services.cache is not None and services.prefetcher is not None
-        assert services.jobs.names == ["import lock sweeper", "prefetcher", "cache maintenance"]
-        assert services.jobs.running == 3
+        # SQLite (make_config's default): its WAL is checkpointed by a job, not by the commits.
+        assert services.jobs.names == ["catalogue checkpoint", "import lock sweeper", "prefetcher",
+                                       "cache maintenance"]
+        assert services.jobs.running == 4
         assert (await services.catalog.list_tasks()) == []
         with pytest.raises(AttributeError):
             services.cache = None  # type: ignore[misc]  # frozen: the edges share one object
@@ -76,7 +78,7 @@ async def test_without_a_cache_there_is_no_prefetcher_and_no_cache_job(tmp_path:
     config = make_config(tmp_path, None, DEFAULT={"image_cache_dir": "none"})
     async with open_services(config) as services:
         assert services.cache is None and services.prefetcher is None
-        assert services.jobs.names == ["import lock sweeper"]
+        assert services.jobs.names == ["catalogue checkpoint", "import lock sweeper"]
 
 
 def _core_error_classes() -> list[type[errors.StreamdError]]:

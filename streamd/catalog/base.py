@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Self, Sequence
 
@@ -35,6 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import BackendFailure, DoesNotExist, InvalidStatusTransition
 from . import models as m
 from .records import CORE_ATTRIBUTES, ImageRecord, Location
+
+log = logging.getLogger(__name__)
+
+# A WAL this long when the daemon's checkpoint has copied it (256 MiB of 4 KiB pages) is started
+# over with a RESTART checkpoint, which waits for the writers of other processes.
+WAL_RESTART_FRAMES = 65536
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -51,15 +58,18 @@ class CatalogBase:
     # -- lifecycle -----------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, busy_timeout: float = 30.0, pool_size: int = 10, migrate: bool = True) -> Self:
+    async def open(cls, url: str, *, busy_timeout: float = 30.0, pool_size: int = 10, migrate: bool = True,
+                   background_checkpoints: bool = False) -> Self:
         """The catalogue at ``url``, its schema brought to the newest revision unless ``migrate`` is
-        false (``streamd-manage db``, which reads and moves the revision itself)."""
+        false (``streamd-manage db``, which reads and moves the revision itself).
+        ``background_checkpoints`` (SQLite; the daemon): no commit copies the WAL into the database
+        file itself; ``checkpoint``, which the daemon runs every second, does."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
-            _configure_sqlite(engine, busy_timeout)
+            _configure_sqlite(engine, busy_timeout, autocheckpoint=not background_checkpoints)
         else:
             connect_args: dict[str, Any] = {}
             if parsed.get_driver_name() == "asyncpg":
@@ -114,6 +124,32 @@ class CatalogBase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def checkpoint(self) -> int:
+        """SQLite: copy the WAL into the database file, off the requests; returns the frames the WAL
+        held. First without holding anyone up (PASSIVE: the bulk of the copy and its fsync run
+        beside the writers); then again under this process's write lock, where only what came
+        meanwhile is left: the WAL is then wholly copied with no writer of ours inside, so the
+        next write starts it over from the beginning instead of making it longer (a WAL is only
+        restarted by a writer that begins right after a complete checkpoint)."""
+        assert self.is_sqlite and self._write_lock is not None
+        await self._wal_checkpoint("PASSIVE")
+        async with self._write_lock:
+            frames, copied = await self._wal_checkpoint("PASSIVE")
+            if frames > WAL_RESTART_FRAMES:
+                # Still this long: writers of other processes sharing the file never left room for
+                # the restart. This one waits for them (up to busy_timeout) and starts it over.
+                log.warning("catalogue WAL at %d frames: checkpointing it with RESTART", frames)
+                frames, copied = await self._wal_checkpoint("RESTART")
+        return frames
+
+    async def _wal_checkpoint(self, mode: str) -> tuple[int, int]:
+        try:
+            async with self._read(one_statement=True) as conn:
+                _busy, frames, copied = (await conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")).one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise BackendFailure(f"catalogue checkpoint: {exc}") from exc
+        return int(frames), int(copied)
 
     async def ping(self) -> None:
         """A trivial query (the health check); BackendFailure if the database does not answer."""
@@ -320,7 +356,7 @@ class _SQLiteCompiler(SQLiteCompiler):
         return text
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout: float, *, autocheckpoint: bool = True) -> None:
     engine.sync_engine.dialect.statement_compiler = _SQLiteCompiler
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -330,6 +366,11 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if not autocheckpoint:
+            # Else the commit that takes the WAL past 1000 pages copies it into the database file
+            # itself, fsync included: 600 creates one after another, p99 8.8-10.6 ms with it,
+            # 6.1-7.8 ms with the checkpoints in the background (p50 3.6-3.9 ms either way).
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
