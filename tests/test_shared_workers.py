@@ -279,7 +279,7 @@ async def test_a_stalled_source_does_not_hold_its_bytes_back_while_the_consumers
 
     try:
         fanout = FanOut([], [("slow", slow_write)], max_inflight=1 << 30, pools=pools)
-        batches = _batches(source(), 1 << 30, fanout.idle, fanout.busy_until)
+        batches = _batches(source(), 1 << 30, fanout.busy_until)
         try:
             assert await asyncio.wait_for(batches.__anext__(), 10) == [b"first"]
             await fanout.feed_many([b"first"])  # the writer is now busy with it

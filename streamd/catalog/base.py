@@ -368,8 +368,8 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float, *, autocheckpoin
         cursor.execute("PRAGMA synchronous=NORMAL")
         if not autocheckpoint:
             # Else the commit that takes the WAL past 1000 pages copies it into the database file
-            # itself, fsync included: 600 creates one after another, p99 8.8-10.6 ms with it,
-            # 6.1-7.8 ms with the checkpoints in the background (p50 3.6-3.9 ms either way).
+            # itself, fsync included: 600 creates one after another on a daemon, p99 7.3-7.7 ms
+            # with it, 3.4-5.6 ms with Catalog.checkpoint in the background (p50 2.1-2.4 either way).
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

@@ -68,9 +68,11 @@ class ListingMixin(CatalogBase):
         for name, value in query.properties:
             p = m.image_properties.alias()
             conds.append(sa.exists().where(p.c.image_id == i.id, p.c.name == name, p.c.value == value))
+        # Kept apart: a rare first tag (SQLite, below) is joined instead of tested per row.
+        tag_conds: list[sa.ColumnElement[bool]] = []
         for tag in query.tags:
             t = m.image_tags.alias()
-            conds.append(sa.exists().where(t.c.image_id == i.id, t.c.value == tag))
+            tag_conds.append(sa.exists().where(t.c.image_id == i.id, t.c.value == tag))
         conds.append(_visibility_condition(ctx, query))
 
         sort = list(query.sort)
@@ -101,6 +103,7 @@ class ListingMixin(CatalogBase):
             index = order_index(sort)
             if index is not None and self.is_sqlite:
                 if query.tags and await _few_tagged(conn, query.tags[0]):
+                    tag_conds = tag_conds[1:]
                     # A rare tag: walking the sort order would visit (catalogue / tagged) images per
                     # one listed; its few images, gathered through the tag index and sorted, cost less.
                     # (CROSS JOIN: SQLite then keeps the tag's rows as the outer loop.)
@@ -114,6 +117,7 @@ class ListingMixin(CatalogBase):
                     # the index of the sort order stops at the limit. (PostgreSQL's planner weighs
                     # the two with its statistics.)
                     stmt = stmt.with_hint(m.images, f"INDEXED BY {index}", dialect_name="sqlite")
+            stmt = stmt.where(*tag_conds)
             if query.limit is not None:
                 stmt = stmt.limit(query.limit)
             rows = list((await conn.execute(stmt)).mappings())

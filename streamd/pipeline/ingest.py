@@ -140,7 +140,7 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
         # Bytes each store took, counted per batch (~4 MiB: a few calls per batch, none per chunk).
         counted = 0
         names = [g.store.name for g in guarded if g.error is None]
-        async with contextlib.aclosing(_batches(chunks, BATCH, fanout.idle, fanout.busy_until)) as batches:
+        async with contextlib.aclosing(_batches(chunks, BATCH, fanout.busy_until)) as batches:
             async for batch in batches:
                 for chunk in batch:
                     received += len(chunk)
@@ -196,16 +196,16 @@ async def write_to_stores(stores: Sequence[Store], image_id: str, chunks: AsyncI
 
 
 async def _batches(chunks: AsyncIterator[bytes], limit: int,
-                   idle: Callable[[], bool] = lambda: True,
                    busy_until: Callable[[], asyncio.Future[None] | None] = lambda: None,
                    ) -> AsyncIterator[list[bytes]]:
     """Group the source's pieces (a socket gives a few hundred KiB at a time) into lists of about
     ``limit`` bytes: one thread hop per consumer per list. A list is handed on early when the source
-    has nothing more right now and the consumers are ``idle`` (done with what they had), so a slow
+    has nothing more right now and the consumers are idle (``busy_until`` is None: they are done
+    with what they had), so a slow
     client's bytes are stored as they come, not held back. While the consumers are still busy
     (many streams sharing the pools) there is nothing to gain from a small batch: it grows to
     ``limit``, and the thread hops and lane turns per GiB stay as few as with one client. A source
-    that stalls while they are busy does not hold its list back either: ``busy_until`` (the
+    that stalls while they are busy does not hold its list back either: ``busy_until()`` (the
     consumers' work in hand) is raced against the next piece, and the list goes once they are done."""
     source = chunks.__aiter__()
     batch: list[bytes] = []
@@ -220,7 +220,7 @@ async def _batches(chunks: AsyncIterator[bytes], limit: int,
                 if following is None:
                     following = asyncio.ensure_future(source.__anext__())
                 if not following.done():
-                    waiter = busy_until() if not idle() else None
+                    waiter = busy_until()
                     if waiter is None:
                         await asyncio.sleep(0)  # one turn of the loop: what is already buffered arrives in it
                     else:
