@@ -14,7 +14,8 @@ databases are ANALYZEd after the load (what autovacuum would do); SQLite is left
 Then, as a member of the first project (no admin: the visibility rules apply), one request of each
 kind to each server in turn (the order alternating), ``--reps`` times: the default list, the lists
 Horizon, Nova and the CLI send (visibility=all, member_status=all, tag=, a property filter,
-sort=name:asc,created_at:desc), image show, create and PATCH; and once, every page of the list
+sort=name:asc,created_at:desc), image show, create and PATCH; then ``--reps`` shows to each server
+alone, back to back ("show (back to back)"); and once, every page of the list
 (``--page-size``) from the first to the last by marker. Prints p50/p99 in ms per request kind and
 server, the ratio Glance/streamd at p99, and whether both listed the same images; writes
 OUT/catalog-DB-N.json.
@@ -266,6 +267,16 @@ def measure(clients: dict[str, Client], args: argparse.Namespace, own_ids: list[
             record("patch", name, seconds, status)
         if rep % 10 == 9:
             print(f"  {rep + 1}/{args.reps} rounds", flush=True)
+
+    # Show again, each server alone: --reps shows of its own in a row, none of the other server's
+    # requests between them. Above, every request follows one to the other server, so each starts
+    # on a machine that has left this server idle for the other's (a list: ~200 ms for Glance);
+    # on this VM that alone costs a trivial request 2-4 ms (a no-op /versions: 0.5 ms back to back).
+    for name in names:
+        for _ in range(args.reps):
+            target = own_ids[rng.randrange(len(own_ids))]
+            seconds, status, _ = clients[name].call("GET", f"/v2/images/{target}")
+            record("show (back to back)", name, seconds, status)
 
     # Every page, first to last, by marker.
     walks: dict[str, list[float]] = {}

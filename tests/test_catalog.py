@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from conftest import MEMBER_A, both_databases, start_daemon, stop_daemon
 from streamd.status import status_of
 from streamd.catalog import Catalog
+from streamd.catalog import models as m
 from streamd.errors import InvalidRequest, InvalidStatusTransition, DoesNotExist
 
 
@@ -35,6 +37,37 @@ async def test_status_race_has_exactly_one_winner(database_url: str) -> None:
     finally:
         await catalog.close()
 
+
+async def test_a_show_neither_waits_for_a_write_in_progress_nor_misses_its_commit(database_url: str) -> None:
+    # On a SQLite file an image is read by the catalogue's reader threads, outside the writers'
+    # connection: a read must take its own snapshot (no BEGIN IMMEDIATE of its own, no open
+    # transaction kept from an earlier read).
+    threads_before = set(threading.enumerate())
+    catalog = await Catalog.open(database_url)
+    try:
+        image = await catalog.create_image({"name": "before", "disk_format": "raw", "container_format": "bare"},
+                                           {}, [])
+        assert (await catalog.get_image(image.id)).name == "before"
+        written, release = asyncio.Event(), asyncio.Event()
+
+        async def write() -> None:
+            async with catalog._write() as conn:
+                await conn.execute(sa.update(m.images).where(m.images.c.id == image.id).values(name="after"))
+                written.set()
+                await release.wait()
+
+        writer = asyncio.create_task(write())
+        await written.wait()
+        # Well inside the 30 s busy timeout a read that waited for the writer would take.
+        assert (await asyncio.wait_for(catalog.get_image(image.id), 5)).name == "before"
+        release.set()
+        await writer
+        assert (await catalog.get_image(image.id)).name == "after"
+        readers = [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("catalogue-read")]
+        assert bool(readers) == catalog.is_sqlite
+    finally:
+        await catalog.close()
+    assert not any(t.is_alive() for t in readers)  # close ends them
 
 
 @both_databases

@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("list default", "list visibility=all", "list member_status=all", "list tag= (1 in 20)",
         "list tag= (1 in 97)", "list property os_distro=", "list sort=name:asc,created_at:desc",
-        "list limit=20 sort_key=created_at", "show", "create", "patch", "list every page (marker)")
+        "list limit=20 sort_key=created_at", "show", "show (back to back)", "create", "patch",
+        "list every page (marker)")
 
 
 def test_the_catalogue_bench_prints_its_table(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ class Counted:
         self.client, self.catalog = client, catalog
         self.tag_count = TAG_COUNT["sqlite" if catalog.is_sqlite else "postgresql"]
         self.statements: list[str] = []
-        event.listen(catalog.engine.sync_engine, "before_cursor_execute", self._seen)
+        # Every engine: on a SQLite file a show's read goes through the catalogue's reader threads.
+        for engine in catalog.sync_engines:
+            event.listen(engine, "before_cursor_execute", self._seen)
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         # Nor the daemon's WAL checkpoints (a background job's, every second: no request's).

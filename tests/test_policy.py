@@ -114,6 +114,35 @@ def test_the_policy_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
         stop_daemon(daemon)
 
 
+def test_files_in_policy_dirs_are_read_as_they_come_change_and_go(tmp_path: Path) -> None:
+    # The enforcer looks at its files by their stat results and remembers its decisions for the
+    # rules in force: each change below must still reach the very next check.
+    policy_d = tmp_path / "policy.d"
+    enforcer = PolicyEnforcer(PolicySettings(policy_file=tmp_path / "policy.yaml", policy_dirs=(policy_d,)))
+    member = RequestContext(PROJECT_A, "user-a", frozenset({"member", "reader"}))
+    admin = RequestContext(PROJECT_A, "admin", frozenset({"admin", "member", "reader"}))
+
+    def publicize() -> tuple[bool, bool]:
+        return enforcer.allows(member, "publicize_image", {}), enforcer.allows(admin, "publicize_image", {})
+
+    assert publicize() == (False, True)  # the default: admins only; the directory does not exist yet
+    assert publicize() == (False, True)  # (now remembered)
+    policy_d.mkdir()
+    (policy_d / "10-open.yaml").write_text('publicize_image: "role:member"\n')
+    assert publicize() == (True, True)
+    # Edited in place (the same inode; within one clock tick the same modification time too):
+    (policy_d / "10-open.yaml").write_text('publicize_image: "role:reade"\n')
+    assert publicize() == (False, False)
+    (policy_d / "20-later.yaml").write_text('publicize_image: "role:admin or role:reader"\n')
+    assert publicize() == (True, True)  # a later file in name order wins
+    (policy_d / "20-later.yaml").unlink()
+    (policy_d / "10-open.yaml").unlink()
+    assert publicize() == (False, True)
+    # The policy file beside the directories, appearing late: read as well.
+    (tmp_path / "policy.yaml").write_text('publicize_image: "!"\n')
+    assert publicize() == (False, False)
+
+
 def test_a_request_is_decided_by_the_rules_in_force_when_it_began(tmp_path: Path) -> None:
     """Inside one request the files are looked at by the first check only; the next request (and
     any check outside a request) sees an edit at once."""

@@ -8,6 +8,8 @@ on an unprefixed path (checked in ``middleware.version_middleware``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..config import Config
@@ -37,7 +39,16 @@ def listed_versions(config: Config) -> list[tuple[str, str]]:
 
 def allowed_url_versions(config: Config) -> frozenset[str]:
     """Path prefixes accepted in place of ``v2``: ``v2`` and every listed ``v2.N``."""
-    return frozenset({"v2"} | {f"v{v}" for v, _ in listed_versions(config)})
+    # Asked by every request: worked out once per configuration (a SIGHUP brings a new one).
+    known = _ALLOWED_FOR
+    if known and known[0] is config:
+        return known[1]
+    allowed = frozenset({"v2"} | {f"v{v}" for v, _ in listed_versions(config)})
+    _ALLOWED_FOR[:] = [config, allowed]
+    return allowed
+
+
+_ALLOWED_FOR: list[Any] = []  # [the Config last asked about, its answer]
 
 
 def versions_document(request: web.Request) -> dict[str, object]:

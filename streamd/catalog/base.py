@@ -18,6 +18,7 @@ an ordinary transaction; rows it must not lose are taken ``FOR UPDATE``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import json
@@ -54,6 +55,13 @@ class CatalogBase:
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         # The one-statement image reads (``image_read``), built once per (FOR UPDATE, member asked).
         self._image_reads: dict[tuple[bool, bool], sa.Select[Any]] = {}
+        # SQLite file: where the single-statement reads outside transactions run (``open`` sets it).
+        self._reader: SQLiteReader | None = None
+
+    @property
+    def sync_engines(self) -> list[sa.Engine]:
+        """Every engine statements go through (for event listeners: tests counting statements)."""
+        return [self.engine.sync_engine] + ([self._reader.engine] if self._reader is not None else [])
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -65,11 +73,15 @@ class CatalogBase:
         ``background_checkpoints`` (SQLite; the daemon): no commit copies the WAL into the database
         file itself; ``checkpoint``, which the daemon runs every second, does."""
         parsed = make_url(url)
+        reader = None
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
-            _configure_sqlite(engine, busy_timeout, autocheckpoint=not background_checkpoints)
+            _configure_sqlite(engine.sync_engine, busy_timeout, autocheckpoint=not background_checkpoints)
+            if parsed.database and parsed.database != ":memory:":
+                reader = SQLiteReader(parsed.set(drivername="sqlite+pysqlite"), busy_timeout,
+                                      autocheckpoint=not background_checkpoints)
         else:
             connect_args: dict[str, Any] = {}
             if parsed.get_driver_name() == "asyncpg":
@@ -80,6 +92,7 @@ class CatalogBase:
                 connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
             engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
         catalog = cls(engine)
+        catalog._reader = reader
         if migrate:
             await catalog.migrate()
         return catalog
@@ -123,6 +136,8 @@ class CatalogBase:
         return tuple(ScriptDirectory.from_config(_alembic_config(None)).get_heads())
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._reader.close)
         await self.engine.dispose()
 
     async def checkpoint(self) -> int:
@@ -193,15 +208,25 @@ class CatalogBase:
         """The image with its properties, tags and locations in ONE statement (the child rows
         gathered by JSON aggregation in the row), and ``member``'s membership status of it (None if
         no member is asked for or it is none). DoesNotExist if there is no such live image."""
+        stmt, params = self._image_read(image_id, member, for_update=for_update)
+        return _image_of(image_id, member, (await conn.execute(stmt, params)).first())
+
+    async def _read_image(self, image_id: str, member: str | None) -> tuple[ImageRecord, str | None]:
+        """``_load_as`` outside any transaction: on a SQLite file by the ``SQLiteReader`` (one
+        hop to a thread), else on a connection of its own."""
+        if self._reader is None:
+            async with self._read(one_statement=True) as conn:
+                return await self._load_as(conn, image_id, member)
+        stmt, params = self._image_read(image_id, member)
+        return _image_of(image_id, member, await self._reader.first(stmt, params))
+
+    def _image_read(self, image_id: str, member: str | None, *,
+                    for_update: bool = False) -> tuple[sa.Select[Any], dict[str, str]]:
         key = (for_update and not self.is_sqlite, member is not None)
         stmt = self._image_reads.get(key)
         if stmt is None:
             stmt = self._image_reads[key] = image_read(self.is_sqlite, for_update=key[0], member=key[1])
-        params = {"image_id": image_id} if member is None else {"image_id": image_id, "member": member}
-        row = (await conn.execute(stmt, params)).first()
-        if row is None:
-            raise DoesNotExist(f"No image found with ID {image_id}")
-        return record_of(row), (row.member_status if member is not None else None)
+        return stmt, ({"image_id": image_id} if member is None else {"image_id": image_id, "member": member})
 
     async def _hydrate(self, conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[ImageRecord]:
         """Image rows with their properties, tags and locations, in three queries for any number of rows."""
@@ -277,6 +302,12 @@ def image_read(is_sqlite: bool, *, for_update: bool = False, member: bool = Fals
     if for_update:
         stmt = stmt.with_for_update(of=i)
     return stmt
+
+
+def _image_of(image_id: str, member: str | None, row: Any) -> tuple[ImageRecord, str | None]:
+    if row is None:
+        raise DoesNotExist(f"No image found with ID {image_id}")
+    return record_of(row), (row.member_status if member is not None else None)
 
 
 def record_of(row: Any) -> ImageRecord:
@@ -356,10 +387,37 @@ class _SQLiteCompiler(SQLiteCompiler):
         return text
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout: float, *, autocheckpoint: bool = True) -> None:
-    engine.sync_engine.dialect.statement_compiler = _SQLiteCompiler
+class SQLiteReader:
+    """Single SELECTs of a SQLite catalogue file on threads of their own, through a synchronous
+    engine: one hop from the event loop and back for a read. Through the async engine (aiosqlite)
+    the same read takes five (cursor, execute, fetch, close, rollback): an image show's read cost
+    ~1.0 ms of CPU that way, 0.3 ms this way. Each SELECT runs without a BEGIN, so it reads one
+    snapshot by itself."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    THREADS = 4
+
+    def __init__(self, url: sa.URL, busy_timeout: float, *, autocheckpoint: bool = True) -> None:
+        self.engine = sa.create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False},
+                                       pool_size=self.THREADS, max_overflow=0)
+        _configure_sqlite(self.engine, busy_timeout, autocheckpoint=autocheckpoint)
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.THREADS, thread_name_prefix="catalogue-read")
+
+    async def first(self, stmt: sa.Select[Any], params: Mapping[str, Any]) -> sa.Row[Any] | None:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._first, stmt, params)
+
+    def _first(self, stmt: sa.Select[Any], params: Mapping[str, Any]) -> sa.Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execution_options(sqlite_no_begin=True).execute(stmt, params).first()
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: sa.Engine, busy_timeout: float, *, autocheckpoint: bool = True) -> None:
+    engine.dialect.statement_compiler = _SQLiteCompiler
+
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN IMMEDIATE can be issued.
         dbapi_conn.isolation_level = None
@@ -375,7 +433,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float, *, autocheckpoin
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
         options = conn.get_execution_options()
         if options.get("sqlite_no_begin", False):

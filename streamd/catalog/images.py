@@ -71,8 +71,7 @@ class ImagesMixin(CatalogBase):
         member = None
         if ctx is not None and not ctx.is_admin and ctx.project_id is not None:
             member = ctx.project_id
-        async with self._read(one_statement=True) as conn:
-            image, membership_status = await self._load_as(conn, image_id, member)
+        image, membership_status = await self._read_image(image_id, member)
         if ctx is not None and not _visible(ctx, image, membership_status):
             raise DoesNotExist(f"No image found with ID {image_id}")
         return image

@@ -35,7 +35,9 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -119,6 +121,22 @@ def rule_defaults(*, with_scope: bool = True) -> list[oslo_policy.RuleDefault]:
 RULE_NAMES = frozenset(r[0] for r in RULES)
 
 
+# Remembered decisions (PolicyEnforcer._decide) before the memory starts over: callers times rules
+# times distinct target values, a few hundred in a busy cloud.
+_DECISIONS_KEPT = 4096
+
+
+def _caller_key(ctx: RequestContext) -> tuple[Any, ...] | None:
+    """The caller's credentials as a dictionary key, or None if one of them cannot be a key."""
+    key = tuple((name, tuple(value) if isinstance(value, list) else value)
+                for name, value in credentials(ctx).items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def credentials(ctx: RequestContext) -> dict[str, Any]:
     """The caller as oslo.policy sees it: the keys of oslo.context's ``to_policy_values``."""
     return {
@@ -181,11 +199,45 @@ class _OsloEnforcer(oslo_policy.Enforcer):
     ``load_rules`` of its own: two stats of every file and a search of the config directories)."""
 
     rules_fresh = False
+    # What the policy files were (stat of each, and of each file in each directory) when the rules
+    # were last loaded: while it stays the same there is nothing to re-read. oslo.policy's own
+    # look (a search of the config directories for the file, then for each directory) cost
+    # ~100 us a request, a tenth of a show's; these stats cost a few.
+    _files_loaded: tuple[Any, ...] | None = None
 
     def load_rules(self, force_reload: bool = False) -> None:
         if self.rules_fresh and not force_reload:
             return
+        files = self._files_signature()
+        if not force_reload and files is not None and files == self._files_loaded and self.rules:
+            return
+        self._files_loaded = None  # a load that fails must not leave the files as "loaded"
         super().load_rules(force_reload)
+        self._files_loaded = files  # taken before the read: a file changed during it is read again
+
+    def _files_signature(self) -> tuple[Any, ...] | None:
+        """The policy file's and directories' stat results, or None when oslo.policy would search
+        the config directories for a relative path (then only its own look can tell)."""
+        paths = [self.policy_file, *self.conf.oslo_policy.policy_dirs]
+        if not all(os.path.isabs(p) for p in paths):
+            return None
+        signature: list[Any] = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                signature.append(None)
+                continue
+            signature.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode))
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    with os.scandir(path) as entries:
+                        listing = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size, e.inode())
+                                         for e in entries)
+                except OSError:
+                    return None
+                signature.append(tuple(listing))
+        return tuple(signature)
 
 
 class _RequestReads:
@@ -243,6 +295,7 @@ class PolicyEnforcer:
         self._enforcer.register_defaults(rule_defaults(with_scope=settings.enforce_scope))
         self._checked_rules: object = None
         self._keys_cache: tuple[object, dict[str, tuple[str, ...] | None]] = (None, {})
+        self._decisions: tuple[object, dict[tuple[Any, ...], bool]] = (None, {})
         try:
             self._enforcer.load_rules()
         except ValueError as exc:  # oslo.policy's answer to a file that is not YAML/JSON
@@ -261,6 +314,7 @@ class PolicyEnforcer:
         self._enforcer = fresh._enforcer
         self._checked_rules = fresh._checked_rules
         self._keys_cache = (None, {})
+        self._decisions = (None, {})
 
     @property
     def legacy_ownership(self) -> bool:
@@ -305,8 +359,7 @@ class PolicyEnforcer:
         if rule not in RULE_NAMES:
             raise LookupError(f"policy rule {rule!r} is not one of Glance's")  # a bug of the caller
         self._reload()
-        # Each call gets fresh credentials: oslo.policy adds keys to the dict it is given.
-        return bool(self._oslo_enforce(rule, target, credentials(ctx), do_raise=False))
+        return self._decide(ctx, _caller_key(ctx), rule, target, self._target_keys(rule))
 
     def allows_each(self, ctx: RequestContext, rule: str, targets: Sequence[Mapping[str, Any]]) -> list[bool]:
         """``allows`` for each of many targets of one rule (a page of images): the rules are re-read
@@ -318,24 +371,32 @@ class PolicyEnforcer:
             raise LookupError(f"policy rule {rule!r} is not one of Glance's")  # a bug of the caller
         self._reload()
         keys = self._target_keys(rule)
-        decided: dict[tuple[Any, ...], bool] = {}
-        answers = []
-        for target in targets:
-            memo_key: tuple[Any, ...] | None = None
-            if keys is not None:
-                memo_key = tuple(target.get(k, _MISSING) for k in keys)
-                try:
-                    hash(memo_key)
-                except TypeError:
-                    memo_key = None
-            if memo_key is not None and memo_key in decided:
-                answers.append(decided[memo_key])
-                continue
-            answer = bool(self._oslo_enforce(rule, target, credentials(ctx), do_raise=False))
-            if memo_key is not None:
-                decided[memo_key] = answer
-            answers.append(answer)
-        return answers
+        caller = _caller_key(ctx)
+        return [self._decide(ctx, caller, rule, target, keys) for target in targets]
+
+    def _decide(self, ctx: RequestContext, caller: tuple[Any, ...] | None, rule: str,
+                target: Mapping[str, Any], keys: tuple[str, ...] | None) -> bool:
+        """oslo.policy's answer, remembered for the rules in force: the same caller (as its
+        credentials say) asking the same rule of a target with the same values of the keys the
+        rule reads gets the same answer (oslo.policy's checks read nothing else)."""
+        rules = self._enforcer.rules
+        if self._decisions[0] is not rules or len(self._decisions[1]) >= _DECISIONS_KEPT:
+            self._decisions = (rules, {})
+        decisions = self._decisions[1]
+        memo_key: tuple[Any, ...] | None = None
+        if caller is not None and keys is not None:
+            memo_key = (rule, caller, tuple(target.get(k, _MISSING) for k in keys))
+            try:
+                answer = decisions.get(memo_key)
+            except TypeError:  # a target value that cannot be a key (a list)
+                memo_key = answer = None
+            if answer is not None:
+                return answer
+        # Each call gets fresh credentials: oslo.policy adds keys to the dict it is given.
+        answer = bool(self._oslo_enforce(rule, target, credentials(ctx), do_raise=False))
+        if memo_key is not None:
+            decisions[memo_key] = answer
+        return answer
 
     def _target_keys(self, rule: str) -> tuple[str, ...] | None:
         """The target keys the rule in force reads (``%(key)s`` in its checks, through the rules it
