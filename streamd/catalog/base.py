@@ -1,7 +1,8 @@
 """The catalogue's shared database plumbing, under every concern's methods.
 
 ``CatalogBase`` owns the engine and the two ways to reach it: ``_read`` (a plain
-connection) and ``_write`` (one transaction, serialised as SQLite needs). It also
+connection) and ``_write`` (one transaction, serialised as SQLite needs); on a
+SQLite file a third, ``SQLiteReader``, for the one-statement image read. It also
 holds what several concerns share: loading image rows as ``ImageRecord``s,
 writing a property diff, adding a location, and the status compare-and-swap that
 says why when it loses.
