@@ -49,15 +49,15 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class CatalogBase:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: SQLiteReader | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # One writer at a time in this process on SQLite; PostgreSQL takes row locks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         # The one-statement image reads (``image_read``), built once per (FOR UPDATE, member asked).
         self._image_reads: dict[tuple[bool, bool], sa.Select[Any]] = {}
-        # SQLite file: where the single-statement reads outside transactions run (``open`` sets it).
-        self._reader: SQLiteReader | None = None
+        # SQLite file: where the single-statement image reads outside transactions run.
+        self._reader = reader
 
     @property
     def sync_engines(self) -> list[sa.Engine]:
@@ -76,11 +76,10 @@ class CatalogBase:
         parsed = make_url(url)
         reader = None
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
             _configure_sqlite(engine.sync_engine, busy_timeout, autocheckpoint=not background_checkpoints)
             if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 reader = SQLiteReader(parsed.set(drivername="sqlite+pysqlite"), busy_timeout,
                                       autocheckpoint=not background_checkpoints)
         else:
@@ -92,8 +91,7 @@ class CatalogBase:
                 # every image with that property name and sorts them) from the sixth request on.
                 connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
             engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
-        catalog = cls(engine)
-        catalog._reader = reader
+        catalog = cls(engine, reader)
         if migrate:
             await catalog.migrate()
         return catalog
