@@ -37,6 +37,8 @@ def table(results: dict) -> str:
              f"load average {meta['loadavg_start'][0]:.1f} at the start, {meta['loadavg_end'][0]:.1f} at the end; "
              f"other processes kept {meta['other_load_cores']} of the {meta['cores']} cores busy on average",
              "MiB/s of data moved; CPU = server CPU-seconds per GiB; RSS = peak server RSS (MiB, whole process tree)",
+             "streamd's options: " + (", ".join(f"{k} = {v}" for k, v in meta.get("streamd_options", {}).items())
+                                      or "its defaults"),
              ""]
     head = (f"{'file':9}{'clients':>7}  {'operation':14}| {'MiB/s streamd':>13} {'glance':>7} {'s/g':>6} "
             f"| {'CPU streamd':>11} {'glance':>6} | {'RSS streamd':>11} {'glance':>6} | {'failed streamd':>14} {'glance':>6}")

@@ -228,7 +228,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench/out")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
     parser.add_argument("--size-mib", type=int, help="file size (default 2048, or 512 with --quick)")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]OPTION=VALUE",
+                        help="an option for streamd (repeatable; the default is streamd's defaults): [DEFAULT] by "
+                             "name, another section as SECTION.OPTION, e.g. fs.filesystem_store_direct_io=true")
     args = parser.parse_args()
+    options = dict(item.split("=", 1) for item in args.set)
     reps = args.reps or (1 if args.quick else 3)
     size = (args.size_mib or (512 if args.quick else 2048)) * MiB
     out = args.out.resolve()
@@ -239,11 +243,12 @@ def main() -> int:
         print(f"warning: {free / GiB:.0f} GiB free; this run needs about {10 * size / GiB:.0f} GiB", flush=True)
     started, busy = time.monotonic(), busy_cpu_seconds()
     files = make_files(out / "data", size)
-    meta = environment() | {"file_mib": size // MiB, "repetitions": reps, "clients": list(CLIENTS)}
+    meta = environment() | {"file_mib": size // MiB, "repetitions": reps, "clients": list(CLIENTS),
+                             "streamd_options": options}
     runs, references = [], []
     with ExitStack() as stack:
         print("starting streamd, Glance and the reference sources ...", flush=True)
-        streamd = stack.enter_context(Streamd(out / "streamd"))
+        streamd = stack.enter_context(Streamd(out / "streamd", options=options))
         servers = [streamd, stack.enter_context(Glance(out / "glance", REPO / ".venv-glance"))]
         scraper = stack.enter_context(Scraper(streamd.metrics_url))
         sources = {mode: stack.enter_context(RefSource(out / f"ref-{mode}", mode, out / "data"))
