@@ -176,8 +176,14 @@ class CatalogBase:
     # -- connections ---------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *, one_statement: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction; ``one_statement`` (PostgreSQL): for a write that is
+        one statement, which then commits by itself, without the BEGIN and COMMIT round trips."""
         if self._write_lock is None:
+            if one_statement:
+                async with self.engine.connect() as conn:
+                    yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return
             async with self.engine.begin() as conn:
                 yield conn
             return
