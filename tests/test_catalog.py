@@ -70,6 +70,32 @@ async def test_a_show_neither_waits_for_a_write_in_progress_nor_misses_its_commi
     assert not any(t.is_alive() for t in readers)  # close ends them
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_pooled_connections_the_server_ended_are_not_used(database_url: str) -> None:
+    """PostgreSQL ends every connection (as a restart or an idle timeout would): the next reads and
+    writes get new ones, not an error (the pool drops closed ones at checkout, by asyncpg's own view)."""
+    import asyncpg
+
+    catalog = await Catalog.open(database_url)
+    try:
+        images = await asyncio.gather(*(catalog.create_image({"disk_format": "raw", "container_format": "bare"},
+                                                             {"k": "v"}, ["t"]) for _ in range(4)))
+        admin = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            ended = await admin.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await admin.close()
+        assert ended >= 1
+        await asyncio.sleep(0.2)  # the ends of the streams reach the pooled connections
+        shown = await asyncio.gather(*(catalog.get_image(image.id) for image in images))
+        assert [image.properties for image in shown] == [{"k": "v"}] * 4
+        again = await catalog.create_image({"disk_format": "raw", "container_format": "bare"}, {}, ["u"])
+        assert (await catalog.get_image(again.id)).tags == ("u",)
+    finally:
+        await catalog.close()
+
+
 @both_databases
 async def test_values_no_column_can_hold_are_refused_before_anything_is_written(database_url: str) -> None:
     """The floor under the HTTP edge: INTEGER is 32-bit on PostgreSQL, text must be UTF-8 without NUL."""

@@ -90,7 +90,12 @@ class CatalogBase:
                 # the values: a property filter's page then takes 150 ms instead of 1 (it gathers
                 # every image with that property name and sorts them) from the sixth request on.
                 connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
-            engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
+            asyncpg = parsed.get_driver_name() == "asyncpg"
+            # Another driver gives no local view of its connection: the pool asks the server.
+            engine = create_async_engine(url, pool_size=pool_size, pool_pre_ping=not asyncpg,
+                                         connect_args=connect_args)
+            if asyncpg:
+                event.listen(engine.sync_engine, "checkout", _refuse_closed_connection)
         catalog = cls(engine, reader)
         if migrate:
             await catalog.migrate()
@@ -270,6 +275,15 @@ class CatalogBase:
         if current is None:
             raise DoesNotExist(gone)
         raise InvalidStatusTransition(moved_on(current))
+
+
+def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled asyncpg connection that the server or the network closed is dropped at checkout
+    and another one taken (the pool's pessimistic handling). asyncpg knows it locally, from the
+    end of the stream (a restart, ``pg_terminate_backend``, an idle timeout), so this costs no
+    round trip, where the pool's own pre-ping costs one on every checkout."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa.exc.DisconnectionError("the server closed this connection")
 
 
 def image_read(is_sqlite: bool, *, for_update: bool = False, member: bool = False) -> sa.Select[Any]:
