@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,9 @@ async def test_status_race_has_exactly_one_winner(database_url: str) -> None:
 
 
 async def test_a_show_neither_waits_for_a_write_in_progress_nor_misses_its_commit(database_url: str) -> None:
-    # On a SQLite file an image is read by the catalogue's reader threads, outside the writers'
-    # connection: a read must take its own snapshot (no BEGIN IMMEDIATE of its own, no open
-    # transaction kept from an earlier read).
+    # On a SQLite file an image is read by SQLiteReader's connections (on the loop, or on its
+    # threads), outside the writers': a read must take its own snapshot (no BEGIN IMMEDIATE of
+    # its own, no open transaction kept from an earlier read).
     threads_before = set(threading.enumerate())
     catalog = await Catalog.open(database_url)
     try:
@@ -63,11 +65,38 @@ async def test_a_show_neither_waits_for_a_write_in_progress_nor_misses_its_commi
         release.set()
         await writer
         assert (await catalog.get_image(image.id)).name == "after"
-        readers = [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("catalogue-read")]
-        assert bool(readers) == catalog.is_sqlite
     finally:
         await catalog.close()
-    assert not any(t.is_alive() for t in readers)  # close ends them
+    assert not any(t.is_alive() for t in set(threading.enumerate()) - threads_before
+                   if t.name.startswith("catalogue-read"))  # close ends them
+
+
+async def test_a_show_that_has_to_wait_for_a_lock_waits_off_the_event_loop(tmp_path: Path) -> None:
+    """A show's read is done on the loop's thread only when the file can be read at once: while
+    another process holds the file exclusively, it waits (busy_timeout) on a reader thread, the
+    loop serving on, and returns what that process wrote once it lets go."""
+    path = tmp_path / "catalog.sqlite"
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{path}")
+    image = await catalog.create_image({"name": "before", "disk_format": "raw", "container_format": "bare"}, {}, [])
+    await catalog.close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # WAL without shared memory: nobody else may read
+    holder.execute("UPDATE images SET name = 'held' WHERE id = ?", (image.id,))
+    threads_before = set(threading.enumerate())
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{path}", migrate=False)
+    try:
+        show = asyncio.create_task(catalog.get_image(image.id))
+        started = time.monotonic()
+        for _ in range(30):  # 0.3 s in which the loop must keep running
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 2 and not show.done()
+        readers = [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("catalogue-read")]
+        assert readers
+        holder.close()
+        assert (await asyncio.wait_for(show, 10)).name == "held"
+    finally:
+        holder.close()
+        await catalog.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
